@@ -1,0 +1,188 @@
+//! The application edge: MPI start-up, logging, dispatch of CLI commands to stages, and exit codes.
+//!
+//! `anyhow` is used here and in `main` only; the error chain is printed once, by rank 0 (or by the
+//! failing rank when ranks disagree). Exit codes: 0 clean, 1 fatal error, 2 usage error (clap),
+//! 3 finished but some items (exposures, bands) failed and were reported.
+
+use crate::cli::{Cli, Command, ConfigAction};
+use crate::config::{self, Config, RawConfig, DEFAULT_TOML};
+use crate::dist::{Comm, SerialComm};
+use crate::stages::{self, Outcome};
+
+/// Exit code: everything finished cleanly.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a fatal error stopped the run.
+pub const EXIT_FATAL: u8 = 1;
+/// Exit code: the run finished, but some items failed (see the report).
+pub const EXIT_PARTIAL: u8 = 3;
+
+/// The process's communicator: MPI when built with the `mpi` feature, otherwise one serial rank.
+pub struct World {
+    #[cfg(feature = "mpi")]
+    mpi: Option<crate::dist::mpi::MpiWorld>,
+    serial: SerialComm,
+}
+
+impl World {
+    /// Initialise MPI (when available) and install the panic-abort hook.
+    pub fn init() -> World {
+        #[cfg(feature = "mpi")]
+        let w = World { mpi: crate::dist::mpi::init(), serial: SerialComm };
+        #[cfg(not(feature = "mpi"))]
+        let w = World { serial: SerialComm };
+        let c = w.comm();
+        crate::dist::install_panic_abort(c.rank(), c.size());
+        w
+    }
+    /// The communicator for the whole run.
+    pub fn comm(&self) -> &dyn Comm {
+        #[cfg(feature = "mpi")]
+        if let Some(m) = &self.mpi {
+            return m;
+        }
+        &self.serial
+    }
+}
+
+fn init_logging(cli: &Cli, comm: &dyn Comm) {
+    use tracing_subscriber::EnvFilter;
+    let level = if cli.quiet {
+        "warn"
+    } else {
+        match cli.verbose {
+            0 if comm.rank() == 0 => "info",
+            0 => "warn",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = std::env::var("TESSERA_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(format!("tessera={level},warn")));
+    let prefix = if comm.size() > 1 { format!("[rank {}/{}] ", comm.rank(), comm.size()) } else { String::new() };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .event_format(RankFormat { prefix })
+        .try_init();
+}
+
+struct RankFormat {
+    prefix: String,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for RankFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = *event.metadata().level();
+        let tag = match level {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(writer, "{}{}", self.prefix, tag)?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Run the parsed command line on a communicator and return the process exit code.
+pub fn main_with(cli: Cli, comm: &dyn Comm) -> u8 {
+    init_logging(&cli, comm);
+    match run(&cli, comm) {
+        Ok(Outcome::Clean) => EXIT_OK,
+        Ok(Outcome::Partial) => EXIT_PARTIAL,
+        Err(e) => {
+            if comm.rank() == 0 || !e.to_string().starts_with("rank 0:") {
+                eprintln!("tessera: error: {e:#}");
+            }
+            EXIT_FATAL
+        }
+    }
+}
+
+fn load_config(cli: &Cli, extra_sets: &[String]) -> anyhow::Result<(RawConfig, Config)> {
+    let mut sets = cli.sets.clone();
+    sets.extend_from_slice(extra_sets);
+    Ok(config::load(cli.config.as_deref(), &sets)?)
+}
+
+fn set_threads(cfg: &Config) {
+    if cfg.run.threads > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.run.threads).build_global();
+    }
+}
+
+/// Dispatch a command.
+///
+/// # Errors
+/// Any stage error, with its context chain.
+pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
+    // Fault injection for the test suite: a panic on one rank must abort the job, not hang it.
+    if let Ok(r) = std::env::var("TESSERA_TEST_PANIC_RANK") {
+        if r.parse::<usize>().ok() == Some(comm.rank()) {
+            panic!("TESSERA_TEST_PANIC_RANK={r}: injected panic");
+        }
+    }
+    match &cli.command {
+        Command::Config { action: ConfigAction::Default } => {
+            if comm.rank() == 0 {
+                print!("{DEFAULT_TOML}");
+            }
+            Ok(Outcome::Clean)
+        }
+        Command::Config { action: ConfigAction::Check { file } } => {
+            let path = file.as_deref().or(cli.config.as_deref());
+            let (_, cfg) = config::load(path, &cli.sets)?;
+            if comm.rank() == 0 {
+                let name = path.map(|p| p.display().to_string()).unwrap_or_else(|| "the defaults".into());
+                println!(
+                    "{name}: OK (output_dir {}, mem_budget_mb {})",
+                    cfg.run.output_dir.display(),
+                    cfg.run.mem_budget_mb
+                );
+            }
+            Ok(Outcome::Clean)
+        }
+        Command::Simulate(args) => {
+            let (raw, cfg) = load_config(cli, &args.as_sets())?;
+            set_threads(&cfg);
+            stages::simulate::run(comm, &raw, &cfg.simulate, &args.out)
+        }
+        Command::Plan(args) => {
+            let (raw, cfg) = load_config(cli, &[])?;
+            set_threads(&cfg);
+            let nranks = args.ranks.unwrap_or(comm.size());
+            if nranks == 0 {
+                anyhow::bail!("--ranks must be at least 1");
+            }
+            let out = stages::plan::run(comm, &raw, &cfg, &args.inputs, nranks)?;
+            if comm.rank() == 0 {
+                print!("{}", stages::plan::summary(&out.plan));
+                if let Some(p) = &args.json {
+                    crate::io::json::write_json(p, &out.plan)?;
+                    println!("plan written to {}", p.display());
+                }
+            }
+            Ok(out.outcome)
+        }
+        Command::Mosaic(args) => {
+            let (raw, cfg) = load_config(cli, &[])?;
+            set_threads(&cfg);
+            stages::mosaic::run(comm, &raw, &cfg, &args.inputs, &args.output, args.catalog.as_deref())
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The command line (the only module that imports `clap`). Subcommands carry the stage names used
+//! everywhere else; `app` turns them into stage runs.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// tessera: MPI-parallel mosaicking of JWST imaging. Run alone or under `mpirun -n N`.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML). Defaults apply to every key not given.
+    #[arg(long, short = 'c', global = true)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. --set plan.chunk_px=1024 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    pub sets: Vec<String>,
+    /// More log output (-v debug, -vv trace). TESSERA_LOG / RUST_LOG override.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate a JWST survey with a known truth (cal files in OUT, truth in OUT/truth).
+    Simulate(SimulateArgs),
+    /// Plan a band: exposure table, output grid, chunks and rank assignment (a dry run).
+    Plan(PlanArgs),
+    /// Mosaic one band from cal files or a directory.
+    Mosaic(MosaicArgs),
+    /// Print the commented default configuration, or check a configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the default configuration with a comment for every key.
+    Default,
+    /// Validate a configuration (the --config file, or FILE) without running anything.
+    Check {
+        /// The file to check (or use --config).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// nircam_sw | nircam_lw | miri  [config: simulate.instrument]
+    #[arg(long)]
+    pub instrument: Option<String>,
+    /// JWST filter (default per instrument: F200W, F300M, F1000W)  [simulate.filter]
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Mosaic tiles COLSxROWS, e.g. 2x2  [simulate.tiles]
+    #[arg(long)]
+    pub tiles: Option<String>,
+    /// Dithers per tile  [simulate.dithers]
+    #[arg(long)]
+    pub dithers: Option<usize>,
+    /// tiny | small | medium | large  [simulate.size]
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Random seed  [simulate.seed]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output directory for the cal files (truth and auxiliary inputs go in sub-folders).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Cal files, or directories holding *_cal.fits.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Plan for this many ranks instead of the running job's (dry runs for a cluster job).
+    #[arg(long)]
+    pub ranks: Option<usize>,
+    /// Also write the plan as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MosaicArgs {
+    /// Cal files, or directories holding *_cal.fits.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// The mosaic FITS to write.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Reference catalogue (CSV/ECSV/FITS with ra, dec in deg) for absolute astrometry.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+}
+
+impl SimulateArgs {
+    /// The CLI flags as `--set` overrides of the `[simulate]` section (the CLI wins over the file).
+    pub fn as_sets(&self) -> Vec<String> {
+        let mut s = vec![];
+        let q = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Some(v) = &self.instrument {
+            s.push(format!("simulate.instrument={}", q(v)));
+        }
+        if let Some(v) = &self.filter {
+            s.push(format!("simulate.filter={}", q(v)));
+        }
+        if let Some(v) = &self.tiles {
+            s.push(format!("simulate.tiles={}", q(v)));
+        }
+        if let Some(v) = self.dithers {
+            s.push(format!("simulate.dithers={v}"));
+        }
+        if let Some(v) = &self.size {
+            s.push(format!("simulate.size={}", q(v)));
+        }
+        if let Some(v) = self.seed {
+            s.push(format!("simulate.seed={v}"));
+        }
+        s
+    }
+}
+
+/// Parse the process arguments (exits with clap's usage error, code 2, on bad arguments).
+pub fn parse() -> Cli {
+    Cli::parse()
+}

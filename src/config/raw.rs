@@ -1,0 +1,312 @@
+//! The raw configuration layer: a 1:1 mirror of the TOML file with every default in one place.
+
+use super::ConfigError;
+use serde::{Deserialize, Serialize};
+
+/// The whole TOML file. One section per stage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Settings for the whole run.
+    pub run: RawRun,
+    /// The `plan` stage: output grid, chunk grid, work assignment.
+    pub plan: RawPlan,
+    /// `tessera simulate`: the synthetic survey.
+    pub simulate: RawSimulate,
+}
+
+/// `[run]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRun {
+    /// Folder where products go (one sub-folder per stage).
+    pub output_dir: String,
+    /// Memory budget per MPI rank, in MiB. Drives the chunk size of the output grid.
+    pub mem_budget_mb: u64,
+    /// Worker threads per rank (rayon); 0 = all cores available to the rank.
+    pub threads: usize,
+    /// Seconds between progress lines on rank 0.
+    pub progress_interval_s: f64,
+}
+
+impl Default for RawRun {
+    fn default() -> Self {
+        RawRun { output_dir: "tessera-out".into(), mem_budget_mb: 4096, threads: 0, progress_interval_s: 5.0 }
+    }
+}
+
+/// `[plan]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPlan {
+    /// Output pixel scale in arcsec; 0 = the instrument's native scale (0.031/0.063/0.11).
+    pub pixscale_arcsec: f64,
+    /// Empty pixels added around the union of the footprints on every side.
+    pub margin_px: usize,
+    /// Side of a square output chunk in pixels; 0 = derived from `run.mem_budget_mb`.
+    pub chunk_px: usize,
+    /// Bytes of per-chunk working memory per output pixel, used to size chunks from the budget
+    /// (products, median stack and halo). Raise it if ranks run out of memory.
+    pub bytes_per_output_px: u64,
+    /// Refuse an output grid whose area exceeds this multiple of the footprints' union area
+    /// (guards against broken WCS headers making a runaway grid).
+    pub max_fill_ratio: f64,
+    /// Refuse an output grid larger than this many megapixels.
+    pub max_output_mpix: f64,
+    /// A user-given output grid; when absent, a north-up grid covering all footprints is built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<RawGrid>,
+}
+
+impl Default for RawPlan {
+    fn default() -> Self {
+        RawPlan {
+            pixscale_arcsec: 0.0,
+            margin_px: 16,
+            chunk_px: 0,
+            bytes_per_output_px: 256,
+            max_fill_ratio: 4.0,
+            max_output_mpix: 2000.0,
+            grid: None,
+        }
+    }
+}
+
+/// `[plan.grid]`: a user-given TAN output grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrid {
+    /// Right ascension of the grid centre, deg.
+    pub ra_deg: f64,
+    /// Declination of the grid centre, deg.
+    pub dec_deg: f64,
+    /// Width in pixels.
+    pub nx: usize,
+    /// Height in pixels.
+    pub ny: usize,
+    /// Pixel scale, arcsec.
+    pub pixscale_arcsec: f64,
+    /// Position angle of +y east of north, deg (0 = north up).
+    #[serde(default)]
+    pub rotation_deg: f64,
+}
+
+/// `[simulate]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSimulate {
+    /// nircam_sw | nircam_lw | miri
+    pub instrument: String,
+    /// JWST filter; empty = the instrument's default (F200W, F300M, F1000W).
+    pub filter: String,
+    /// Mosaic tiles (pointings) as COLSxROWS, e.g. "2x2".
+    pub tiles: String,
+    /// Dither positions per tile (1 to 8).
+    pub dithers: usize,
+    /// tiny | small | medium | large: detector size 64, 256, 1024 or 2048 pixels (MIRI 1032x1024 at large).
+    pub size: String,
+    /// Seed of every random draw: same seed, same files.
+    pub seed: u64,
+    /// Target name written to TARGPROP.
+    pub target: String,
+    /// Add Poisson and read noise (false = noise-free scene with ERR from the noiseless signal).
+    pub noise: bool,
+    /// Add cosmic-ray hits (recorded in the truth).
+    pub cosmic_rays: bool,
+    /// Cosmic-ray rate: hits per pixel per 1000 s of exposure.
+    pub cosmic_ray_rate: f64,
+    /// NIRCam 1/f noise: rms of the per-amplifier row offsets in MJy/sr; a negative value = instrument default.
+    pub stripe_rms_mjysr: f64,
+    /// rms of the per-exposure background offsets in MJy/sr; negative = instrument default (NIRCam 0.02, MIRI 0.4).
+    pub background_offset_mjysr: f64,
+    /// Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr.
+    pub lyot_offset_mjysr: f64,
+    /// rms of the per-visit pointing errors in the header WCS, arcsec.
+    pub pointing_error_arcsec: f64,
+    /// Global absolute offset of all header WCS from the truth, arcsec (along RA and Dec alike).
+    pub absolute_offset_arcsec: f64,
+    /// Global rotation of all header WCS from the truth, deg.
+    pub absolute_rotation_deg: f64,
+    /// Number of MIRI off-source background exposures per tile (written to `off/`).
+    pub miri_off_exposures: usize,
+    /// Fraction of true point sources listed in the reference catalogue.
+    pub catalog_completeness: f64,
+    /// Positional noise of the reference catalogue, arcsec.
+    pub catalog_noise_arcsec: f64,
+    /// Pixel scale of the truth sky image as a multiple of the native scale (2 = half the pixels per axis).
+    pub truth_pixscale_factor: f64,
+}
+
+impl Default for RawSimulate {
+    fn default() -> Self {
+        RawSimulate {
+            instrument: "nircam_lw".into(),
+            filter: String::new(),
+            tiles: "2x2".into(),
+            dithers: 4,
+            size: "tiny".into(),
+            seed: 1,
+            target: "NGC0000".into(),
+            noise: true,
+            cosmic_rays: true,
+            cosmic_ray_rate: 2e-4,
+            stripe_rms_mjysr: -1.0,
+            background_offset_mjysr: -1.0,
+            lyot_offset_mjysr: 0.3,
+            pointing_error_arcsec: 0.1,
+            absolute_offset_arcsec: 0.25,
+            absolute_rotation_deg: 0.01,
+            miri_off_exposures: 2,
+            catalog_completeness: 0.8,
+            catalog_noise_arcsec: 0.01,
+            truth_pixscale_factor: 1.0,
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parse TOML text, apply `--set key=value` overrides, and deserialise with unknown keys rejected.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] (naming `name` and the line) or [`ConfigError::Set`].
+    pub fn from_toml_with_sets(text: &str, name: &str, sets: &[String]) -> Result<RawConfig, ConfigError> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| parse_error(name, text, &e))?;
+        if sets.is_empty() {
+            // deserialise the file's own text so that error line numbers are the file's
+            return toml::from_str::<RawConfig>(text).map_err(|e| parse_error(name, text, &e));
+        }
+        for arg in sets {
+            apply_set(&mut doc, arg)?;
+        }
+        let merged = toml::to_string(&doc).expect("a TOML table serialises");
+        let label = format!("{name} with --set {}", sets.join(" "));
+        toml::from_str::<RawConfig>(&merged).map_err(|e| parse_error(&label, &merged, &e))
+    }
+
+    /// Serialise as TOML (written into provenance).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+}
+
+fn parse_error(name: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = e.message().trim().to_string();
+    ConfigError::Parse {
+        path: name.to_string(),
+        message: match line {
+            Some(l) => format!("line {l}: {msg}"),
+            None => msg,
+        },
+    }
+}
+
+/// Apply `section.key=value` to the TOML table. The value is parsed as a TOML value; if that fails
+/// it is taken as a string, so `simulate.instrument=miri` works without quotes.
+fn apply_set(doc: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
+    let err = |message: &str| ConfigError::Set { arg: arg.to_string(), message: message.to_string() };
+    let (path, value) = arg.split_once('=').ok_or_else(|| err("expected key=value, e.g. plan.chunk_px=1024"))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(err("empty key in the key path"));
+    }
+    let value = value.trim();
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").expect("key v present"),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let mut table = doc;
+    for k in &keys[..keys.len() - 1] {
+        let entry = table.entry(k.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| err(&format!("`{k}` is not a section")))?;
+    }
+    table.insert(keys[keys.len() - 1].to_string(), parsed);
+    Ok(())
+}
+
+/// The commented default configuration printed by `tessera config default`. A unit test checks that
+/// it parses to `RawConfig::default()` and documents every key.
+pub const DEFAULT_TOML: &str = r#"# tessera configuration (defaults). Every key is optional; unknown keys are an error.
+# Override any key on the command line with --set section.key=value.
+
+[run]
+# Folder where products go (one sub-folder per stage).
+output_dir = "tessera-out"
+# Memory budget per MPI rank, in MiB. Drives the chunk size of the output grid.
+mem_budget_mb = 4096
+# Worker threads per rank (rayon); 0 = all cores available to the rank.
+threads = 0
+# Seconds between progress lines on rank 0.
+progress_interval_s = 5.0
+
+[plan]
+# Output pixel scale in arcsec; 0 = the instrument's native scale (NIRCam SW 0.031, LW 0.063, MIRI 0.11).
+pixscale_arcsec = 0.0
+# Empty pixels added around the union of the footprints on every side.
+margin_px = 16
+# Side of a square output chunk in pixels; 0 = derived from run.mem_budget_mb.
+chunk_px = 0
+# Bytes of per-chunk working memory per output pixel, used to size chunks from the budget.
+bytes_per_output_px = 256
+# Refuse an output grid whose area exceeds this multiple of the footprints' union area (broken WCS guard).
+max_fill_ratio = 4.0
+# Refuse an output grid larger than this many megapixels.
+max_output_mpix = 2000.0
+
+# A user-given output grid instead of one covering all footprints (uncomment all lines to use):
+# [plan.grid]
+# Right ascension of the grid centre, deg.
+# ra_deg = 10.0
+# Declination of the grid centre, deg.
+# dec_deg = -30.0
+# Width in pixels.
+# nx = 4096
+# Height in pixels.
+# ny = 4096
+# Pixel scale, arcsec.
+# pixscale_arcsec = 0.063
+# Position angle of +y east of north, deg (0 = north up).
+# rotation_deg = 0.0
+
+[simulate]
+# nircam_sw | nircam_lw | miri
+instrument = "nircam_lw"
+# JWST filter; empty = the instrument's default (F200W, F300M, F1000W).
+filter = ""
+# Mosaic tiles (pointings) as COLSxROWS.
+tiles = "2x2"
+# Dither positions per tile (1 to 8).
+dithers = 4
+# tiny | small | medium | large: detector size 64, 256, 1024 or 2048 pixels (MIRI 1032x1024 at large).
+size = "tiny"
+# Seed of every random draw: same seed, same files.
+seed = 1
+# Target name written to TARGPROP.
+target = "NGC0000"
+# Add Poisson and read noise (false = noise-free scene; ERR still from the noiseless signal).
+noise = true
+# Add cosmic-ray hits (recorded in the truth).
+cosmic_rays = true
+# Cosmic-ray rate: hits per pixel per 1000 s of exposure.
+cosmic_ray_rate = 2e-4
+# NIRCam 1/f noise: rms of the per-amplifier row offsets in MJy/sr; negative = instrument default.
+stripe_rms_mjysr = -1.0
+# rms of the per-exposure background offsets in MJy/sr; negative = instrument default (NIRCam 0.02, MIRI 0.4).
+background_offset_mjysr = -1.0
+# Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr.
+lyot_offset_mjysr = 0.3
+# rms of the per-visit pointing errors in the header WCS, arcsec.
+pointing_error_arcsec = 0.1
+# Global absolute offset of all header WCS from the truth, arcsec (along RA and Dec alike).
+absolute_offset_arcsec = 0.25
+# Global rotation of all header WCS from the truth, deg.
+absolute_rotation_deg = 0.01
+# Number of MIRI off-source background exposures per tile (written to off/).
+miri_off_exposures = 2
+# Fraction of true point sources listed in the reference catalogue.
+catalog_completeness = 0.8
+# Positional noise of the reference catalogue, arcsec.
+catalog_noise_arcsec = 0.01
+# Pixel scale of the truth sky image as a multiple of the native scale (2 = half the pixels per axis).
+truth_pixscale_factor = 1.0
+"#;

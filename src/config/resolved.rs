@@ -1,0 +1,351 @@
+//! The resolved configuration: checked, with units and fixed choices as types.
+
+use super::raw::{RawConfig, RawGrid};
+use super::ConfigError;
+use serde::{Deserialize, Serialize};
+
+/// The checked configuration the stages use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub run: RunConfig,
+    pub plan: PlanConfig,
+    pub simulate: SimulateConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub output_dir: std::path::PathBuf,
+    pub mem_budget_mb: u64,
+    pub threads: usize,
+    pub progress_interval_s: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanConfig {
+    /// 0 = native per instrument.
+    pub pixscale_arcsec: f64,
+    pub margin_px: usize,
+    /// 0 = from the memory budget.
+    pub chunk_px: usize,
+    pub bytes_per_output_px: u64,
+    pub max_fill_ratio: f64,
+    pub max_output_mpix: f64,
+    pub grid: Option<UserGrid>,
+}
+
+/// A user-given output grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserGrid {
+    pub ra_deg: f64,
+    pub dec_deg: f64,
+    pub nx: usize,
+    pub ny: usize,
+    pub pixscale_arcsec: f64,
+    pub rotation_deg: f64,
+}
+
+/// JWST imagers tessera knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Instrument {
+    NircamSw,
+    NircamLw,
+    Miri,
+}
+
+impl Instrument {
+    /// Parse the CLI/TOML name.
+    pub fn from_name(s: &str) -> Option<Instrument> {
+        match s {
+            "nircam_sw" => Some(Instrument::NircamSw),
+            "nircam_lw" => Some(Instrument::NircamLw),
+            "miri" => Some(Instrument::Miri),
+            _ => None,
+        }
+    }
+    /// The CLI/TOML name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Instrument::NircamSw => "nircam_sw",
+            Instrument::NircamLw => "nircam_lw",
+            Instrument::Miri => "miri",
+        }
+    }
+    /// Native pixel scale in arcsec (PHANGS-JWST paper; pjpipe P9).
+    pub fn native_pixscale_arcsec(self) -> f64 {
+        match self {
+            Instrument::NircamSw => 0.031,
+            Instrument::NircamLw => 0.063,
+            Instrument::Miri => 0.11,
+        }
+    }
+    /// The filter used when none is given.
+    pub fn default_filter(self) -> &'static str {
+        match self {
+            Instrument::NircamSw => "F200W",
+            Instrument::NircamLw => "F300M",
+            Instrument::Miri => "F1000W",
+        }
+    }
+    /// Which instrument channel a filter name belongs to (NIRCam short = band number <= 212).
+    pub fn of_filter(filter: &str) -> Option<Instrument> {
+        let f = filter.to_ascii_uppercase();
+        let digits: String = f.chars().skip(1).take_while(|c| c.is_ascii_digit()).collect();
+        if !f.starts_with('F') || digits.is_empty() {
+            return None;
+        }
+        let n: u32 = digits.parse().ok()?;
+        match digits.len() {
+            3 if n <= 212 => Some(Instrument::NircamSw),
+            3 if n < 500 => Some(Instrument::NircamLw),
+            3 | 4 if n >= 560 => Some(Instrument::Miri),
+            _ => None,
+        }
+    }
+    /// Central wavelength in micron from the filter name (F300M -> 3.0, F1000W -> 10.0).
+    pub fn filter_wavelength_um(filter: &str) -> Option<f64> {
+        let digits: String = filter.chars().skip(1).take_while(|c| c.is_ascii_digit()).collect();
+        let n: f64 = digits.parse().ok()?;
+        Some(n / 100.0)
+    }
+}
+
+/// Simulated detector size preset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimSize {
+    Tiny,
+    Small,
+    Medium,
+    Large,
+}
+
+impl SimSize {
+    /// Parse the CLI/TOML name.
+    pub fn from_name(s: &str) -> Option<SimSize> {
+        match s {
+            "tiny" => Some(SimSize::Tiny),
+            "small" => Some(SimSize::Small),
+            "medium" => Some(SimSize::Medium),
+            "large" => Some(SimSize::Large),
+            _ => None,
+        }
+    }
+    /// Detector side in pixels for NIRCam (MIRI: rows; MIRI columns add 8 reference columns at `large`).
+    pub fn detector_px(self) -> usize {
+        match self {
+            SimSize::Tiny => 64,
+            SimSize::Small => 256,
+            SimSize::Medium => 1024,
+            SimSize::Large => 2048,
+        }
+    }
+}
+
+/// The checked `[simulate]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimulateConfig {
+    pub instrument: Instrument,
+    pub filter: String,
+    pub tiles: (usize, usize),
+    pub dithers: usize,
+    pub size: SimSize,
+    pub seed: u64,
+    pub target: String,
+    pub noise: bool,
+    pub cosmic_rays: bool,
+    pub cosmic_ray_rate: f64,
+    pub stripe_rms_mjysr: f64,
+    pub background_offset_mjysr: f64,
+    pub lyot_offset_mjysr: f64,
+    pub pointing_error_arcsec: f64,
+    pub absolute_offset_arcsec: f64,
+    pub absolute_rotation_deg: f64,
+    pub miri_off_exposures: usize,
+    pub catalog_completeness: f64,
+    pub catalog_noise_arcsec: f64,
+    pub truth_pixscale_factor: f64,
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+}
+
+fn positive(key: &str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(invalid(key, format!("must be a positive number, got {v}")))
+    }
+}
+
+fn non_negative(key: &str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(invalid(key, format!("must be zero or positive, got {v}")))
+    }
+}
+
+impl RawConfig {
+    /// Check cross-field rules and units.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the TOML key path.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let r = &self.run;
+        if r.mem_budget_mb < 64 {
+            return Err(invalid("run.mem_budget_mb", format!("must be at least 64 MiB, got {}", r.mem_budget_mb)));
+        }
+        if r.output_dir.trim().is_empty() {
+            return Err(invalid("run.output_dir", "must not be empty"));
+        }
+        let run = RunConfig {
+            output_dir: r.output_dir.clone().into(),
+            mem_budget_mb: r.mem_budget_mb,
+            threads: r.threads,
+            progress_interval_s: positive("run.progress_interval_s", r.progress_interval_s)?,
+        };
+
+        let p = &self.plan;
+        let pixscale_arcsec = non_negative("plan.pixscale_arcsec", p.pixscale_arcsec)?;
+        if p.max_fill_ratio < 1.0 || !p.max_fill_ratio.is_finite() {
+            return Err(invalid("plan.max_fill_ratio", format!("must be at least 1, got {}", p.max_fill_ratio)));
+        }
+        if p.chunk_px != 0 && p.chunk_px < 64 {
+            return Err(invalid("plan.chunk_px", format!("must be 0 (automatic) or at least 64, got {}", p.chunk_px)));
+        }
+        if p.bytes_per_output_px == 0 {
+            return Err(invalid("plan.bytes_per_output_px", "must be positive"));
+        }
+        let grid = p.grid.as_ref().map(resolve_grid).transpose()?;
+        let plan = PlanConfig {
+            pixscale_arcsec,
+            margin_px: p.margin_px,
+            chunk_px: p.chunk_px,
+            bytes_per_output_px: p.bytes_per_output_px,
+            max_fill_ratio: p.max_fill_ratio,
+            max_output_mpix: positive("plan.max_output_mpix", p.max_output_mpix)?,
+            grid,
+        };
+
+        let s = &self.simulate;
+        let instrument = Instrument::from_name(&s.instrument).ok_or_else(|| {
+            invalid(
+                "simulate.instrument",
+                format!("unknown instrument `{}`: use nircam_sw, nircam_lw or miri", s.instrument),
+            )
+        })?;
+        let filter =
+            if s.filter.is_empty() { instrument.default_filter().to_string() } else { s.filter.to_ascii_uppercase() };
+        match Instrument::of_filter(&filter) {
+            Some(i) if i == instrument => {}
+            Some(i) => {
+                return Err(invalid(
+                    "simulate.filter",
+                    format!(
+                        "filter {filter} belongs to {}, not to simulate.instrument = {}",
+                        i.name(),
+                        instrument.name()
+                    ),
+                ))
+            }
+            None => return Err(invalid("simulate.filter", format!("`{filter}` is not a JWST imaging filter name"))),
+        }
+        let tiles = parse_tiles(&s.tiles).ok_or_else(|| {
+            invalid("simulate.tiles", format!("expected COLSxROWS like 2x2 (1 to 8 each), got `{}`", s.tiles))
+        })?;
+        if !(1..=8).contains(&s.dithers) {
+            return Err(invalid("simulate.dithers", format!("must be 1 to 8, got {}", s.dithers)));
+        }
+        let size = SimSize::from_name(&s.size)
+            .ok_or_else(|| invalid("simulate.size", format!("use tiny, small, medium or large, got `{}`", s.size)))?;
+        let frac = |key: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(key, format!("must be between 0 and 1, got {v}")))
+            }
+        };
+        let default_neg = |v: f64, d: f64| if v < 0.0 { d } else { v };
+        let simulate = SimulateConfig {
+            instrument,
+            filter,
+            tiles,
+            dithers: s.dithers,
+            size,
+            seed: s.seed,
+            target: s.target.clone(),
+            noise: s.noise,
+            cosmic_rays: s.cosmic_rays,
+            cosmic_ray_rate: non_negative("simulate.cosmic_ray_rate", s.cosmic_ray_rate)?,
+            stripe_rms_mjysr: default_neg(
+                s.stripe_rms_mjysr,
+                match instrument {
+                    Instrument::Miri => 0.0,
+                    _ => 0.02,
+                },
+            ),
+            background_offset_mjysr: default_neg(
+                s.background_offset_mjysr,
+                match instrument {
+                    Instrument::Miri => 0.4,
+                    _ => 0.02,
+                },
+            ),
+            lyot_offset_mjysr: s.lyot_offset_mjysr,
+            pointing_error_arcsec: non_negative("simulate.pointing_error_arcsec", s.pointing_error_arcsec)?,
+            absolute_offset_arcsec: s.absolute_offset_arcsec,
+            absolute_rotation_deg: s.absolute_rotation_deg,
+            miri_off_exposures: s.miri_off_exposures,
+            catalog_completeness: frac("simulate.catalog_completeness", s.catalog_completeness)?,
+            catalog_noise_arcsec: non_negative("simulate.catalog_noise_arcsec", s.catalog_noise_arcsec)?,
+            truth_pixscale_factor: positive("simulate.truth_pixscale_factor", s.truth_pixscale_factor)?,
+        };
+        Ok(Config { run, plan, simulate })
+    }
+}
+
+fn resolve_grid(g: &RawGrid) -> Result<UserGrid, ConfigError> {
+    if !(-90.0..=90.0).contains(&g.dec_deg) {
+        return Err(invalid("plan.grid.dec_deg", format!("must be within [-90, 90], got {}", g.dec_deg)));
+    }
+    if g.nx == 0 || g.ny == 0 {
+        return Err(invalid("plan.grid.nx", "nx and ny must be positive"));
+    }
+    Ok(UserGrid {
+        ra_deg: g.ra_deg.rem_euclid(360.0),
+        dec_deg: g.dec_deg,
+        nx: g.nx,
+        ny: g.ny,
+        pixscale_arcsec: positive("plan.grid.pixscale_arcsec", g.pixscale_arcsec)?,
+        rotation_deg: g.rotation_deg,
+    })
+}
+
+/// Parse "2x2" into (columns, rows), each 1 to 8.
+pub fn parse_tiles(s: &str) -> Option<(usize, usize)> {
+    let (a, b) = s.trim().to_ascii_lowercase().split_once('x').map(|(a, b)| (a.to_string(), b.to_string()))?;
+    let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+    ((1..=8).contains(&a) && (1..=8).contains(&b)).then_some((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_map_to_channels() {
+        assert_eq!(Instrument::of_filter("F200W"), Some(Instrument::NircamSw));
+        assert_eq!(Instrument::of_filter("F212N"), Some(Instrument::NircamSw));
+        assert_eq!(Instrument::of_filter("F300M"), Some(Instrument::NircamLw));
+        assert_eq!(Instrument::of_filter("F444W"), Some(Instrument::NircamLw));
+        assert_eq!(Instrument::of_filter("F770W"), Some(Instrument::Miri));
+        assert_eq!(Instrument::of_filter("F2100W"), Some(Instrument::Miri));
+        assert_eq!(Instrument::filter_wavelength_um("F770W"), Some(7.7));
+        assert_eq!(Instrument::of_filter("F1000W"), Some(Instrument::Miri));
+        assert_eq!(Instrument::of_filter("CLEAR"), None);
+        assert_eq!(parse_tiles("2x3"), Some((2, 3)));
+        assert_eq!(parse_tiles("0x3"), None);
+    }
+}

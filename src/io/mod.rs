@@ -1,0 +1,84 @@
+//! Input and output: JWST FITS files (`fits`), JSON/CSV products and atomic writes.
+//!
+//! Only this module imports `fitsio` (and, later, `hdf5`). Everything written goes to a temporary
+//! name beside the target and is renamed when complete, so a crash never leaves a half-written
+//! product under the final name.
+
+pub mod fits;
+pub mod json;
+
+use std::path::{Path, PathBuf};
+
+/// A file-system error, naming the path.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("{path}: {source}")]
+    Fs { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("no *_cal.fits files found in {0}")]
+    NoInputs(PathBuf),
+}
+
+impl IoError {
+    pub(crate) fn fs(path: &Path, source: std::io::Error) -> IoError {
+        IoError::Fs { path: path.to_path_buf(), source }
+    }
+}
+
+/// The temporary name used while `path` is being written.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Write `path` atomically: `write` fills the temporary file, which is then renamed over `path`.
+/// On error the temporary file is removed and `path` is untouched.
+///
+/// # Errors
+/// Whatever `write` returns, or [`IoError::Fs`] for the rename.
+pub fn write_atomic<E: From<IoError>>(path: &Path, write: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), E> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| IoError::fs(dir, e))?;
+    }
+    let tmp = temp_path(path);
+    let _ = std::fs::remove_file(&tmp);
+    match write(&tmp) {
+        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| IoError::fs(path, e).into()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Expand a list of inputs (files or directories) into a sorted list of `*_cal.fits` files.
+/// Directories are searched non-recursively.
+///
+/// # Errors
+/// [`IoError::Fs`] for an unreadable path, [`IoError::NoInputs`] when nothing is found.
+pub fn expand_cal_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, IoError> {
+    let mut files = vec![];
+    for p in inputs {
+        let meta = std::fs::metadata(p).map_err(|e| IoError::fs(p, e))?;
+        if meta.is_dir() {
+            let mut found = vec![];
+            for entry in std::fs::read_dir(p).map_err(|e| IoError::fs(p, e))? {
+                let path = entry.map_err(|e| IoError::fs(p, e))?.path();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if name.ends_with("_cal.fits") && !name.starts_with('.') && path.is_file() {
+                    found.push(path);
+                }
+            }
+            if found.is_empty() {
+                return Err(IoError::NoInputs(p.clone()));
+            }
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}

@@ -1,0 +1,125 @@
+//! Stage drivers: each runs one step of the pipeline on a [`Comm`](crate::dist::Comm), reading and
+//! writing products through `io` and calling pure `kernels`. The stage names here are the names used
+//! in the CLI, the TOML sections, the HDF5 groups and the output folders.
+
+pub mod mosaic;
+pub mod plan;
+pub mod progress;
+pub mod simulate;
+
+use crate::config::RawConfig;
+use crate::dist::Comm;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The pipeline stages in run order (SPEC section 3). One name everywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Plan,
+    Prep,
+    Destripe,
+    Align,
+    Level,
+    DestripeMulti,
+    Outlier,
+    Drizzle,
+    Assemble,
+    Astrometry,
+    Anchor,
+    Psfmatch,
+    Release,
+}
+
+impl Stage {
+    /// All stages in run order.
+    pub const ALL: [Stage; 13] = [
+        Stage::Plan,
+        Stage::Prep,
+        Stage::Destripe,
+        Stage::Align,
+        Stage::Level,
+        Stage::DestripeMulti,
+        Stage::Outlier,
+        Stage::Drizzle,
+        Stage::Assemble,
+        Stage::Astrometry,
+        Stage::Anchor,
+        Stage::Psfmatch,
+        Stage::Release,
+    ];
+    /// The stage's name (CLI subcommand, TOML section, HDF5 group, output folder).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Plan => "plan",
+            Stage::Prep => "prep",
+            Stage::Destripe => "destripe",
+            Stage::Align => "align",
+            Stage::Level => "level",
+            Stage::DestripeMulti => "destripe_multi",
+            Stage::Outlier => "outlier",
+            Stage::Drizzle => "drizzle",
+            Stage::Assemble => "assemble",
+            Stage::Astrometry => "astrometry",
+            Stage::Anchor => "anchor",
+            Stage::Psfmatch => "psfmatch",
+            Stage::Release => "release",
+        }
+    }
+    /// Whether this version implements the stage.
+    pub fn implemented(self) -> bool {
+        matches!(self, Stage::Plan)
+    }
+}
+
+/// How a stage run ended (errors are `Err`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything processed.
+    Clean,
+    /// Finished, but some items failed or were skipped and were reported.
+    Partial,
+}
+
+/// Provenance written with every product.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub tessera_version: String,
+    /// SHA-256 of the resolved configuration TOML.
+    pub config_sha256: String,
+    pub config_toml: String,
+    pub ranks: usize,
+    pub threads_per_rank: usize,
+    pub mpi_library: String,
+}
+
+impl Provenance {
+    /// Provenance of this run.
+    pub fn new(raw: &RawConfig, comm: &dyn Comm) -> Provenance {
+        let config_toml = raw.to_toml();
+        let config_sha256 = Sha256::digest(config_toml.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        #[cfg(feature = "mpi")]
+        let mpi_library = crate::dist::mpi::library_version();
+        #[cfg(not(feature = "mpi"))]
+        let mpi_library = String::from("none (serial build)");
+        Provenance {
+            tessera_version: crate::VERSION.to_string(),
+            config_sha256,
+            config_toml,
+            ranks: comm.size(),
+            threads_per_rank: rayon::current_num_threads(),
+            mpi_library,
+        }
+    }
+
+    /// FITS HISTORY lines.
+    pub fn history(&self) -> Vec<String> {
+        let first_line = self.mpi_library.lines().next().unwrap_or("").to_string();
+        vec![
+            format!("tessera {} ", self.tessera_version),
+            format!("config sha256 {}", self.config_sha256),
+            format!("ranks {} threads/rank {}", self.ranks, self.threads_per_rank),
+            format!("MPI {}", first_line.chars().take(60).collect::<String>()),
+        ]
+    }
+}

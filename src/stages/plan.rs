@@ -1,0 +1,160 @@
+//! Stage `plan`: read the headers of every input, build the plan (exposure table, output grid,
+//! chunk grid, owners) and write it to `<output_dir>/plan/plan.json`.
+//!
+//! Rank 0 reads the headers (in parallel threads) and broadcasts them; every rank then builds the
+//! plan itself with the pure `plan::build_plan`, and the ranks check that they agree (a hash of the
+//! plan gathered to rank 0). A file whose headers cannot be read is reported and skipped.
+
+use super::{Outcome, Provenance};
+use crate::config::{Config, RawConfig};
+use crate::dist::{Comm, CommExt};
+use crate::plan::{build_plan, CalMeta, Plan};
+use anyhow::Context;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// What the plan stage produced.
+pub struct PlanOutput {
+    pub plan: Plan,
+    /// Inputs that could not be read, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+    pub outcome: Outcome,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Inventory {
+    metas: Vec<CalMeta>,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+/// The plan file as written: the plan plus provenance and the skipped inputs.
+#[derive(Serialize, Deserialize)]
+pub struct PlanFile {
+    pub provenance: Provenance,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub plan: Plan,
+}
+
+/// Read the headers of every input in parallel; unreadable files are returned as skipped.
+///
+/// # Errors
+/// When the inputs cannot be listed, or no file could be read.
+pub fn read_inventory(inputs: &[PathBuf]) -> anyhow::Result<(Vec<CalMeta>, Vec<(PathBuf, String)>)> {
+    let files = crate::io::expand_cal_inputs(inputs)?;
+    let results: Vec<_> = files.par_iter().map(|p| (p.clone(), crate::io::fits::read_cal_meta(p))).collect();
+    let mut metas = vec![];
+    let mut skipped = vec![];
+    for (p, r) in results {
+        match r {
+            Ok(m) => metas.push(m),
+            Err(e) => {
+                tracing::warn!("skipping {}: {e}", p.display());
+                skipped.push((p, e.to_string()));
+            }
+        }
+    }
+    if metas.is_empty() {
+        let first = skipped.first().map(|(_, e)| e.clone()).unwrap_or_default();
+        anyhow::bail!("none of the {} input files could be read; the first error: {first}", skipped.len());
+    }
+    Ok((metas, skipped))
+}
+
+/// Run the plan stage for `nranks` ranks (normally `comm.size()`).
+///
+/// # Errors
+/// Unreadable inputs (all of them), a plan error, or ranks that disagree.
+pub fn run(
+    comm: &dyn Comm,
+    raw: &RawConfig,
+    cfg: &Config,
+    inputs: &[PathBuf],
+    nranks: usize,
+) -> anyhow::Result<PlanOutput> {
+    let inv: Inventory = comm.on_root_then_broadcast(0, || {
+        read_inventory(inputs).map(|(metas, skipped)| Inventory { metas, skipped }).map_err(|e| format!("{e:#}"))
+    })?;
+    // Every rank builds the plan; the ranks agree on the outcome before anyone fails.
+    let built = build_plan(&inv.metas, &cfg.plan, cfg.run.mem_budget_mb, nranks);
+    let digest = match &built {
+        Ok(p) => hex(&Sha256::digest(serde_json::to_vec(p).expect("plan serialises"))),
+        Err(e) => format!("error: {e}"),
+    };
+    let digests = comm.gather_values(0, &digest)?;
+    let agree = comm.on_root_then_broadcast(0, || -> Result<(), String> {
+        let d = digests.expect("root has the gathered digests");
+        match d.iter().position(|x| x != &d[0]) {
+            None => Ok(()),
+            Some(r) => Err(format!("ranks disagree on the plan: rank {r} computed {} but rank 0 {}", d[r], d[0])),
+        }
+    });
+    agree?;
+    let plan = built.context("plan")?;
+    if comm.rank() == 0 {
+        let path = cfg.run.output_dir.join("plan").join("plan.json");
+        let file =
+            PlanFile { provenance: Provenance::new(raw, comm), skipped: inv.skipped.clone(), plan: plan.clone() };
+        crate::io::json::write_json(&path, &file)?;
+        tracing::info!(
+            "[plan] {} exposures, grid {}x{}, written to {}",
+            plan.exposures.len(),
+            plan.grid.nx,
+            plan.grid.ny,
+            path.display()
+        );
+    }
+    let outcome = if inv.skipped.is_empty() { Outcome::Clean } else { Outcome::Partial };
+    Ok(PlanOutput { plan, skipped: inv.skipped, outcome })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A human-readable summary of a plan.
+pub fn summary(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let visits: std::collections::BTreeSet<_> = plan.exposures.iter().map(|e| &e.visit).collect();
+    let groups: std::collections::BTreeSet<_> = plan.exposures.iter().map(|e| &e.dither_group).collect();
+    let dets: std::collections::BTreeSet<_> = plan.exposures.iter().map(|e| &e.detector).collect();
+    let inpix: usize = plan.exposures.iter().map(|e| e.shape[0] * e.shape[1]).sum();
+    let _ = writeln!(s, "band {} ({}), tessera {}", plan.band, plan.instrument.name(), plan.version);
+    let _ = writeln!(
+        s,
+        "exposures: {} files, {} visits, {} dither groups, {} detectors, {:.1} Mpix in",
+        plan.exposures.len(),
+        visits.len(),
+        groups.len(),
+        dets.len(),
+        inpix as f64 / 1e6
+    );
+    let g = &plan.grid;
+    let _ = writeln!(
+        s,
+        "output grid: {} x {} px at {:.4}\"/px, centre RA {:.6} Dec {:.6}, rotation {:.2} deg",
+        g.nx, g.ny, g.pixscale_arcsec, g.crval_deg[0], g.crval_deg[1], g.rotation_deg
+    );
+    let _ = writeln!(s, "chunks: {} x {} of {} px, {} ranks", plan.chunks_x, plan.chunks_y, plan.chunk_px, plan.ranks);
+    for r in 0..plan.ranks {
+        let n = plan.chunks_of(r).count();
+        let e = plan.exposures_of(r).count();
+        let _ = writeln!(
+            s,
+            "  rank {r}: {n} chunks, {:.2} Mpix of input, {e} exposures",
+            plan.rank_input_px[r] as f64 / 1e6
+        );
+    }
+    let _ = writeln!(s, "load imbalance (max/mean): {:.3}", plan.imbalance());
+    s
+}
+
+/// Write the plan of a stage run beside other products (used by `mosaic`).
+///
+/// # Errors
+/// [`crate::io::IoError`] naming the path.
+pub fn write_plan(path: &Path, plan: &Plan) -> Result<(), crate::io::IoError> {
+    crate::io::json::write_json(path, plan)
+}

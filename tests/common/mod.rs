@@ -1,0 +1,121 @@
+//! Shared helpers for the integration tests: running the binary (alone or under mpirun with a
+//! timeout), and cached simulated surveys.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use tessera::config::RawConfig;
+use tessera::dist::SerialComm;
+
+/// The built binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tessera")
+}
+
+/// Run `tessera args...` in `cwd`.
+pub fn tessera(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(bin()).args(args).current_dir(cwd).output().expect("tessera runs")
+}
+
+/// Run `mpirun -n n tessera args...` with a 300 s timeout (a deadlock fails the test).
+pub fn mpirun(n: usize, cwd: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new("timeout");
+    c.args(["300", "mpirun", "-n", &n.to_string(), "--oversubscribe", bin()]).args(args).current_dir(cwd);
+    for (k, v) in [
+        ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
+        ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+        ("OMPI_MCA_rmaps_base_oversubscribe", "1"),
+        ("OMPI_MCA_btl_vader_single_copy_mechanism", "none"),
+        ("OMPI_MCA_btl", "self,vader,tcp"),
+        ("OMPI_MCA_pml", "ob1"),
+    ] {
+        c.env(k, v);
+    }
+    let out = c.output().expect("mpirun runs");
+    assert_ne!(out.status.code(), Some(124), "mpirun -n {n} {args:?} timed out (deadlock?)");
+    out
+}
+
+/// Assert success and return stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh temporary folder.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("tessera-test-").tempdir().expect("tempdir")
+}
+
+/// Simulate in-process (serial) with `--set`-style overrides of `[simulate]`.
+pub fn simulate(out: &Path, sets: &[&str]) -> RawConfig {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let (raw, cfg) = tessera::config::load(None, &sets).expect("config");
+    tessera::stages::simulate::run(&SerialComm, &raw, &cfg.simulate, out).expect("simulate");
+    raw
+}
+
+/// A cached tiny NIRCam LW survey (2x2 tiles x 4 dithers, 2 detectors: 32 files of 64x64).
+pub fn tiny_lw() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tmp().keep();
+        simulate(&d, &["simulate.instrument=\"nircam_lw\"", "simulate.size=\"tiny\"", "simulate.seed=7"]);
+        d
+    })
+}
+
+/// A cached small NIRCam LW survey with noise, 1x1 tile x 2 dithers (4 files of 256x256).
+pub fn small_lw() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tmp().keep();
+        simulate(
+            &d,
+            &[
+                "simulate.instrument=\"nircam_lw\"",
+                "simulate.size=\"small\"",
+                "simulate.tiles=\"1x1\"",
+                "simulate.dithers=2",
+                "simulate.seed=11",
+            ],
+        );
+        d
+    })
+}
+
+/// A cached tiny MIRI survey (1x2 tiles x 2 dithers + off exposures).
+pub fn tiny_miri() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tmp().keep();
+        simulate(
+            &d,
+            &["simulate.instrument=\"miri\"", "simulate.tiles=\"1x2\"", "simulate.dithers=2", "simulate.seed=3"],
+        );
+        d
+    })
+}
+
+/// The `*_cal.fits` files directly in a folder, sorted.
+pub fn cal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("_cal.fits"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

@@ -1,0 +1,20 @@
+//! tessera's integration tests: one binary, topic modules, a `common` helper that builds synthetic
+//! JWST-format inputs with a known truth. MPI tests launch `mpirun -n N` on the built binary with a
+//! timeout that catches deadlocks.
+
+mod common;
+
+#[path = "integration/cli.rs"]
+mod cli;
+#[path = "integration/fits_io.rs"]
+mod fits_io;
+#[path = "integration/mpi.rs"]
+mod mpi;
+#[path = "integration/plan.rs"]
+mod plan;
+#[path = "integration/python.rs"]
+mod python;
+#[path = "integration/simulate.rs"]
+mod simulate;
+#[path = "integration/tidy.rs"]
+mod tidy;
