@@ -179,6 +179,11 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
             }
             Ok(out.outcome)
         }
+        Command::Run { config_file } => {
+            let (raw, cfg) = config::load(Some(config_file), &cli.sets)?;
+            set_threads(&cfg);
+            stages::campaign::run(comm, &raw, &cfg)
+        }
         Command::Mosaic(args) => {
             let (raw, cfg) = load_config(cli, &[])?;
             set_threads(&cfg);

@@ -32,6 +32,11 @@ pub enum Command {
     Plan(PlanArgs),
     /// Mosaic one band from cal files or a directory.
     Mosaic(MosaicArgs),
+    /// Run every band of every [[target]] of a configuration file (a campaign).
+    Run {
+        /// The campaign configuration (TOML).
+        config_file: PathBuf,
+    },
     /// Print the commented default configuration, or check a configuration file.
     Config {
         #[command(subcommand)]

@@ -8,6 +8,8 @@ mod common;
 mod cli;
 #[path = "integration/fits_io.rs"]
 mod fits_io;
+#[path = "integration/mosaic.rs"]
+mod mosaic;
 #[path = "integration/mpi.rs"]
 mod mpi;
 #[path = "integration/plan.rs"]

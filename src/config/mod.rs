@@ -12,16 +12,21 @@
 mod raw;
 mod resolved;
 
-pub use raw::{RawConfig, RawGrid, RawPlan, RawRun, RawSimulate, DEFAULT_TOML};
-pub use resolved::{Config, Instrument, PlanConfig, RunConfig, SimSize, SimulateConfig, UserGrid};
+pub use raw::{
+    RawAssemble, RawConfig, RawDrizzle, RawGrid, RawOutlier, RawPlan, RawRun, RawSimulate, RawTarget, DEFAULT_TOML,
+};
+pub use resolved::{
+    AssembleConfig, Config, DrizzleConfig, Instrument, OutlierConfig, PlanConfig, RunConfig, SimSize, SimulateConfig,
+    Target, UserGrid, WeightType,
+};
 
 use std::path::{Path, PathBuf};
 
 /// A configuration error, naming the file and/or TOML key path.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config key `{key}`: {message}")]
@@ -37,7 +42,7 @@ pub enum ConfigError {
 pub fn load(path: Option<&Path>, sets: &[String]) -> Result<(RawConfig, Config), ConfigError> {
     let (text, name) = match path {
         Some(p) => (
-            std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?,
+            std::fs::read_to_string(p).map_err(|err| ConfigError::Read { path: p.to_path_buf(), err })?,
             p.display().to_string(),
         ),
         None => (String::new(), "<defaults>".to_string()),
@@ -78,6 +83,9 @@ mod tests {
         walk("", &value, &mut keys);
         for key in ["ra_deg", "dec_deg", "nx", "ny", "pixscale_arcsec", "rotation_deg"] {
             keys.push(("plan.grid".into(), key.into())); // optional table, absent from the defaults
+        }
+        for key in ["name", "inputs", "bands", "catalog"] {
+            keys.push(("target".into(), key.into())); // array of tables, absent from the defaults
         }
         assert!(keys.len() > 20);
         for (section, key) in keys {
@@ -121,6 +129,10 @@ mod tests {
             ("simulate.size=\"huge\"", "simulate.size"),
             ("plan.max_fill_ratio=0.5", "plan.max_fill_ratio"),
             ("simulate.filter=\"F200W\"", "simulate.filter"),
+            ("drizzle.pixfrac=0.0", "drizzle.pixfrac"),
+            ("drizzle.weight_type=\"wht\"", "drizzle.weight_type"),
+            ("outlier.maskpt=2.0", "outlier.maskpt"),
+            ("assemble.row_block=0", "assemble.row_block"),
         ] {
             let raw = RawConfig::from_toml_with_sets("", "-", &[set.into()]).unwrap();
             let e = raw.resolve().unwrap_err().to_string();

@@ -11,8 +11,99 @@ pub struct RawConfig {
     pub run: RawRun,
     /// The `plan` stage: output grid, chunk grid, work assignment.
     pub plan: RawPlan,
+    /// The `outlier` stage: cosmic rays and other outliers against the median of the exposures.
+    pub outlier: RawOutlier,
+    /// The `drizzle` stage: resampling onto the output grid.
+    pub drizzle: RawDrizzle,
+    /// The `assemble` stage: the mosaic FITS from the band store.
+    pub assemble: RawAssemble,
     /// `tessera simulate`: the synthetic survey.
     pub simulate: RawSimulate,
+    /// Targets for `tessera run`: one `[[target]]` table each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub target: Vec<RawTarget>,
+}
+
+/// `[outlier]` (JWST OutlierDetectionStep parameters, same defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOutlier {
+    /// Run the stage (false = no outlier flags; drizzle uses the DQ as it is).
+    pub enabled: bool,
+    /// Signal-to-noise thresholds: first for detection, second for neighbours of detections.
+    pub snr1: f64,
+    pub snr2: f64,
+    /// Multipliers of the blotted median's derivative added to the thresholds.
+    pub scale1: f64,
+    pub scale2: f64,
+    /// Resampled pixels with less than this fraction of the exposure's typical weight are left out of the median.
+    pub maskpt: f64,
+    /// Drizzle pixfrac for the individually resampled exposures.
+    pub pixfrac: f64,
+    /// Interpolation of the median blotted back to each exposure: "bicubic" (keeps undersampled
+    /// star cores) or "bilinear" (the JWST pipeline's choice).
+    pub blot_interp: String,
+}
+
+impl Default for RawOutlier {
+    fn default() -> Self {
+        RawOutlier {
+            enabled: true,
+            snr1: 5.0,
+            snr2: 4.0,
+            scale1: 1.2,
+            scale2: 0.7,
+            maskpt: 0.7,
+            pixfrac: 1.0,
+            blot_interp: "bicubic".into(),
+        }
+    }
+}
+
+/// `[drizzle]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDrizzle {
+    /// Fraction of the input pixel side drizzled (square kernel), 0 < pixfrac <= 1.
+    pub pixfrac: f64,
+    /// Input weights: "ivm" (inverse VAR_RNOISE, as the JWST pipeline) or "exptime".
+    pub weight_type: String,
+}
+
+impl Default for RawDrizzle {
+    fn default() -> Self {
+        RawDrizzle { pixfrac: 1.0, weight_type: "ivm".into() }
+    }
+}
+
+/// `[assemble]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAssemble {
+    /// Rows of the mosaic streamed from the band store per block (bounds rank 0's memory).
+    pub row_block: usize,
+}
+
+impl Default for RawAssemble {
+    fn default() -> Self {
+        RawAssemble { row_block: 512 }
+    }
+}
+
+/// `[[target]]`: one target of a campaign for `tessera run`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Target name: products go to `<output_dir>/<name>/<band>/`.
+    pub name: String,
+    /// Cal files or directories holding `*_cal.fits` (all bands; grouped by FILTER/PUPIL).
+    pub inputs: Vec<String>,
+    /// Only these bands (empty = every band found).
+    #[serde(default)]
+    pub bands: Vec<String>,
+    /// Reference catalogue for absolute astrometry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
 }
 
 /// `[run]`
@@ -113,6 +204,8 @@ pub struct RawSimulate {
     pub noise: bool,
     /// Add cosmic-ray hits (recorded in the truth).
     pub cosmic_rays: bool,
+    /// Saturate pixels above the full well (NaN + SATURATED|DO_NOT_USE, as the pipeline does).
+    pub saturate: bool,
     /// Cosmic-ray rate: hits per pixel per 1000 s of exposure.
     pub cosmic_ray_rate: f64,
     /// NIRCam 1/f noise: rms of the per-amplifier row offsets in MJy/sr; a negative value = instrument default.
@@ -149,6 +242,7 @@ impl Default for RawSimulate {
             target: "NGC0000".into(),
             noise: true,
             cosmic_rays: true,
+            saturate: true,
             cosmic_ray_rate: 2e-4,
             stripe_rms_mjysr: -1.0,
             background_offset_mjysr: -1.0,
@@ -268,6 +362,46 @@ max_output_mpix = 2000.0
 # Position angle of +y east of north, deg (0 = north up).
 # rotation_deg = 0.0
 
+[outlier]
+# Run the stage (false = no outlier flags; drizzle uses the DQ as it is).
+enabled = true
+# Signal-to-noise threshold for detection (JWST default).
+snr1 = 5.0
+# Signal-to-noise threshold for the neighbours of detections.
+snr2 = 4.0
+# Multiplier of the blotted median's derivative added to the first threshold.
+scale1 = 1.2
+# Multiplier of the derivative for the second threshold.
+scale2 = 0.7
+# Resampled pixels with less than this fraction of the exposure's typical weight stay out of the median.
+maskpt = 0.7
+# Drizzle pixfrac for the individually resampled exposures.
+pixfrac = 1.0
+# Interpolation of the median blotted back to each exposure: "bicubic" (keeps undersampled star
+# cores) or "bilinear" (the JWST pipeline's choice).
+blot_interp = "bicubic"
+
+[drizzle]
+# Fraction of the input pixel side drizzled (square kernel), 0 < pixfrac <= 1.
+pixfrac = 1.0
+# Input weights: "ivm" (inverse VAR_RNOISE, as the JWST pipeline) or "exptime".
+weight_type = "ivm"
+
+[assemble]
+# Rows of the mosaic streamed from the band store per block (bounds rank 0's memory).
+row_block = 512
+
+# Targets for `tessera run` (repeat the table for each target):
+# [[target]]
+# Target name: products go to <output_dir>/<name>/<band>/.
+# name = "NGC0628"
+# Cal files or directories holding *_cal.fits (all bands; grouped by FILTER/PUPIL).
+# inputs = ["/data/ngc0628"]
+# Only these bands (empty = every band found).
+# bands = ["F300M", "F335M"]
+# Reference catalogue for absolute astrometry.
+# catalog = "/data/ngc0628/refcat.csv"
+
 [simulate]
 # nircam_sw | nircam_lw | miri
 instrument = "nircam_lw"
@@ -287,6 +421,8 @@ target = "NGC0000"
 noise = true
 # Add cosmic-ray hits (recorded in the truth).
 cosmic_rays = true
+# Saturate pixels above the full well (NaN + SATURATED|DO_NOT_USE, as the pipeline does).
+saturate = true
 # Cosmic-ray rate: hits per pixel per 1000 s of exposure.
 cosmic_ray_rate = 2e-4
 # NIRCam 1/f noise: rms of the per-amplifier row offsets in MJy/sr; negative = instrument default.

@@ -9,7 +9,57 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub run: RunConfig,
     pub plan: PlanConfig,
+    pub outlier: OutlierConfig,
+    pub drizzle: DrizzleConfig,
+    pub assemble: AssembleConfig,
     pub simulate: SimulateConfig,
+    pub targets: Vec<Target>,
+}
+
+/// The checked `[outlier]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutlierConfig {
+    pub enabled: bool,
+    pub snr1: f32,
+    pub snr2: f32,
+    pub scale1: f32,
+    pub scale2: f32,
+    pub maskpt: f64,
+    pub pixfrac: f64,
+    /// Bicubic (true) or bilinear (false) blot.
+    pub blot_bicubic: bool,
+}
+
+/// How input pixels are weighted in drizzle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightType {
+    /// Inverse of VAR_RNOISE per pixel (JWST's "ivm").
+    Ivm,
+    /// The exposure time (EFFEXPTM) for every pixel.
+    Exptime,
+}
+
+/// The checked `[drizzle]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrizzleConfig {
+    pub pixfrac: f64,
+    pub weight_type: WeightType,
+}
+
+/// The checked `[assemble]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssembleConfig {
+    pub row_block: usize,
+}
+
+/// A campaign target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub inputs: Vec<std::path::PathBuf>,
+    pub bands: Vec<String>,
+    pub catalog: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,6 +204,7 @@ pub struct SimulateConfig {
     pub target: String,
     pub noise: bool,
     pub cosmic_rays: bool,
+    pub saturate: bool,
     pub cosmic_ray_rate: f64,
     pub stripe_rms_mjysr: f64,
     pub background_offset_mjysr: f64,
@@ -278,6 +329,7 @@ impl RawConfig {
             target: s.target.clone(),
             noise: s.noise,
             cosmic_rays: s.cosmic_rays,
+            saturate: s.saturate,
             cosmic_ray_rate: non_negative("simulate.cosmic_ray_rate", s.cosmic_ray_rate)?,
             stripe_rms_mjysr: default_neg(
                 s.stripe_rms_mjysr,
@@ -302,7 +354,67 @@ impl RawConfig {
             catalog_noise_arcsec: non_negative("simulate.catalog_noise_arcsec", s.catalog_noise_arcsec)?,
             truth_pixscale_factor: positive("simulate.truth_pixscale_factor", s.truth_pixscale_factor)?,
         };
-        Ok(Config { run, plan, simulate })
+        let o = &self.outlier;
+        let pixfrac = |key: &str, v: f64| {
+            if v > 0.0 && v <= 1.0 {
+                Ok(v)
+            } else {
+                Err(invalid(key, format!("must be in (0, 1], got {v}")))
+            }
+        };
+        let outlier = OutlierConfig {
+            enabled: o.enabled,
+            snr1: positive("outlier.snr1", o.snr1)? as f32,
+            snr2: positive("outlier.snr2", o.snr2)? as f32,
+            scale1: non_negative("outlier.scale1", o.scale1)? as f32,
+            scale2: non_negative("outlier.scale2", o.scale2)? as f32,
+            maskpt: frac("outlier.maskpt", o.maskpt)?,
+            pixfrac: pixfrac("outlier.pixfrac", o.pixfrac)?,
+            blot_bicubic: match o.blot_interp.as_str() {
+                "bicubic" => true,
+                "bilinear" => false,
+                other => {
+                    return Err(invalid(
+                        "outlier.blot_interp",
+                        format!("use \"bicubic\" or \"bilinear\", got `{other}`"),
+                    ))
+                }
+            },
+        };
+        let d = &self.drizzle;
+        let drizzle = DrizzleConfig {
+            pixfrac: pixfrac("drizzle.pixfrac", d.pixfrac)?,
+            weight_type: match d.weight_type.as_str() {
+                "ivm" => WeightType::Ivm,
+                "exptime" => WeightType::Exptime,
+                other => {
+                    return Err(invalid("drizzle.weight_type", format!("use \"ivm\" or \"exptime\", got `{other}`")))
+                }
+            },
+        };
+        if self.assemble.row_block == 0 {
+            return Err(invalid("assemble.row_block", "must be positive"));
+        }
+        let assemble = AssembleConfig { row_block: self.assemble.row_block };
+        let mut targets = vec![];
+        for (i, t) in self.target.iter().enumerate() {
+            if t.name.trim().is_empty() || t.name.contains('/') {
+                return Err(invalid(
+                    &format!("target[{i}].name"),
+                    format!("must be a non-empty name without '/', got `{}`", t.name),
+                ));
+            }
+            if t.inputs.is_empty() {
+                return Err(invalid(&format!("target[{i}].inputs"), "lists no input files or directories"));
+            }
+            targets.push(Target {
+                name: t.name.clone(),
+                inputs: t.inputs.iter().map(Into::into).collect(),
+                bands: t.bands.iter().map(|b| b.to_ascii_uppercase()).collect(),
+                catalog: t.catalog.as_ref().map(Into::into),
+            });
+        }
+        Ok(Config { run, plan, outlier, drizzle, assemble, simulate, targets })
     }
 }
 

@@ -51,6 +51,10 @@ pub trait Comm: Sync {
     fn exchange(&self, sends: Vec<(usize, Vec<u8>)>) -> Vec<(usize, Vec<u8>)>;
     /// Abort the whole job with `code` (does not return).
     fn abort(&self, code: i32) -> !;
+    /// The communicator as an opaque handle for parallel HDF5 (`None` = no MPI: HDF5's serial
+    /// driver). No default on purpose: an MPI communicator answering `None` would make every rank
+    /// write the same file with the serial driver.
+    fn hdf5_handle(&self) -> Option<crate::io::hdf5::MpiHandle>;
 }
 
 /// One rank, no MPI: every collective is the identity.
@@ -90,6 +94,9 @@ impl Comm for SerialComm {
     }
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
+    }
+    fn hdf5_handle(&self) -> Option<crate::io::hdf5::MpiHandle> {
+        None
     }
 }
 

@@ -6,6 +6,7 @@
 use super::Comm;
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::datatype::{Partition, PartitionMut};
+use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Count;
 
@@ -25,6 +26,16 @@ pub fn init() -> Option<MpiWorld> {
     let universe = mpi::initialize()?;
     let world = universe.world();
     Some(MpiWorld { _universe: universe, world })
+}
+
+impl MpiWorld {
+    /// This communicator as the opaque handle `io::hdf5::BandStore::create` takes, so that `io` opens
+    /// its band files on it without importing `mpi`. HDF5 duplicates the communicator on open; close
+    /// every band store before this `MpiWorld` (and MPI) goes away.
+    pub fn raw_comm_handle(&self) -> crate::io::hdf5::MpiHandle {
+        // SAFETY: `world` is a valid Open MPI communicator of an initialised MPI while `self` lives.
+        unsafe { crate::io::hdf5::MpiHandle::from_raw(self.world.as_raw().0.cast()) }
+    }
 }
 
 /// The MPI library's version string (trailing NULs removed).
@@ -93,6 +104,8 @@ impl Comm for MpiWorld {
         }
     }
     fn gather_bytes(&self, root: usize, data: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let backing = [0u8; 1];
+        let data = if data.is_empty() { &backing[..0] } else { data };
         let r = self.world.process_at_rank(root as i32);
         let n = count(data.len());
         if self.rank() == root {
@@ -100,7 +113,7 @@ impl Comm for MpiWorld {
             r.gather_into_root(&n, &mut counts[..]);
             let d = displs(&counts);
             let total: usize = counts.iter().map(|&c| c as usize).sum();
-            let mut recv = vec![0u8; total];
+            let mut recv = vec![0u8; total.max(1)];
             {
                 let mut part = PartitionMut::new(&mut recv[..], &counts[..], &d[..]);
                 r.gather_varcount_into_root(data, &mut part);
@@ -113,12 +126,15 @@ impl Comm for MpiWorld {
         }
     }
     fn all_gather_bytes(&self, data: &[u8]) -> Vec<Vec<u8>> {
+        // an empty slice of a real array: Open MPI rejects the dangling pointer of an empty Vec
+        let backing = [0u8; 1];
+        let data = if data.is_empty() { &backing[..0] } else { data };
         let n = count(data.len());
         let mut counts = vec![0 as Count; self.size()];
         self.world.all_gather_into(&n, &mut counts[..]);
         let d = displs(&counts);
         let total: usize = counts.iter().map(|&c| c as usize).sum();
-        let mut recv = vec![0u8; total];
+        let mut recv = vec![0u8; total.max(1)];
         {
             let mut part = PartitionMut::new(&mut recv[..], &counts[..], &d[..]);
             self.world.all_gather_varcount_into(data, &mut part);
@@ -135,11 +151,16 @@ impl Comm for MpiWorld {
         let send_counts: Vec<Count> = per_dest.iter().map(|b| count(b.len())).collect();
         let mut recv_counts = vec![0 as Count; size];
         self.world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
-        let send_buf: Vec<u8> = per_dest.concat();
+        // Buffers of at least one byte: Open MPI rejects the dangling pointer of an empty Vec even
+        // when every count is zero.
+        let mut send_buf: Vec<u8> = per_dest.concat();
+        if send_buf.is_empty() {
+            send_buf.push(0);
+        }
         let sd = displs(&send_counts);
         let rd = displs(&recv_counts);
         let total: usize = recv_counts.iter().map(|&c| c as usize).sum();
-        let mut recv = vec![0u8; total];
+        let mut recv = vec![0u8; total.max(1)];
         {
             let send = Partition::new(&send_buf[..], &send_counts[..], &sd[..]);
             let mut part = PartitionMut::new(&mut recv[..], &recv_counts[..], &rd[..]);
@@ -152,6 +173,9 @@ impl Comm for MpiWorld {
             .filter(|(_, (&c, _))| c > 0)
             .map(|(src, (&c, &o))| (src, recv[o as usize..(o + c) as usize].to_vec()))
             .collect()
+    }
+    fn hdf5_handle(&self) -> Option<crate::io::hdf5::MpiHandle> {
+        Some(self.raw_comm_handle())
     }
     fn abort(&self, code: i32) -> ! {
         self.world.abort(code)

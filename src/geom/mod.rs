@@ -5,6 +5,7 @@
 //! cards reach this module as a plain map built by `io::fits`.
 
 pub mod grid;
+pub mod pixmap;
 pub mod polygon;
 pub mod wcs;
 

@@ -562,3 +562,166 @@ pub fn card_real(key: &str, value: f64, comment: &str) -> Card {
 pub fn card_int(key: &str, value: i64, comment: &str) -> Card {
     (key.to_string(), CardValue::Int(value), comment.to_string())
 }
+
+/// Pixel type of a mosaic extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtKind {
+    F32,
+    U32,
+}
+
+/// One extension of a mosaic FITS: name, pixel type, planes (1 = a 2-D image; >1 = a cube
+/// `[plane, y, x]`), and header cards.
+#[derive(Clone, Debug)]
+pub struct ExtSpec {
+    pub name: String,
+    pub kind: ExtKind,
+    pub planes: usize,
+    pub cards: Vec<Card>,
+}
+
+/// A multi-extension FITS written in row blocks: every HDU is created (and filled with zeros by
+/// cfitsio) up front, then rows are written into any extension in any order, so no caller ever holds
+/// the whole image. The file is written under a temporary name and renamed by [`MosaicWriter::finish`].
+pub struct MosaicWriter {
+    f: FitsFile,
+    tmp: PathBuf,
+    path: PathBuf,
+    ny: usize,
+    nx: usize,
+    exts: Vec<ExtSpec>,
+}
+
+impl MosaicWriter {
+    /// Create the file with a primary header (`primary` cards and `history`) and the extensions.
+    ///
+    /// # Errors
+    /// [`FitsError`] naming the file and HDU.
+    pub fn create(
+        path: &Path,
+        ny: usize,
+        nx: usize,
+        primary: &[Card],
+        history: &[String],
+        exts: Vec<ExtSpec>,
+    ) -> Result<MosaicWriter, FitsError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| FitsError::from(crate::io::IoError::fs(dir, e)))?;
+        }
+        let tmp = crate::io::temp_path(path);
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = FitsFile::create(&tmp).open().map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
+        f.primary_hdu().map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
+        put_cards(&mut f, path, "PRIMARY", primary)?;
+        put_history(&mut f, path, "PRIMARY", history)?;
+        for e in &exts {
+            let ty = match e.kind {
+                ExtKind::F32 => ImageType::Float,
+                ExtKind::U32 => ImageType::UnsignedLong,
+            };
+            let dims: Vec<usize> = if e.planes > 1 { vec![e.planes, ny, nx] } else { vec![ny, nx] };
+            let desc = ImageDescription { data_type: ty, dimensions: &dims };
+            f.create_image(e.name.as_str(), &desc).map_err(|er| FitsError::cfitsio(path, Some(&e.name), er))?;
+            put_cards(&mut f, path, &e.name, &e.cards)?;
+        }
+        Ok(MosaicWriter { f, tmp, path: path.to_path_buf(), ny, nx, exts })
+    }
+
+    fn range_check(&self, ext: &str, plane: usize, y0: usize, rows: usize, cols: usize) -> Result<(), FitsError> {
+        let spec = self.exts.iter().find(|e| e.name == ext);
+        match spec {
+            Some(s) if plane < s.planes.max(1) && y0 + rows <= self.ny && cols == self.nx => Ok(()),
+            _ => Err(FitsError::new(
+                &self.path,
+                Some(ext),
+                None,
+                FitsProblem::BadData(format!(
+                    "rows {y0}..{} plane {plane} do not fit the {}x{} image",
+                    y0 + rows,
+                    self.ny,
+                    self.nx
+                )),
+            )),
+        }
+    }
+
+    /// Write full-width rows starting at row `y0` of a float extension.
+    ///
+    /// # Errors
+    /// [`FitsError`] naming the file and HDU.
+    pub fn write_rows_f32(&mut self, ext: &str, y0: usize, rows: ndarray::ArrayView2<f32>) -> Result<(), FitsError> {
+        self.range_check(ext, 0, y0, rows.nrows(), rows.ncols())?;
+        let h = self.f.hdu(ext).map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))?;
+        let data = rows.as_standard_layout();
+        let start = y0 * self.nx;
+        h.write_section(&mut self.f, start, start + data.len(), data.as_slice().expect("standard layout"))
+            .map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))
+    }
+
+    /// Write full-width rows starting at row `y0` of plane `plane` of an unsigned extension.
+    ///
+    /// # Errors
+    /// [`FitsError`] naming the file and HDU.
+    pub fn write_rows_u32(
+        &mut self,
+        ext: &str,
+        plane: usize,
+        y0: usize,
+        rows: ndarray::ArrayView2<u32>,
+    ) -> Result<(), FitsError> {
+        self.range_check(ext, plane, y0, rows.nrows(), rows.ncols())?;
+        let h = self.f.hdu(ext).map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))?;
+        let data = rows.as_standard_layout();
+        let start = plane * self.ny * self.nx + y0 * self.nx;
+        h.write_section(&mut self.f, start, start + data.len(), data.as_slice().expect("standard layout"))
+            .map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))
+    }
+
+    /// Close the file and rename it to its final name.
+    ///
+    /// # Errors
+    /// [`FitsError`] naming the file.
+    pub fn finish(self) -> Result<(), FitsError> {
+        let MosaicWriter { f, tmp, path, .. } = self;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(|e| FitsError::from(crate::io::IoError::fs(&path, e)))
+    }
+}
+
+/// Read a whole 2-D float extension by EXTNAME.
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU.
+pub fn read_ext_f32(path: &Path, ext: &str) -> Result<Array2<f32>, FitsError> {
+    let mut f = open(path)?;
+    let h = hdu(&mut f, path, ext)?;
+    let shape = match &h.info {
+        HduInfo::ImageInfo { shape, .. } if shape.len() == 2 => [shape[0], shape[1]],
+        _ => return Err(FitsError::new(path, Some(ext), None, FitsProblem::BadData("not a 2-D image".into()))),
+    };
+    read_f32(&mut f, path, ext, shape)
+}
+
+/// Read a whole unsigned extension by EXTNAME: `(planes, ny, nx)` and the values in C order.
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU.
+pub fn read_ext_u32(path: &Path, ext: &str) -> Result<(Vec<usize>, Vec<u32>), FitsError> {
+    let mut f = open(path)?;
+    let h = hdu(&mut f, path, ext)?;
+    let shape = match &h.info {
+        HduInfo::ImageInfo { shape, .. } => shape.clone(),
+        _ => return Err(FitsError::new(path, Some(ext), None, FitsProblem::BadData("not an image".into()))),
+    };
+    let v: Vec<u32> = h.read_image(&mut f).map_err(|e| FitsError::cfitsio(path, Some(ext), e))?;
+    Ok((shape, v))
+}
+
+/// The header cards of an extension (or "PRIMARY").
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU.
+pub fn read_header(path: &Path, ext: &str) -> Result<BTreeMap<String, CardValue>, FitsError> {
+    let mut f = open(path)?;
+    read_cards(&mut f, path, ext)
+}

@@ -1,10 +1,12 @@
-//! Input and output: JWST FITS files (`fits`), JSON/CSV products and atomic writes.
+//! Input and output: JWST FITS files (`fits`), the parallel HDF5 band store (`hdf5`), JSON/CSV
+//! products and atomic writes.
 //!
 //! Only this module imports `fitsio` (and, later, `hdf5`). Everything written goes to a temporary
 //! name beside the target and is renamed when complete, so a crash never leaves a half-written
 //! product under the final name.
 
 pub mod fits;
+pub mod hdf5;
 pub mod json;
 
 use std::path::{Path, PathBuf};
@@ -12,8 +14,8 @@ use std::path::{Path, PathBuf};
 /// A file-system error, naming the path.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
-    #[error("{path}: {source}")]
-    Fs { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {err}")]
+    Fs { path: PathBuf, err: std::io::Error },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
     #[error("no *_cal.fits files found in {0}")]
@@ -22,7 +24,7 @@ pub enum IoError {
 
 impl IoError {
     pub(crate) fn fs(path: &Path, source: std::io::Error) -> IoError {
-        IoError::Fs { path: path.to_path_buf(), source }
+        IoError::Fs { path: path.to_path_buf(), err: source }
     }
 }
 

@@ -106,6 +106,13 @@ pub fn chunk_side_from_budget(mem_budget_mb: u64, bytes_per_output_px: u64) -> u
     (side / 64 * 64).clamp(256, 8192)
 }
 
+/// Chunk side that gives every rank about 4 chunks to balance (a multiple of 64, at least 256).
+/// Results do not depend on the chunk layout, so the side may follow the rank count.
+pub fn chunk_side_for_ranks(npix: usize, nranks: usize) -> usize {
+    let side = (npix as f64 / (4 * nranks) as f64).sqrt();
+    ((side / 64.0).ceil() as usize * 64).max(256)
+}
+
 /// Build the plan for one band.
 ///
 /// `exposures` may come in any order: the table is sorted by (visit, dither group, exposure,
@@ -238,8 +245,11 @@ pub fn build_plan(
     }
 
     // The chunk grid and the input pixels landing on each chunk.
-    let chunk_px =
-        if cfg.chunk_px > 0 { cfg.chunk_px } else { chunk_side_from_budget(mem_budget_mb, cfg.bytes_per_output_px) };
+    let chunk_px = if cfg.chunk_px > 0 {
+        cfg.chunk_px
+    } else {
+        chunk_side_from_budget(mem_budget_mb, cfg.bytes_per_output_px).min(chunk_side_for_ranks(grid.npix(), nranks))
+    };
     let chunks_x = grid.nx.div_ceil(chunk_px);
     let chunks_y = grid.ny.div_ceil(chunk_px);
     let polys: Vec<Polygon> = footprints_px.iter().map(|fp| Polygon::new(fp.clone())).collect();

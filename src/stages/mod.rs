@@ -2,7 +2,12 @@
 //! writing products through `io` and calling pure `kernels`. The stage names here are the names used
 //! in the CLI, the TOML sections, the HDF5 groups and the output folders.
 
+pub mod assemble;
+pub mod campaign;
+pub mod drizzle;
 pub mod mosaic;
+pub mod outlier;
+pub mod pieces;
 pub mod plan;
 pub mod progress;
 pub mod simulate;
@@ -68,7 +73,7 @@ impl Stage {
     }
     /// Whether this version implements the stage.
     pub fn implemented(self) -> bool {
-        matches!(self, Stage::Plan)
+        matches!(self, Stage::Plan | Stage::Outlier | Stage::Drizzle | Stage::Assemble)
     }
 }
 

@@ -1,18 +1,27 @@
-//! `tessera mosaic`: the single-band entry point that chains the stages for one band.
+//! `tessera mosaic`: the single-band entry point, chaining `plan → outlier → drizzle → assemble` on
+//! the given cal files, alone or under `mpirun`.
 //!
-//! It runs every stage this version implements, in SPEC order, on the given cal files and writes
-//! their products under `run.output_dir`. Stages not yet implemented are named in a clear error
-//! (exit code 1) rather than skipped silently, so nobody mistakes a plan for a mosaic.
+//! Products under `run.output_dir`:
+//! - `plan/plan.json`
+//! - `outlier/flags.json`
+//! - `drizzle/<band>.h5`, the band store written with collective MPI-IO
+//! - the mosaic FITS at `-o`
+//!
+//! Stages of SPEC not implemented yet (prep, destripe, align, level, destripe_multi, astrometry) are
+//! named in a warning, never skipped silently.
 
-use super::{Outcome, Stage};
+use super::outlier::OutlierFlags;
+use super::progress::Progress;
+use super::{Outcome, Provenance};
 use crate::config::{Config, RawConfig};
-use crate::dist::Comm;
+use crate::dist::{Comm, CommExt};
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
-/// Run the band's stage chain.
+/// Run the band's stage chain and write the mosaic FITS `output`.
 ///
 /// # Errors
-/// Any stage error; an error naming the stages this version lacks before `output` can be written.
+/// Any stage error (all ranks return it).
 pub fn run(
     comm: &dyn Comm,
     raw: &RawConfig,
@@ -25,24 +34,108 @@ pub fn run(
         if !c.is_file() {
             anyhow::bail!("--catalog {}: no such file", c.display());
         }
+        if comm.rank() == 0 {
+            tracing::warn!(
+                "--catalog {}: the astrometry stage is not implemented yet; the catalogue is not used",
+                c.display()
+            );
+        }
+    }
+    if comm.rank() == 0 {
+        tracing::warn!(
+            "stages prep, destripe, align, level and destripe_multi are not implemented yet: mosaicking without them"
+        );
     }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
-    if comm.rank() == 0 {
-        print!("{}", super::plan::summary(&planned.plan));
-    }
-    let missing: Vec<&str> = Stage::ALL
-        .iter()
-        .filter(|s| matches!(s, Stage::Outlier | Stage::Drizzle | Stage::Assemble) && !s.implemented())
-        .map(|s| s.name())
-        .collect();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "{} not written: tessera {} implements the plan stage only (plan in {}); stages {} are not implemented yet",
+    let (plan, metas) = (&planned.plan, &planned.metas);
+    let prov = Provenance::new(raw, comm);
+    let root = comm.rank() == 0;
+    let interval = cfg.run.progress_interval_s;
+
+    // outlier
+    let flags = if cfg.outlier.enabled {
+        let t = std::time::Instant::now();
+        let f = super::outlier::run(comm, plan, metas, cfg)?;
+        if root {
+            let path = cfg.run.output_dir.join("outlier").join("flags.json");
+            crate::io::json::write_json(&path, &flags_report(&f, metas))?;
+            let npix: usize = metas.iter().map(|m| m.shape[0] * m.shape[1]).sum();
+            tracing::info!(
+                "[outlier] {} pixels flagged ({:.3}% of {:.1} Mpix) in {:.1} s, written to {}",
+                f.total(),
+                100.0 * f.total() as f64 / npix as f64,
+                npix as f64 / 1e6,
+                t.elapsed().as_secs_f64(),
+                path.display()
+            );
+        }
+        f
+    } else {
+        OutlierFlags { per_exposure: vec![vec![]; metas.len()] }
+    };
+
+    // drizzle into the band store (collective), written under a temporary name, renamed when closed
+    let store = cfg.run.output_dir.join("drizzle").join(format!("{}.h5", plan.band));
+    let partial = store.with_extension("h5.partial");
+    comm.on_root_then_broadcast(0, || {
+        std::fs::create_dir_all(store.parent().expect("has parent")).map_err(|e| e.to_string())
+    })?;
+    let attrs = [
+        ("tessera_version", prov.tessera_version.clone()),
+        ("config_sha256", prov.config_sha256.clone()),
+        ("config_toml", prov.config_toml.clone()),
+        ("ranks", prov.ranks.to_string()),
+        ("threads_per_rank", prov.threads_per_rank.to_string()),
+        ("band", plan.band.clone()),
+    ];
+    let attr_refs: Vec<(&str, String)> = attrs.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let mut progress = Progress::new("drizzle", "chunks", plan.chunks.len(), interval, root);
+    super::drizzle::run(comm, plan, metas, cfg, &flags, &partial, &attr_refs, &mut progress)?;
+    progress.finish();
+    comm.barrier();
+
+    // assemble on rank 0
+    comm.on_root_then_broadcast(0, || -> Result<(), String> {
+        std::fs::rename(&partial, &store).map_err(|e| format!("{}: {e}", store.display()))?;
+        let t = std::time::Instant::now();
+        super::assemble::run(plan, metas, &store, output, cfg.assemble.row_block, &prov)
+            .map_err(|e| format!("{e:#}"))?;
+        tracing::info!(
+            "[assemble] {} ({}x{}) in {:.1} s",
             output.display(),
-            crate::VERSION,
-            cfg.run.output_dir.join("plan").display(),
-            missing.join(", ")
+            plan.grid.nx,
+            plan.grid.ny,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+    .context("assemble")?;
+    if root {
+        println!("mosaic:      {}", output.display());
+        println!("band store:  {}", store.display());
+        println!(
+            "plan, flags: {}/plan/plan.json, {}/outlier/flags.json",
+            cfg.run.output_dir.display(),
+            cfg.run.output_dir.display()
         );
     }
     Ok(planned.outcome)
+}
+
+/// The outlier flags as written to `outlier/flags.json`: file name, count and linear indices.
+fn flags_report(f: &OutlierFlags, metas: &[crate::plan::CalMeta]) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = f
+        .per_exposure
+        .iter()
+        .zip(metas)
+        .map(|(v, m)| {
+            serde_json::json!({
+                "file": m.path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "nx": m.shape[1],
+                "n_flagged": v.len(),
+                "pixels": v,
+            })
+        })
+        .collect();
+    serde_json::json!({ "exposures": rows })
 }

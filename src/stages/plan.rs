@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 /// What the plan stage produced.
 pub struct PlanOutput {
     pub plan: Plan,
+    /// Header metadata of the exposures, in the order of the plan's exposure table.
+    pub metas: Vec<CalMeta>,
     /// Inputs that could not be read, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
     pub outcome: Outcome,
@@ -106,7 +108,9 @@ pub fn run(
         );
     }
     let outcome = if inv.skipped.is_empty() { Outcome::Clean } else { Outcome::Partial };
-    Ok(PlanOutput { plan, skipped: inv.skipped, outcome })
+    let by_path: std::collections::HashMap<&Path, &CalMeta> = inv.metas.iter().map(|m| (m.path.as_path(), m)).collect();
+    let metas = plan.exposures.iter().map(|e| (*by_path[e.path.as_path()]).clone()).collect();
+    Ok(PlanOutput { plan, metas, skipped: inv.skipped, outcome })
 }
 
 fn hex(b: &[u8]) -> String {

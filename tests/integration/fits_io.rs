@@ -207,27 +207,33 @@ fn bad_inputs_name_file_hdu_and_keyword() {
     assert!(e.to_string().contains("missing_cal.fits") && e.to_string().contains("does not exist"), "{e}");
 }
 
+/// The primary cards that identify an exposure, from its metadata.
+pub fn identity_cards(m: &tessera::plan::CalMeta) -> Vec<tessera::io::fits::Card> {
+    let img = m;
+    vec![
+        tessera::io::fits::card_text("INSTRUME", &img.instrument, ""),
+        tessera::io::fits::card_text("DETECTOR", &img.detector, ""),
+        tessera::io::fits::card_text("FILTER", &img.filter, ""),
+        tessera::io::fits::card_text("PROGRAM", &img.id.program, ""),
+        tessera::io::fits::card_text("OBSERVTN", &img.id.observation, ""),
+        tessera::io::fits::card_text("VISIT", &img.id.visit, ""),
+        tessera::io::fits::card_text("VISITGRP", &img.id.visit_group, ""),
+        tessera::io::fits::card_text("SEQ_ID", &img.id.sequence, ""),
+        tessera::io::fits::card_text("ACT_ID", &img.id.activity, ""),
+        tessera::io::fits::card_text("EXPOSURE", &img.id.exposure, ""),
+        tessera::io::fits::card_real("EXPSTART", img.expstart_mjd, ""),
+        tessera::io::fits::card_real("EXPMID", img.expmid_mjd, ""),
+        tessera::io::fits::card_real("EXPEND", img.expend_mjd, ""),
+        tessera::io::fits::card_real("EFFEXPTM", img.effexptm_s, ""),
+    ]
+}
+
 #[test]
 fn cal_written_by_tessera_round_trips() {
     let d = tmp();
     let img = read_cal(&fixture()).unwrap();
     let p = d.path().join("copy_cal.fits");
-    let cards = vec![
-        tessera::io::fits::card_text("INSTRUME", &img.meta.instrument, ""),
-        tessera::io::fits::card_text("DETECTOR", &img.meta.detector, ""),
-        tessera::io::fits::card_text("FILTER", &img.meta.filter, ""),
-        tessera::io::fits::card_text("PROGRAM", &img.meta.id.program, ""),
-        tessera::io::fits::card_text("OBSERVTN", &img.meta.id.observation, ""),
-        tessera::io::fits::card_text("VISIT", &img.meta.id.visit, ""),
-        tessera::io::fits::card_text("VISITGRP", &img.meta.id.visit_group, ""),
-        tessera::io::fits::card_text("SEQ_ID", &img.meta.id.sequence, ""),
-        tessera::io::fits::card_text("ACT_ID", &img.meta.id.activity, ""),
-        tessera::io::fits::card_text("EXPOSURE", &img.meta.id.exposure, ""),
-        tessera::io::fits::card_real("EXPSTART", img.meta.expstart_mjd, ""),
-        tessera::io::fits::card_real("EXPMID", img.meta.expmid_mjd, ""),
-        tessera::io::fits::card_real("EXPEND", img.meta.expend_mjd, ""),
-        tessera::io::fits::card_real("EFFEXPTM", img.meta.effexptm_s, ""),
-    ];
+    let cards = identity_cards(&img.meta);
     tessera::io::fits::write_cal(&p, &img, &cards, &["test".into()]).unwrap();
     let back = read_cal(&p).unwrap();
     assert_eq!(back.meta.id, img.meta.id);

@@ -81,5 +81,7 @@ fn a_panic_on_one_rank_aborts_the_job_instead_of_hanging() {
     assert_ne!(out.status.code(), Some(124), "hung instead of aborting");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rank 1 of 2 panicked"), "{err}");
+    // the hook's own line, or Open MPI's report of the abort (under load Open MPI may kill the job
+    // before it forwards the aborting rank's stderr)
+    assert!(err.contains("rank 1 of 2 panicked") || err.contains("MPI_ABORT was invoked on rank 1"), "{err}");
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use tessera::config::{PlanConfig, UserGrid};
 use tessera::geom::TanSip;
-use tessera::plan::{build_plan, chunk_side_from_budget, CalMeta, ExposureId, PlanError};
+use tessera::plan::{build_plan, chunk_side_for_ranks, chunk_side_from_budget, CalMeta, ExposureId, PlanError};
 
 /// A synthetic exposure: `n` x `n` pixels of `scale` arcsec, centred `(dx, dy)` arcsec from (150, 2).
 fn meta(name: &str, n: usize, scale: f64, dx: f64, dy: f64, filter: &str) -> CalMeta {
@@ -139,12 +139,19 @@ fn grid_covers_footprints_at_native_scale() {
             assert!(v[0] > 0.0 && v[0] < p.grid.nx as f64 - 1.0 && v[1] > 0.0 && v[1] < p.grid.ny as f64 - 1.0);
         }
     }
-    // one chunk from a 4 GiB budget; chunk side from the budget by hand: sqrt(2 GiB / 256 B) = 2896 -> 2880
+    // chunk side from the budget by hand: sqrt(2 GiB / 256 B) = 2896 -> 2880
     assert_eq!(chunk_side_from_budget(4096, 256), 2880);
     // 64 MiB: sqrt(32 MiB / 256 B) = 362 -> 320
     assert_eq!(chunk_side_from_budget(64, 256), 320);
-    assert_eq!(p.chunk_px, 2880);
-    assert_eq!(p.chunks.len(), 1);
+    // ... but a small grid is cut so every rank gets ~4 chunks: sqrt(709^2 / 4) = 354.5 -> 384
+    assert_eq!(chunk_side_for_ranks(709 * 709, 1), 384);
+    assert_eq!(chunk_side_for_ranks(100, 8), 256);
+    assert_eq!(p.chunk_px, chunk_side_for_ranks(p.grid.npix(), 1));
+    assert_eq!(p.chunks.len(), 4);
+    // a tight budget wins over the rank count
+    let mut c = cfg(0);
+    c.bytes_per_output_px = 4096;
+    assert_eq!(build_plan(&m, &c, 64, 1).unwrap().chunk_px, 256);
 }
 
 #[test]

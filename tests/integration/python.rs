@@ -6,7 +6,7 @@
 use crate::common::{repo, tiny_lw, tiny_miri};
 use std::process::Command;
 
-fn python() -> String {
+pub fn python() -> String {
     if let Ok(p) = std::env::var("TESSERA_PYTHON") {
         return p;
     }

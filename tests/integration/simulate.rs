@@ -289,8 +289,8 @@ fn cosmic_ray_count_and_pixels_match_the_rate() {
     // every recorded CR pixel stands far above its noise in the file
     for r in rows.iter().take(200) {
         let img = read_cal(&d.path().join(&r[0])).unwrap();
-        let (y, x): (usize, usize) = (r[1].parse().unwrap(), r[2].parse().unwrap());
-        let v: f64 = r[3].parse().unwrap();
+        let (y, x): (usize, usize) = (r[2].parse().unwrap(), r[3].parse().unwrap());
+        let v: f64 = r[4].parse().unwrap();
         if img.dq[[y, x]] & dq::DO_NOT_USE != 0 {
             continue;
         }

@@ -285,6 +285,7 @@ fn simulate_exposure(
     } else {
         detector::make_dq(&mut rng_for(cfg.seed, base + 4), ny, nx, layout.refpix, 1e-3)
     };
+    let saturate = cfg.saturate;
     let full_well = survey.full_well_e / (survey.gain_e_per_mjysr_s * survey.group_time_s);
     let mut n_saturated = 0;
     let mut err = noise.err;
@@ -294,7 +295,7 @@ fn simulate_exposure(
     // class: 0 good, 1 saturated (NaN everywhere), 2 reference pixel (zero everywhere)
     let mut class = Array2::<u8>::zeros((ny, nx));
     Zip::from(&mut sci).and(&mut dqa).and(&noiseless).and(&mut err).and(&mut class).for_each(|s, d, &n, er, c| {
-        if n as f64 > full_well {
+        if saturate && n as f64 > full_well {
             *d |= dq::SATURATED | dq::DO_NOT_USE;
             *s = f32::NAN;
             *er = f32::NAN;
@@ -513,11 +514,11 @@ fn write_truth(
     crate::io::json::write_text(&out.join("aux").join("refcat.csv"), &refcat)?;
 
     // cosmic rays
-    let mut crcsv = String::from("file,y,x,value_mjysr\n");
+    let mut crcsv = String::from("file,hit,y,x,value_mjysr\n");
     for (t, crs) in truths {
-        for cr in crs {
+        for (hit, cr) in crs.iter().enumerate() {
             for &(y, x, v) in &cr.pixels {
-                crcsv.push_str(&format!("{},{y},{x},{v:.6}\n", t.file));
+                crcsv.push_str(&format!("{},{hit},{y},{x},{v:.6}\n", t.file));
             }
         }
     }

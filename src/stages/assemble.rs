@@ -1,0 +1,89 @@
+//! Stage `assemble`: the multi-extension mosaic FITS (SCI, ERR, DQ, WHT, CON, VAR_POISSON,
+//! VAR_RNOISE, VAR_FLAT; JWST EXTNAMEs; celestial WCS; BUNIT; provenance in HISTORY), streamed from
+//! the band store in row blocks on rank 0 so that no rank ever holds the whole mosaic. Written to a
+//! temporary name and renamed when complete.
+
+use super::drizzle::{context_planes, F32_PRODUCTS, GROUP};
+use super::Provenance;
+use crate::io::fits::{card_int, card_text, Card, ExtKind, ExtSpec, MosaicWriter};
+use crate::io::hdf5::{read_rows_f32, read_rows_u32};
+use crate::kernels::dq;
+use crate::plan::{CalMeta, Plan};
+use anyhow::Context;
+use std::path::Path;
+
+/// Write the mosaic FITS `out` from the band store (rank 0 only).
+///
+/// # Errors
+/// Store reads or FITS writes, naming the file.
+pub fn run(
+    plan: &Plan,
+    metas: &[CalMeta],
+    store: &Path,
+    out: &Path,
+    row_block: usize,
+    prov: &Provenance,
+) -> anyhow::Result<()> {
+    let (ny, nx) = (plan.grid.ny, plan.grid.nx);
+    let wcs_cards = plan.grid.wcs().to_cards();
+    let with_wcs = |unit: Option<&str>| -> Vec<Card> {
+        let mut c: Vec<Card> =
+            unit.map(|u| vec![card_text("BUNIT", u, "physical units of the array values")]).unwrap_or_default();
+        c.extend(wcs_cards.iter().cloned());
+        c
+    };
+    let nplanes = context_planes(plan.exposures.len());
+    let exts = vec![
+        ExtSpec { name: "SCI".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("MJy/sr")) },
+        ExtSpec { name: "ERR".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("MJy/sr")) },
+        ExtSpec { name: "DQ".into(), kind: ExtKind::U32, planes: 1, cards: with_wcs(None) },
+        ExtSpec { name: "WHT".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(None) },
+        ExtSpec { name: "CON".into(), kind: ExtKind::U32, planes: nplanes, cards: vec![] },
+        ExtSpec { name: "VAR_POISSON".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("(MJy/sr)^2")) },
+        ExtSpec { name: "VAR_RNOISE".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("(MJy/sr)^2")) },
+        ExtSpec { name: "VAR_FLAT".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("(MJy/sr)^2")) },
+    ];
+    let first = &metas[0];
+    let primary = vec![
+        card_text("TELESCOP", "JWST", "telescope used to acquire the data"),
+        card_text("INSTRUME", &first.instrument, "instrument used to acquire the data"),
+        card_text("FILTER", &first.filter, "name of the filter element used"),
+        card_text("PUPIL", &first.pupil, "name of the pupil element used"),
+        card_text("TARGPROP", &first.target, "proposer's name for the target"),
+        card_text("BAND", &plan.band, "tessera band"),
+        card_int("NINPUTS", metas.len() as i64, "number of input exposures"),
+        card_text("ORIGIN", "TESSERA", "mosaic made by tessera"),
+    ];
+    let mut history = prov.history();
+    history.push(format!("inputs: {} exposures", metas.len()));
+    for m in metas {
+        history.push(format!(
+            "input {}",
+            m.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+    }
+    let mut w = MosaicWriter::create(out, ny, nx, &primary, &history, exts)
+        .with_context(|| format!("creating {}", out.display()))?;
+    let mut y = 0;
+    while y < ny {
+        let rows = y..(y + row_block).min(ny);
+        let mut wht = None;
+        for name in F32_PRODUCTS {
+            let block = read_rows_f32(store, GROUP, name, rows.clone())?;
+            w.write_rows_f32(name, y, block.view())?;
+            if name == "WHT" {
+                wht = Some(block);
+            }
+        }
+        let wht = wht.expect("WHT is a product");
+        let dqb = wht.mapv(|v| if v > 0.0 { 0u32 } else { dq::DO_NOT_USE | dq::NON_SCIENCE });
+        w.write_rows_u32("DQ", 0, y, dqb.view())?;
+        for p in 0..nplanes {
+            let block = read_rows_u32(store, GROUP, "CON", p, rows.clone())?;
+            w.write_rows_u32("CON", p, y, block.view())?;
+        }
+        y = rows.end;
+    }
+    w.finish()?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Stage `drizzle`: every chunk owner drizzles the exposures overlapping its chunk (Fruchter & Hook
+//! 2002 square kernel, in plan order so sums are reproducible) into SCI, WHT, CON and the variance
+//! planes, and writes the chunk into the band's HDF5 store with collective MPI-IO.
+//!
+//! One chunk is held at a time: each rank loops over as many rounds as the busiest rank has chunks,
+//! writing `None` (an empty selection) once it has none left, because the writes are collective.
+
+use super::outlier::OutlierFlags;
+use super::pieces::{read_piece, Want};
+use crate::config::Config;
+use crate::dist::{Comm, CommExt};
+use crate::io::hdf5::{BandStore, Dtype, ProductSpec};
+use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams};
+use crate::plan::{CalMeta, Chunk, Plan};
+use anyhow::Context;
+use ndarray::Array2;
+use std::path::Path;
+
+/// The float products of the store, in the order of the mosaic's extensions.
+pub const F32_PRODUCTS: [&str; 6] = ["SCI", "ERR", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"];
+/// The HDF5 group (the stage name).
+pub const GROUP: &str = "drizzle";
+
+/// Number of 32-bit context planes for `n` exposures.
+pub fn context_planes(n: usize) -> usize {
+    n.div_ceil(32).max(1)
+}
+
+/// A drizzled chunk.
+pub struct ChunkOut {
+    pub chunk: usize,
+    pub y0: usize,
+    pub x0: usize,
+    /// SCI, ERR, WHT, VAR_POISSON, VAR_RNOISE, VAR_FLAT.
+    pub planes: Vec<Array2<f32>>,
+    pub context: ndarray::Array3<u32>,
+    pub pixels_in: usize,
+}
+
+/// Drizzle one chunk.
+///
+/// # Errors
+/// A failed read, naming the file.
+pub fn drizzle_chunk(
+    c: &Chunk,
+    plan: &Plan,
+    metas: &[CalMeta],
+    cfg: &Config,
+    flags: &OutlierFlags,
+) -> anyhow::Result<ChunkOut> {
+    let grid = plan.grid.wcs();
+    let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
+    let mut acc = DrizzleAccum::with_origin([c.y0, c.x0], ny, nx, 3, plan.exposures.len());
+    let dp = DrizzleParams { pixfrac: cfg.drizzle.pixfrac };
+    let wt = cfg.drizzle.weight_type;
+    let mut pixels_in = 0;
+    for &k in &c.exposures {
+        let m = &metas[k];
+        let Some(piece) = read_piece(m, k, &grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: true, rnoise: true })
+            .with_context(|| format!("drizzle: reading {}", m.path.display()))?
+        else {
+            continue;
+        };
+        let w = piece.weights(m, wt, Some(flags))?;
+        let vars = piece.vars.as_ref().expect("vars requested");
+        let views = [vars[0].view(), vars[1].view(), vars[2].view()];
+        let st = par_drizzle_add_window(
+            piece.sci.view(),
+            w.view(),
+            piece.pixmap.view(),
+            &views,
+            &piece.inner,
+            k,
+            &dp,
+            &mut acc,
+        );
+        pixels_in += st.pixels_used;
+    }
+    let out = acc.finish();
+    let err = {
+        let mut e = out.var[0].clone();
+        e.zip_mut_with(&out.var[1], |a, b| *a += b);
+        e.zip_mut_with(&out.var[2], |a, b| *a += b);
+        e.mapv_inplace(f32::sqrt);
+        e
+    };
+    let planes = vec![out.sci, err, out.wht, out.var[0].clone(), out.var[1].clone(), out.var[2].clone()];
+    Ok(ChunkOut { chunk: c.index, y0: c.y0, x0: c.x0, planes, context: out.context, pixels_in })
+}
+
+/// Run the stage: drizzle the owned chunks and write the band store at `store` (collective).
+///
+/// # Errors
+/// A failed read or write on any rank.
+pub fn run(
+    comm: &dyn Comm,
+    plan: &Plan,
+    metas: &[CalMeta],
+    cfg: &Config,
+    flags: &OutlierFlags,
+    store: &Path,
+    attrs: &[(&str, String)],
+    progress: &mut super::progress::Progress,
+) -> anyhow::Result<()> {
+    let nplanes = context_planes(plan.exposures.len());
+    let mut products: Vec<ProductSpec> =
+        F32_PRODUCTS.iter().map(|n| ProductSpec { name: n.to_string(), dtype: Dtype::F32, planes: 1 }).collect();
+    products.push(ProductSpec { name: "CON".into(), dtype: Dtype::U32, planes: nplanes });
+    let bs = BandStore::create(
+        store,
+        comm.hdf5_handle(),
+        GROUP,
+        plan.grid.ny,
+        plan.grid.nx,
+        plan.chunk_px,
+        &products,
+        attrs,
+    )
+    .with_context(|| format!("creating the band store {}", store.display()))?;
+    let mine: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
+    let mut counts = [mine.len() as f64];
+    comm.all_reduce_max_f64(&mut counts);
+    let rounds = counts[0] as usize;
+    let mut failure: Option<anyhow::Error> = None;
+    for round in 0..rounds {
+        let out = match (mine.get(round), &failure) {
+            (Some(c), None) => match drizzle_chunk(c, plan, metas, cfg, flags) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        for (i, name) in F32_PRODUCTS.iter().enumerate() {
+            let block = out.as_ref().map(|o| (o.y0, o.x0, o.planes[i].view()));
+            bs.write_block_f32(name, block).with_context(|| format!("writing {name} to {}", store.display()))?;
+        }
+        for p in 0..nplanes {
+            let plane = out.as_ref().map(|o| o.context.index_axis(ndarray::Axis(0), p).to_owned());
+            let block = out.as_ref().zip(plane.as_ref()).map(|(o, a)| (o.y0, o.x0, a.view()));
+            bs.write_block_u32("CON", p, block).with_context(|| format!("writing CON to {}", store.display()))?;
+        }
+        let mut done = [out.as_ref().map_or(0.0, |o| o.pixels_in as f64), if out.is_some() { 1.0 } else { 0.0 }];
+        comm.all_reduce_sum_f64(&mut done);
+        progress.add(done[1] as usize, done[0] / 1e6);
+    }
+    bs.close().with_context(|| format!("closing {}", store.display()))?;
+    let ok = comm.all_ok(failure.is_none());
+    match failure {
+        Some(e) => Err(e),
+        None if !ok => anyhow::bail!("another rank failed in the drizzle stage (see its error above)"),
+        None => Ok(()),
+    }
+}

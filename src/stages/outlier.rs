@@ -1,0 +1,341 @@
+//! Stage `outlier`: cosmic rays and other outliers, JWST-style (OutlierDetectionStep, imaging).
+//!
+//! 1. Each exposure's weight threshold (`maskpt` x its typical weight) is computed by the exposure's
+//!    owner from its input weights, scaled by the output/input pixel-area ratio, and shared.
+//! 2. Each chunk owner drizzles every overlapping exposure individually onto its chunk, in row bands
+//!    sized from the memory budget, and takes the per-pixel median of the stack.
+//! 3. Chunk owners exchange halo strips of the median (`Comm::exchange`), so each owns
+//!    median(chunk + halo).
+//! 4. For every exposure pixel whose centre lands in its chunk, the owner blots the median back
+//!    (bilinear), computes the blot derivative, and applies the two-threshold test.
+//! 5. Flags are all-gathered: every rank holds them for the drizzle.
+//! Every decision is made by exactly one owner from values that do not depend on where chunk edges
+//! fall, so the flags are the same for any rank count and chunk layout.
+
+use super::pieces::{read_piece, Piece, Want};
+use crate::config::{Config, OutlierConfig, WeightType};
+use crate::dist::{Comm, CommExt};
+use crate::geom::TanSip;
+use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams};
+use crate::kernels::outlier::{
+    flag_outliers_window, interp_bicubic, interp_bilinear, median_stack, weight_threshold, OutlierParams,
+};
+use crate::plan::{CalMeta, Chunk, Plan};
+use anyhow::Context;
+use ndarray::{s, Array2, Array3};
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// Outlier flags of every exposure: sorted linear pixel indices `y * nx + x`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutlierFlags {
+    pub per_exposure: Vec<Vec<u64>>,
+}
+
+impl OutlierFlags {
+    /// Whether nothing is flagged.
+    pub fn total(&self) -> usize {
+        self.per_exposure.iter().map(Vec::len).sum()
+    }
+
+    /// The flags of exposure `index` (with `nx` columns) inside `rows` x `cols`, as a mask.
+    pub fn mask(&self, index: usize, nx: usize, rows: Range<usize>, cols: Range<usize>) -> Array2<bool> {
+        let mut m = Array2::from_elem((rows.len(), cols.len()), false);
+        if let Some(v) = self.per_exposure.get(index) {
+            let lo = v.partition_point(|&i| i < (rows.start * nx) as u64);
+            let hi = v.partition_point(|&i| i < (rows.end * nx) as u64);
+            for &i in &v[lo..hi] {
+                let (y, x) = ((i / nx as u64) as usize, (i % nx as u64) as usize);
+                if cols.contains(&x) {
+                    m[[y - rows.start, x - cols.start]] = true;
+                }
+            }
+        }
+        m
+    }
+}
+
+fn params(o: &OutlierConfig) -> OutlierParams {
+    OutlierParams { snr1: o.snr1, snr2: o.snr2, scale1: o.scale1, scale2: o.scale2, maskpt: o.maskpt, backg: 0.0 }
+}
+
+fn want(wt: WeightType) -> Want {
+    Want { vars: false, rnoise: wt == WeightType::Ivm }
+}
+
+/// Halo width in output pixels: the flag test of a pixel looks 2 input pixels away (derivative and
+/// the 3x3 smoothing), plus two output pixels for the bicubic blot's taps, plus slack.
+pub fn halo_px(plan: &Plan, metas: &[CalMeta]) -> usize {
+    let s_in = metas.iter().map(|m| m.wcs.pixel_scale_arcsec()).fold(0.0, f64::max);
+    (3.0 * s_in / plan.grid.pixscale_arcsec).ceil() as usize + 3
+}
+
+/// Run the stage.
+///
+/// # Errors
+/// A failed read on any rank (ranks agree before failing).
+pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> anyhow::Result<OutlierFlags> {
+    let grid = plan.grid.wcs();
+    let oc = &cfg.outlier;
+    let wt = cfg.drizzle.weight_type;
+    // 1. thresholds per exposure, by exposure owners
+    let mine: Vec<(usize, f64)> = agree(comm, || -> anyhow::Result<Vec<(usize, f64)>> {
+        plan.exposures_of(comm.rank())
+            .map(|e| {
+                let m = &metas[e.index];
+                let [ny, nx] = m.shape;
+                let piece = read_piece(m, e.index, &grid, 0..plan.grid.ny, 0..plan.grid.nx, 0, (0, 0), want(wt))?
+                    .map(|p| p.weights(m, wt, None))
+                    .transpose()?;
+                let w = piece.unwrap_or_else(|| Array2::zeros((ny, nx)));
+                let area = (plan.grid.pixscale_arcsec / m.wcs.pixel_scale_arcsec()).powi(2);
+                Ok((e.index, weight_threshold(w.view(), oc.maskpt) * area))
+            })
+            .collect()
+    })?;
+    let mut thresholds = vec![0f64; metas.len()];
+    for part in comm.all_gather_bytes(&serde_json::to_vec(&mine)?) {
+        for (i, t) in serde_json::from_slice::<Vec<(usize, f64)>>(&part)? {
+            thresholds[i] = t;
+        }
+    }
+
+    // 2. medians of owned chunks
+    let halo = halo_px(plan, metas);
+    let budget = cfg.run.mem_budget_mb as usize * 1024 * 1024 / 2;
+    let owned: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
+    let medians: Vec<Array2<f32>> = agree(comm, || -> anyhow::Result<Vec<Array2<f32>>> {
+        owned.iter().map(|c| chunk_median(c, plan, metas, &grid, &thresholds, oc, wt, budget)).collect()
+    })?;
+
+    // 3. halo exchange
+    let extended = exchange_halos(comm, plan, &owned, &medians, halo)?;
+
+    // 4. blot and flag the exposure pixels each chunk owns
+    let p = params(oc);
+    let local: Vec<(usize, Vec<u64>)> = agree(comm, || -> anyhow::Result<Vec<(usize, Vec<u64>)>> {
+        let mut out = vec![];
+        for (c, (med, r0)) in owned.iter().zip(&extended) {
+            for &k in &c.exposures {
+                out.push((k, flag_chunk_exposure(c, k, &metas[k], &grid, med, *r0, &p, oc.blot_bicubic)?));
+            }
+        }
+        Ok(out)
+    })?;
+
+    // 5. share
+    let mut per_exposure = vec![vec![]; metas.len()];
+    for part in comm.all_gather_bytes(&serde_json::to_vec(&local)?) {
+        for (k, v) in serde_json::from_slice::<Vec<(usize, Vec<u64>)>>(&part)? {
+            per_exposure[k].extend(v);
+        }
+    }
+    for v in &mut per_exposure {
+        v.sort_unstable();
+        v.dedup();
+    }
+    Ok(OutlierFlags { per_exposure })
+}
+
+/// Run `f`; every rank learns whether all succeeded before any returns an error.
+fn agree<T>(comm: &dyn Comm, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let r = f();
+    let ok = comm.all_ok(r.is_ok());
+    match r {
+        Err(e) => Err(e),
+        Ok(_) if !ok => anyhow::bail!("another rank failed in this stage (see its error above)"),
+        Ok(v) => Ok(v),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn chunk_median(
+    c: &Chunk,
+    plan: &Plan,
+    metas: &[CalMeta],
+    grid: &TanSip,
+    thresholds: &[f64],
+    oc: &OutlierConfig,
+    wt: WeightType,
+    budget_bytes: usize,
+) -> anyhow::Result<Array2<f32>> {
+    let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
+    let mut median = Array2::from_elem((ny, nx), f32::NAN);
+    let n = c.exposures.len();
+    if n == 0 {
+        return Ok(median);
+    }
+    // rows per band: the stack (sci + wht) and one accumulator within the budget
+    let band = (budget_bytes / (n * nx * 8 + nx * 32)).clamp(1, ny);
+    let dp = DrizzleParams { pixfrac: oc.pixfrac };
+    let mut y = 0;
+    while y < ny {
+        let rows = c.y0 + y..(c.y0 + y + band).min(c.y1);
+        let h = rows.len();
+        let mut stack = Array3::from_elem((n, h, nx), f32::NAN);
+        let mut wht = Array3::<f32>::zeros((n, h, nx));
+        let mut th = vec![0f64; n];
+        for (j, &k) in c.exposures.iter().enumerate() {
+            th[j] = thresholds[k];
+            let m = &metas[k];
+            let Some(piece) = read_piece(m, k, grid, rows.clone(), c.x0..c.x1, 3, (0, 0), want(wt))
+                .with_context(|| format!("outlier: reading {}", m.path.display()))?
+            else {
+                continue;
+            };
+            let w = piece.weights(m, wt, None)?;
+            let mut acc = DrizzleAccum::with_origin([rows.start, c.x0], h, nx, 0, 1);
+            par_drizzle_add_window(
+                piece.sci.view(),
+                w.view(),
+                piece.pixmap.view(),
+                &[],
+                &piece.inner,
+                0,
+                &dp,
+                &mut acc,
+            );
+            let out = acc.finish();
+            stack.slice_mut(s![j, .., ..]).assign(&out.sci);
+            wht.slice_mut(s![j, .., ..]).assign(&out.wht);
+        }
+        median_stack(stack.view(), wht.view(), &th, median.slice_mut(s![y..y + h, ..]));
+        let _ = plan;
+        y += h;
+    }
+    Ok(median)
+}
+
+/// The extended rectangle (chunk plus halo, clipped to the grid) of a chunk: rows, cols.
+fn extended_rect(c: &Chunk, plan: &Plan, halo: usize) -> (Range<usize>, Range<usize>) {
+    (
+        c.y0.saturating_sub(halo)..(c.y1 + halo).min(plan.grid.ny),
+        c.x0.saturating_sub(halo)..(c.x1 + halo).min(plan.grid.nx),
+    )
+}
+
+fn intersect(a: &Range<usize>, b: &Range<usize>) -> Range<usize> {
+    a.start.max(b.start)..a.end.min(b.end).max(a.start.max(b.start))
+}
+
+/// Send every neighbour's owner the strip of our median that lies in its halo; build median(chunk +
+/// halo) for our chunks. Returns, per owned chunk, the extended median and its origin (y, x).
+fn exchange_halos(
+    comm: &dyn Comm,
+    plan: &Plan,
+    owned: &[&Chunk],
+    medians: &[Array2<f32>],
+    halo: usize,
+) -> anyhow::Result<Vec<(Array2<f32>, (usize, usize))>> {
+    let mut sends: Vec<(usize, Vec<u8>)> = vec![];
+    for (c, med) in owned.iter().zip(medians) {
+        for dy in -1i64..=1 {
+            for dx in -1i64..=1 {
+                let (ny_, nx_) = (c.cy as i64 + dy, c.cx as i64 + dx);
+                if (dy, dx) == (0, 0)
+                    || ny_ < 0
+                    || nx_ < 0
+                    || ny_ >= plan.chunks_y as i64
+                    || nx_ >= plan.chunks_x as i64
+                {
+                    continue;
+                }
+                let nb = &plan.chunks[ny_ as usize * plan.chunks_x + nx_ as usize];
+                let (er, ec) = extended_rect(nb, plan, halo);
+                let (r, cc) = (intersect(&er, &(c.y0..c.y1)), intersect(&ec, &(c.x0..c.x1)));
+                if r.is_empty() || cc.is_empty() {
+                    continue;
+                }
+                let strip = med.slice(s![r.start - c.y0..r.end - c.y0, cc.start - c.x0..cc.end - c.x0]);
+                let mut msg = Vec::with_capacity(48 + strip.len() * 4);
+                let body_len = 40 + strip.len() * 4;
+                msg.extend((body_len as u64).to_le_bytes());
+                for v in [nb.index, r.start, cc.start, r.len(), cc.len()] {
+                    msg.extend((v as u64).to_le_bytes());
+                }
+                for v in strip.iter() {
+                    msg.extend(v.to_le_bytes());
+                }
+                sends.push((nb.owner, msg));
+            }
+        }
+    }
+    let received = comm.exchange(sends);
+    let mut out: Vec<(Array2<f32>, (usize, usize))> = owned
+        .iter()
+        .zip(medians)
+        .map(|(c, med)| {
+            let (er, ec) = extended_rect(c, plan, halo);
+            let mut a = Array2::from_elem((er.len(), ec.len()), f32::NAN);
+            a.slice_mut(s![c.y0 - er.start..c.y1 - er.start, c.x0 - ec.start..c.x1 - ec.start]).assign(med);
+            (a, (er.start, ec.start))
+        })
+        .collect();
+    let pos: std::collections::HashMap<usize, usize> = owned.iter().enumerate().map(|(i, c)| (c.index, i)).collect();
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes")) as usize;
+    for (_src, bytes) in received {
+        let mut off = 0;
+        while off < bytes.len() {
+            let len = u64_at(&bytes[off..], 0);
+            let body = &bytes[off + 8..off + 8 + len];
+            let (idx, y0, x0, h, w) =
+                (u64_at(body, 0), u64_at(body, 1), u64_at(body, 2), u64_at(body, 3), u64_at(body, 4));
+            let i =
+                *pos.get(&idx).with_context(|| format!("halo for chunk {idx} sent to a rank that does not own it"))?;
+            let (a, (oy, ox)) = &mut out[i];
+            let vals = &body[40..];
+            for yy in 0..h {
+                for xx in 0..w {
+                    let k = (yy * w + xx) * 4;
+                    a[[y0 + yy - *oy, x0 + xx - *ox]] = f32::from_le_bytes(vals[k..k + 4].try_into().expect("4 bytes"));
+                }
+            }
+            off += 8 + len;
+        }
+    }
+    Ok(out)
+}
+
+/// Flags of the pixels of exposure `k` whose centres land in chunk `c`, as global linear indices.
+fn flag_chunk_exposure(
+    c: &Chunk,
+    k: usize,
+    meta: &CalMeta,
+    grid: &TanSip,
+    med: &Array2<f32>,
+    origin: (usize, usize),
+    p: &OutlierParams,
+    bicubic: bool,
+) -> anyhow::Result<Vec<u64>> {
+    let Some(piece): Option<Piece> =
+        read_piece(meta, k, grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: false, rnoise: false })
+            .with_context(|| format!("outlier: reading {}", meta.path.display()))?
+    else {
+        return Ok(vec![]);
+    };
+    let (h, w) = piece.sci.dim();
+    // Blot positions: the absolute grid position rounded to f32 (as drizzle's blot does), then the
+    // extended region's origin subtracted, exactly, so the interpolation weights are the same bits
+    // whichever chunk evaluates them.
+    let (oyf, oxf) = (origin.0 as f32, origin.1 as f32);
+    let mut blot = Array2::from_elem((h, w), f32::NAN);
+    for ((y, x), b) in blot.indexed_iter_mut() {
+        let (xa, ya) = (piece.pixmap[[y, x, 0]] as f32, piece.pixmap[[y, x, 1]] as f32);
+        let (xr, yr) = ((xa - oxf) as f64, (ya - oyf) as f64);
+        *b = if bicubic { interp_bicubic(med.view(), xr, yr) } else { interp_bilinear(med.view(), xr, yr) };
+    }
+    let flags = flag_outliers_window(piece.sci.view(), piece.err.view(), blot.view(), 0..h, 0..w, p);
+    let (cy0, cy1, cx0, cx1) = (c.y0 as f64 - 0.5, c.y1 as f64 - 0.5, c.x0 as f64 - 0.5, c.x1 as f64 - 0.5);
+    let nx = meta.shape[1] as u64;
+    let mut out = vec![];
+    for ((y, x), &f) in flags.indexed_iter() {
+        if !f || piece.dq[[y, x]] & super::pieces::BAD_BITS != 0 {
+            continue;
+        }
+        let (xo, yo) = (piece.pixmap[[y, x, 0]], piece.pixmap[[y, x, 1]]);
+        if xo >= cx0 && xo < cx1 && yo >= cy0 && yo < cy1 {
+            out.push((piece.rows.start + y) as u64 * nx + (piece.cols.start + x) as u64);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,144 @@
+//! Exposure pieces: the sub-rectangle of an exposure that lands on an output rectangle, read with
+//! cfitsio subset reads (never the whole file), with its pixel map onto the output grid and the input
+//! weights the drizzle uses. Shared by the `outlier` and `drizzle` stages.
+
+use super::outlier::OutlierFlags;
+use crate::config::WeightType;
+use crate::geom::pixmap::{input_window, pixel_map, DEFAULT_STEP};
+use crate::geom::TanSip;
+use crate::io::fits::{read_region_dq, read_region_f32, FitsError, FitsProblem};
+use crate::kernels::dq;
+use crate::kernels::drizzle::InputWindow;
+use crate::plan::CalMeta;
+use ndarray::{Array2, Array3};
+use std::ops::Range;
+
+/// DQ bits that make a pixel unusable (JWST resample's default `good_bits = ~DO_NOT_USE+NON_SCIENCE`).
+pub const BAD_BITS: u32 = dq::DO_NOT_USE | dq::NON_SCIENCE;
+
+/// The part of one exposure that lands on an output rectangle.
+pub struct Piece {
+    /// Index of the exposure in the plan's exposure table.
+    pub index: usize,
+    /// The input rectangle read (0-based exposure pixels).
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+    pub sci: Array2<f32>,
+    pub err: Array2<f32>,
+    pub dq: Array2<u32>,
+    /// VAR_POISSON, VAR_RNOISE, VAR_FLAT (read when asked for).
+    pub vars: Option<[Array2<f32>; 3]>,
+    /// Output coordinates `[y, x, (x_out, y_out)]` of each input pixel centre, relative to the
+    /// output origin given to [`read_piece`].
+    pub pixmap: Array3<f64>,
+    /// The pixels to drizzle (indices into the piece): the piece less a one-pixel border wherever the
+    /// border is a cut rather than the detector edge, so that every drizzled pixel's corners are
+    /// interpolated between true neighbours, whichever chunk reads it.
+    pub inner: InputWindow,
+}
+
+/// What to read besides SCI, ERR and DQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Want {
+    /// All three variance planes.
+    pub vars: bool,
+    /// VAR_RNOISE alone (for inverse-variance weights).
+    pub rnoise: bool,
+}
+
+/// Read the piece of exposure `index` covering output rows x cols (grid pixels), with `margin` input
+/// pixels around it; pixel-map coordinates are relative to the output pixel `origin = (y0, x0)`.
+/// `None` when the exposure does not reach the rectangle.
+///
+/// # Errors
+/// [`FitsError`] naming the file and extension.
+pub fn read_piece(
+    meta: &CalMeta,
+    index: usize,
+    grid: &TanSip,
+    out_rows: Range<usize>,
+    out_cols: Range<usize>,
+    margin: usize,
+    origin: (usize, usize),
+    want: Want,
+) -> Result<Option<Piece>, FitsError> {
+    let Some((rows, cols)) = input_window(&meta.wcs, meta.shape, grid, out_rows, out_cols, margin) else {
+        return Ok(None);
+    };
+    let p = &meta.path;
+    let sci = read_region_f32(p, "SCI", rows.clone(), cols.clone())?;
+    let err = read_region_f32(p, "ERR", rows.clone(), cols.clone())?;
+    let dqa = read_region_dq(p, rows.clone(), cols.clone())?;
+    let read_var = |name: &str| read_region_f32(p, name, rows.clone(), cols.clone());
+    let vars = if want.vars {
+        Some([read_var("VAR_POISSON")?, read_var("VAR_RNOISE")?, read_var("VAR_FLAT")?])
+    } else if want.rnoise {
+        // only VAR_RNOISE is needed: keep it in the middle slot
+        let rn = read_var("VAR_RNOISE")?;
+        let z = Array2::zeros((0, 0));
+        Some([z.clone(), rn, z])
+    } else {
+        None
+    };
+    let pixmap = pixel_map(&meta.wcs, grid, rows.clone(), cols.clone(), origin, DEFAULT_STEP);
+    let [ny, nx] = meta.shape;
+    let cut = |start: usize, end: usize, n: usize| {
+        let a = usize::from(start > 0);
+        let b = (end - start) - usize::from(end < n);
+        a..b.max(a)
+    };
+    let inner = InputWindow { rows: cut(rows.start, rows.end, ny), cols: cut(cols.start, cols.end, nx) };
+    Ok(Some(Piece { index, rows, cols, sci, err, dq: dqa, vars, pixmap, inner }))
+}
+
+impl Piece {
+    /// Input weights: 0 for unusable pixels (non-finite SCI, [`BAD_BITS`] in DQ, outlier flags),
+    /// otherwise the inverse of VAR_RNOISE (`Ivm`, as the JWST pipeline's default) or the exposure time.
+    ///
+    /// # Errors
+    /// A missing or non-positive VAR_RNOISE everywhere with `Ivm` weights, naming the file.
+    pub fn weights(
+        &self,
+        meta: &CalMeta,
+        wt: WeightType,
+        flags: Option<&OutlierFlags>,
+    ) -> Result<Array2<f32>, FitsError> {
+        let (ny, nx) = self.sci.dim();
+        let flagged = flags.map(|f| f.mask(self.index, meta.shape[1], self.rows.clone(), self.cols.clone()));
+        let rn = match wt {
+            WeightType::Ivm => match &self.vars {
+                Some(v) if v[1].dim() == (ny, nx) => Some(&v[1]),
+                _ => {
+                    return Err(FitsError {
+                        path: meta.path.clone(),
+                        hdu: Some("VAR_RNOISE".into()),
+                        keyword: None,
+                        problem: FitsProblem::BadData(
+                            "needed for ivm weights (drizzle.weight_type = \"ivm\") but not read".into(),
+                        ),
+                    })
+                }
+            },
+            WeightType::Exptime => None,
+        };
+        let mut w = Array2::<f32>::zeros((ny, nx));
+        for ((y, x), w) in w.indexed_iter_mut() {
+            let s = self.sci[[y, x]];
+            if !s.is_finite() || self.dq[[y, x]] & BAD_BITS != 0 || flagged.as_ref().is_some_and(|m| m[[y, x]]) {
+                continue;
+            }
+            *w = match rn {
+                Some(v) => {
+                    let r = v[[y, x]];
+                    if r.is_finite() && r > 0.0 {
+                        1.0 / r
+                    } else {
+                        0.0
+                    }
+                }
+                None => meta.effexptm_s as f32,
+            };
+        }
+        Ok(w)
+    }
+}
