@@ -580,11 +580,11 @@ pub struct ExtSpec {
     pub cards: Vec<Card>,
 }
 
-/// A multi-extension FITS written in row blocks: every HDU is created (and filled with zeros by
-/// cfitsio) up front, then rows are written into any extension in any order, so no caller ever holds
-/// the whole image. The file is written under a temporary name and renamed by [`MosaicWriter::finish`].
+/// A multi-extension FITS written in row blocks: every HDU is created up front, then rows are written
+/// into any extension in any order, so no caller ever holds the whole image. Callers write every row:
+/// rows never written hold cfitsio's raw zero fill (0.0, or 2^31 in unsigned extensions). The file is written under a temporary name and renamed by [`MosaicWriter::finish`].
 pub struct MosaicWriter {
-    f: FitsFile,
+    f: Option<FitsFile>,
     tmp: PathBuf,
     path: PathBuf,
     ny: usize,
@@ -624,7 +624,7 @@ impl MosaicWriter {
             f.create_image(e.name.as_str(), &desc).map_err(|er| FitsError::cfitsio(path, Some(&e.name), er))?;
             put_cards(&mut f, path, &e.name, &e.cards)?;
         }
-        Ok(MosaicWriter { f, tmp, path: path.to_path_buf(), ny, nx, exts })
+        Ok(MosaicWriter { f: Some(f), tmp, path: path.to_path_buf(), ny, nx, exts })
     }
 
     fn range_check(&self, ext: &str, plane: usize, y0: usize, rows: usize, cols: usize) -> Result<(), FitsError> {
@@ -651,10 +651,11 @@ impl MosaicWriter {
     /// [`FitsError`] naming the file and HDU.
     pub fn write_rows_f32(&mut self, ext: &str, y0: usize, rows: ndarray::ArrayView2<f32>) -> Result<(), FitsError> {
         self.range_check(ext, 0, y0, rows.nrows(), rows.ncols())?;
-        let h = self.f.hdu(ext).map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))?;
+        let f = self.f.as_mut().expect("open until finish");
+        let h = f.hdu(ext).map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))?;
         let data = rows.as_standard_layout();
         let start = y0 * self.nx;
-        h.write_section(&mut self.f, start, start + data.len(), data.as_slice().expect("standard layout"))
+        h.write_section(f, start, start + data.len(), data.as_slice().expect("standard layout"))
             .map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))
     }
 
@@ -670,10 +671,11 @@ impl MosaicWriter {
         rows: ndarray::ArrayView2<u32>,
     ) -> Result<(), FitsError> {
         self.range_check(ext, plane, y0, rows.nrows(), rows.ncols())?;
-        let h = self.f.hdu(ext).map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))?;
+        let f = self.f.as_mut().expect("open until finish");
+        let h = f.hdu(ext).map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))?;
         let data = rows.as_standard_layout();
         let start = plane * self.ny * self.nx + y0 * self.nx;
-        h.write_section(&mut self.f, start, start + data.len(), data.as_slice().expect("standard layout"))
+        h.write_section(f, start, start + data.len(), data.as_slice().expect("standard layout"))
             .map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))
     }
 
@@ -681,10 +683,20 @@ impl MosaicWriter {
     ///
     /// # Errors
     /// [`FitsError`] naming the file.
-    pub fn finish(self) -> Result<(), FitsError> {
-        let MosaicWriter { f, tmp, path, .. } = self;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| FitsError::from(crate::io::IoError::fs(&path, e)))
+    pub fn finish(mut self) -> Result<(), FitsError> {
+        drop(self.f.take());
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| FitsError::from(crate::io::IoError::fs(&self.path, e)))
+    }
+}
+
+impl Drop for MosaicWriter {
+    /// A writer dropped before [`MosaicWriter::finish`] (an error part-way) removes its temporary
+    /// file, so nothing half-written is left behind.
+    fn drop(&mut self) {
+        if let Some(f) = self.f.take() {
+            drop(f);
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -248,3 +248,36 @@ fn cal_written_by_tessera_round_trips() {
         std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["copy_cal.fits".to_string()]);
 }
+
+#[test]
+fn mosaic_writer_leaves_nothing_when_dropped_and_the_file_when_finished() {
+    use tessera::io::fits::{ExtKind, ExtSpec, MosaicWriter};
+    let d = tmp();
+    let p = d.path().join("m.fits");
+    let exts = || {
+        vec![
+            ExtSpec { name: "SCI".into(), kind: ExtKind::F32, planes: 1, cards: vec![] },
+            ExtSpec { name: "CON".into(), kind: ExtKind::U32, planes: 2, cards: vec![] },
+        ]
+    };
+    // an error part-way: nothing is left, not even the temporary file
+    let mut w = MosaicWriter::create(&p, 4, 3, &[], &[], exts()).unwrap();
+    w.write_rows_f32("SCI", 0, ndarray::Array2::<f32>::ones((2, 3)).view()).unwrap();
+    assert!(w.write_rows_f32("SCI", 3, ndarray::Array2::<f32>::ones((2, 3)).view()).is_err(), "rows past the end");
+    drop(w);
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    // a finished file holds what was written, in every extension and plane
+    let mut w = MosaicWriter::create(&p, 4, 3, &[], &[], exts()).unwrap();
+    let sci = ndarray::Array2::from_shape_fn((4, 3), |(y, x)| (10 * y + x) as f32);
+    w.write_rows_f32("SCI", 0, sci.slice(ndarray::s![0..2, ..])).unwrap();
+    w.write_rows_f32("SCI", 2, sci.slice(ndarray::s![2..4, ..])).unwrap();
+    w.write_rows_u32("CON", 1, 1, ndarray::Array2::from_elem((3, 3), 7u32).view()).unwrap();
+    w.finish().unwrap();
+    assert_eq!(tessera::io::fits::read_ext_f32(&p, "SCI").unwrap(), sci);
+    let (shape, con) = tessera::io::fits::read_ext_u32(&p, "CON").unwrap();
+    assert_eq!(shape, vec![2, 4, 3]);
+    assert_eq!(con.iter().filter(|&&v| v == 7).count(), 9);
+    // rows never written read as cfitsio's raw zero fill: 0 + BZERO = 2^31 for unsigned extensions
+    assert!(con[..12].iter().chain(&con[12..15]).all(|&v| v == 1 << 31));
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+}
