@@ -71,10 +71,6 @@ impl Stage {
             Stage::Release => "release",
         }
     }
-    /// Whether this version implements the stage.
-    pub fn implemented(self) -> bool {
-        matches!(self, Stage::Plan | Stage::Outlier | Stage::Drizzle | Stage::Assemble)
-    }
 }
 
 /// How a stage run ended (errors are `Err`).

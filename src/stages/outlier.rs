@@ -12,7 +12,7 @@
 //! Every decision is made by exactly one owner from values that do not depend on where chunk edges
 //! fall, so the flags are the same for any rank count and chunk layout.
 
-use super::pieces::{read_piece, Piece, Want};
+use super::pieces::{exposure_weights, read_piece, Piece, Want};
 use crate::config::{Config, OutlierConfig, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
@@ -83,11 +83,7 @@ pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> any
         plan.exposures_of(comm.rank())
             .map(|e| {
                 let m = &metas[e.index];
-                let [ny, nx] = m.shape;
-                let piece = read_piece(m, e.index, &grid, 0..plan.grid.ny, 0..plan.grid.nx, 0, (0, 0), want(wt))?
-                    .map(|p| p.weights(m, wt, None))
-                    .transpose()?;
-                let w = piece.unwrap_or_else(|| Array2::zeros((ny, nx)));
+                let w = exposure_weights(m, wt).with_context(|| format!("outlier: reading {}", m.path.display()))?;
                 let area = (plan.grid.pixscale_arcsec / m.wcs.pixel_scale_arcsec()).powi(2);
                 Ok((e.index, weight_threshold(w.view(), oc.maskpt) * area))
             })
@@ -105,7 +101,7 @@ pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> any
     let budget = cfg.run.mem_budget_mb as usize * 1024 * 1024 / 2;
     let owned: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
     let medians: Vec<Array2<f32>> = agree(comm, || -> anyhow::Result<Vec<Array2<f32>>> {
-        owned.iter().map(|c| chunk_median(c, plan, metas, &grid, &thresholds, oc, wt, budget)).collect()
+        owned.iter().map(|c| chunk_median(c, metas, &grid, &thresholds, oc, wt, budget)).collect()
     })?;
 
     // 3. halo exchange
@@ -151,7 +147,6 @@ fn agree<T>(comm: &dyn Comm, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::R
 #[allow(clippy::too_many_arguments)]
 fn chunk_median(
     c: &Chunk,
-    plan: &Plan,
     metas: &[CalMeta],
     grid: &TanSip,
     thresholds: &[f64],
@@ -200,7 +195,6 @@ fn chunk_median(
             wht.slice_mut(s![j, .., ..]).assign(&out.wht);
         }
         median_stack(stack.view(), wht.view(), &th, median.slice_mut(s![y..y + h, ..]));
-        let _ = plan;
         y += h;
     }
     Ok(median)

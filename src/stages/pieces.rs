@@ -10,7 +10,7 @@ use crate::io::fits::{read_region_dq, read_region_f32, FitsError, FitsProblem};
 use crate::kernels::dq;
 use crate::kernels::drizzle::InputWindow;
 use crate::plan::CalMeta;
-use ndarray::{Array2, Array3};
+use ndarray::{Array2, Array3, ArrayView2};
 use std::ops::Range;
 
 /// DQ bits that make a pixel unusable (JWST resample's default `good_bits = ~DO_NOT_USE+NON_SCIENCE`).
@@ -92,53 +92,76 @@ pub fn read_piece(
 }
 
 impl Piece {
-    /// Input weights: 0 for unusable pixels (non-finite SCI, [`BAD_BITS`] in DQ, outlier flags),
-    /// otherwise the inverse of VAR_RNOISE (`Ivm`, as the JWST pipeline's default) or the exposure time.
+    /// Input weights of the piece (see [`input_weights`]), with the outlier flags applied.
     ///
     /// # Errors
-    /// A missing or non-positive VAR_RNOISE everywhere with `Ivm` weights, naming the file.
+    /// VAR_RNOISE not read with `Ivm` weights, naming the file.
     pub fn weights(
         &self,
         meta: &CalMeta,
         wt: WeightType,
         flags: Option<&OutlierFlags>,
     ) -> Result<Array2<f32>, FitsError> {
-        let (ny, nx) = self.sci.dim();
         let flagged = flags.map(|f| f.mask(self.index, meta.shape[1], self.rows.clone(), self.cols.clone()));
-        let rn = match wt {
-            WeightType::Ivm => match &self.vars {
-                Some(v) if v[1].dim() == (ny, nx) => Some(&v[1]),
-                _ => {
-                    return Err(FitsError {
-                        path: meta.path.clone(),
-                        hdu: Some("VAR_RNOISE".into()),
-                        keyword: None,
-                        problem: FitsProblem::BadData(
-                            "needed for ivm weights (drizzle.weight_type = \"ivm\") but not read".into(),
-                        ),
-                    })
-                }
-            },
-            WeightType::Exptime => None,
-        };
-        let mut w = Array2::<f32>::zeros((ny, nx));
-        for ((y, x), w) in w.indexed_iter_mut() {
-            let s = self.sci[[y, x]];
-            if !s.is_finite() || self.dq[[y, x]] & BAD_BITS != 0 || flagged.as_ref().is_some_and(|m| m[[y, x]]) {
-                continue;
+        let rn = match (&self.vars, wt) {
+            (Some(v), WeightType::Ivm) if v[1].dim() == self.sci.dim() => Some(v[1].view()),
+            (_, WeightType::Ivm) => {
+                return Err(FitsError {
+                    path: meta.path.clone(),
+                    hdu: Some("VAR_RNOISE".into()),
+                    keyword: None,
+                    problem: FitsProblem::BadData(
+                        "needed for ivm weights (drizzle.weight_type = \"ivm\") but not read".into(),
+                    ),
+                })
             }
-            *w = match rn {
-                Some(v) => {
-                    let r = v[[y, x]];
-                    if r.is_finite() && r > 0.0 {
-                        1.0 / r
-                    } else {
-                        0.0
-                    }
-                }
-                None => meta.effexptm_s as f32,
-            };
-        }
-        Ok(w)
+            (_, WeightType::Exptime) => None,
+        };
+        Ok(input_weights(self.sci.view(), self.dq.view(), rn, flagged.as_ref().map(|m| m.view()), meta.effexptm_s))
     }
+}
+
+/// The weights of a whole exposure (no pixel map, no outlier flags): read SCI, DQ and, for `Ivm`,
+/// VAR_RNOISE.
+///
+/// # Errors
+/// [`FitsError`] naming the file and extension.
+pub fn exposure_weights(meta: &CalMeta, wt: WeightType) -> Result<Array2<f32>, FitsError> {
+    let [ny, nx] = meta.shape;
+    let sci = read_region_f32(&meta.path, "SCI", 0..ny, 0..nx)?;
+    let dqa = read_region_dq(&meta.path, 0..ny, 0..nx)?;
+    let rn = match wt {
+        WeightType::Ivm => Some(read_region_f32(&meta.path, "VAR_RNOISE", 0..ny, 0..nx)?),
+        WeightType::Exptime => None,
+    };
+    Ok(input_weights(sci.view(), dqa.view(), rn.as_ref().map(|r| r.view()), None, meta.effexptm_s))
+}
+
+/// Input weights: 0 for unusable pixels (non-finite SCI, [`BAD_BITS`] in DQ, `flagged`), otherwise
+/// the inverse of VAR_RNOISE (`rnoise` given: JWST's default "ivm"; 0 where it is not positive) or the
+/// exposure time.
+pub fn input_weights(
+    sci: ArrayView2<f32>,
+    dq: ArrayView2<u32>,
+    rnoise: Option<ArrayView2<f32>>,
+    flagged: Option<ArrayView2<bool>>,
+    effexptm_s: f64,
+) -> Array2<f32> {
+    Array2::from_shape_fn(sci.dim(), |(y, x)| {
+        let s = sci[[y, x]];
+        if !s.is_finite() || dq[[y, x]] & BAD_BITS != 0 || flagged.as_ref().is_some_and(|m| m[[y, x]]) {
+            return 0.0;
+        }
+        match &rnoise {
+            Some(v) => {
+                let r = v[[y, x]];
+                if r.is_finite() && r > 0.0 {
+                    1.0 / r
+                } else {
+                    0.0
+                }
+            }
+            None => effexptm_s as f32,
+        }
+    })
 }
