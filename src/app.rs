@@ -185,7 +185,7 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
             stages::campaign::run(comm, &raw, &cfg)
         }
         Command::Mosaic(args) => {
-            let (raw, cfg) = load_config(cli, &[])?;
+            let (raw, cfg) = load_config(cli, &args.as_sets())?;
             set_threads(&cfg);
             stages::mosaic::run(comm, &raw, &cfg, &args.inputs, &args.output, args.catalog.as_deref())
         }

@@ -104,6 +104,20 @@ pub struct MosaicArgs {
     /// Reference catalogue (CSV/ECSV/FITS with ra, dec in deg) for absolute astrometry.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+    /// Skip background level matching, for comparison  [level.enabled = false]
+    #[arg(long)]
+    pub no_level: bool,
+}
+
+impl MosaicArgs {
+    /// The flags as `--set` overrides.
+    pub fn as_sets(&self) -> Vec<String> {
+        if self.no_level {
+            vec!["level.enabled=false".to_string()]
+        } else {
+            vec![]
+        }
+    }
 }
 
 impl SimulateArgs {

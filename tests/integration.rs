@@ -8,6 +8,8 @@ mod common;
 mod cli;
 #[path = "integration/fits_io.rs"]
 mod fits_io;
+#[path = "integration/level.rs"]
+mod level;
 #[path = "integration/mosaic.rs"]
 mod mosaic;
 #[path = "integration/mpi.rs"]

@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub run: RawRun,
     /// The `plan` stage: output grid, chunk grid, work assignment.
     pub plan: RawPlan,
+    /// The `level` stage: background level matching between exposures and between tiles.
+    pub level: RawLevel,
     /// The `outlier` stage: cosmic rays and other outliers against the median of the exposures.
     pub outlier: RawOutlier,
     /// The `drizzle` stage: resampling onto the output grid.
@@ -22,6 +24,40 @@ pub struct RawConfig {
     /// Targets for `tessera run`: one `[[target]]` table each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub target: Vec<RawTarget>,
+}
+
+/// `[level]` (pjpipe level_match parameters, same defaults; SPEC section 6 departures).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLevel {
+    /// Run the stage (`tessera mosaic --no-level` turns it off for one run).
+    pub enabled: bool,
+    /// Clipping threshold of the pair statistics, in standard deviations.
+    pub sigma: f64,
+    /// Clipping iterations at most.
+    pub maxiters: u32,
+    /// Pairs overlapping less than this fraction of the mean pair overlap are rejected.
+    pub min_area_frac: f64,
+    /// Pairs whose overlap spans less than this fraction of either image along both axes are rejected.
+    pub min_linear_frac: f64,
+    /// Pairs with rms above mean + this many standard deviations of the pair rms are rejected.
+    pub rms_sig_limit: f64,
+    /// Subtract one constant from the band at the end: the lowest sigma-clipped sky among the tiles.
+    pub subtract_sky: bool,
+}
+
+impl Default for RawLevel {
+    fn default() -> Self {
+        RawLevel {
+            enabled: true,
+            sigma: 3.0,
+            maxiters: 10,
+            min_area_frac: 0.002,
+            min_linear_frac: 0.2,
+            rms_sig_limit: 2.0,
+            subtract_sky: true,
+        }
+    }
 }
 
 /// `[outlier]` (JWST OutlierDetectionStep parameters, same defaults).
@@ -362,6 +398,22 @@ max_output_mpix = 2000.0
 # pixscale_arcsec = 0.063
 # Position angle of +y east of north, deg (0 = north up).
 # rotation_deg = 0.0
+
+[level]
+# Run the stage (`tessera mosaic --no-level` turns it off for one run).
+enabled = true
+# Clipping threshold of the pair statistics, in standard deviations.
+sigma = 3.0
+# Clipping iterations at most.
+maxiters = 10
+# Pairs overlapping less than this fraction of the mean pair overlap are rejected.
+min_area_frac = 0.002
+# Pairs whose overlap spans less than this fraction of either image along both axes are rejected.
+min_linear_frac = 0.2
+# Pairs with rms above mean + this many standard deviations of the pair rms are rejected.
+rms_sig_limit = 2.0
+# Subtract one constant from the band at the end: the lowest sigma-clipped sky among the tiles.
+subtract_sky = true
 
 [outlier]
 # Run the stage (false = no outlier flags; drizzle uses the DQ as it is).

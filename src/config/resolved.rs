@@ -9,11 +9,24 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub run: RunConfig,
     pub plan: PlanConfig,
+    pub level: LevelConfig,
     pub outlier: OutlierConfig,
     pub drizzle: DrizzleConfig,
     pub assemble: AssembleConfig,
     pub simulate: SimulateConfig,
     pub targets: Vec<Target>,
+}
+
+/// The checked `[level]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LevelConfig {
+    pub enabled: bool,
+    pub sigma: f64,
+    pub maxiters: u32,
+    pub min_area_frac: f64,
+    pub min_linear_frac: f64,
+    pub rms_sig_limit: f64,
+    pub subtract_sky: bool,
 }
 
 /// The checked `[outlier]` section.
@@ -354,6 +367,19 @@ impl RawConfig {
             catalog_noise_arcsec: non_negative("simulate.catalog_noise_arcsec", s.catalog_noise_arcsec)?,
             truth_pixscale_factor: positive("simulate.truth_pixscale_factor", s.truth_pixscale_factor)?,
         };
+        let l = &self.level;
+        if l.maxiters == 0 {
+            return Err(invalid("level.maxiters", "must be at least 1"));
+        }
+        let level = LevelConfig {
+            enabled: l.enabled,
+            sigma: positive("level.sigma", l.sigma)?,
+            maxiters: l.maxiters,
+            min_area_frac: frac("level.min_area_frac", l.min_area_frac)?,
+            min_linear_frac: frac("level.min_linear_frac", l.min_linear_frac)?,
+            rms_sig_limit: positive("level.rms_sig_limit", l.rms_sig_limit)?,
+            subtract_sky: l.subtract_sky,
+        };
         let o = &self.outlier;
         let pixfrac = |key: &str, v: f64| {
             if v > 0.0 && v <= 1.0 {
@@ -414,7 +440,7 @@ impl RawConfig {
                 catalog: t.catalog.as_ref().map(Into::into),
             });
         }
-        Ok(Config { run, plan, outlier, drizzle, assemble, simulate, targets })
+        Ok(Config { run, plan, level, outlier, drizzle, assemble, simulate, targets })
     }
 }
 

@@ -6,10 +6,19 @@
 //! - `detector`: what a detector adds (1/f stripes, cosmic rays, noise, DQ) and the JWST DQ bits.
 //! - `drizzle`: the drizzle square kernel (Fruchter & Hook 2002) into per-chunk accumulators.
 //! - `outlier`: JWST's outlier test: weight thresholds, median stack, blot interpolation, flags.
+//! - `sources`: point-source detection (sigma-clipped mesh background, DAOFIND-style kernel,
+//!   Gaussian-fit centroids, sharpness/roundness/extent filters) for the astrometry stages.
+//! - `matching`: catalogue matching (2-D voting histogram with a false-alarm test, iterative
+//!   clipped matching) and `shift`/`rshift` fits.
+//! - `level`: background level matching: mergeable sigma-clipped pair statistics, pair rejection,
+//!   the weighted least-squares offsets (pjpipe level_match, solved directly).
 
 pub mod detector;
 pub mod drizzle;
+pub mod level;
+pub mod matching;
 pub mod outlier;
 pub mod scene;
+pub mod sources;
 
 pub use detector::dq;

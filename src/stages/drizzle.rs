@@ -6,7 +6,7 @@
 //! writing `None` (an empty selection) once it has none left, because the writes are collective.
 
 use super::outlier::OutlierFlags;
-use super::pieces::{read_piece, Want};
+use super::pieces::{read_piece, Corrections, Want};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
 use crate::io::hdf5::{BandStore, Dtype, ProductSpec};
@@ -47,6 +47,7 @@ pub fn drizzle_chunk(
     metas: &[CalMeta],
     cfg: &Config,
     flags: &OutlierFlags,
+    corr: &Corrections,
 ) -> anyhow::Result<ChunkOut> {
     let grid = plan.grid.wcs();
     let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
@@ -56,8 +57,9 @@ pub fn drizzle_chunk(
     let mut pixels_in = 0;
     for &k in &c.exposures {
         let m = &metas[k];
-        let Some(piece) = read_piece(m, k, &grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: true, rnoise: true })
-            .with_context(|| format!("drizzle: reading {}", m.path.display()))?
+        let Some(piece) =
+            read_piece(m, k, &grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: true, rnoise: true }, corr)
+                .with_context(|| format!("drizzle: reading {}", m.path.display()))?
         else {
             continue;
         };
@@ -92,12 +94,14 @@ pub fn drizzle_chunk(
 ///
 /// # Errors
 /// A failed read or write on any rank.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     comm: &dyn Comm,
     plan: &Plan,
     metas: &[CalMeta],
     cfg: &Config,
     flags: &OutlierFlags,
+    corr: &Corrections,
     store: &Path,
     attrs: &[(&str, String)],
     progress: &mut super::progress::Progress,
@@ -124,7 +128,7 @@ pub fn run(
     let mut failure: Option<anyhow::Error> = None;
     for round in 0..rounds {
         let out = match (mine.get(round), &failure) {
-            (Some(c), None) => match drizzle_chunk(c, plan, metas, cfg, flags) {
+            (Some(c), None) => match drizzle_chunk(c, plan, metas, cfg, flags, corr) {
                 Ok(o) => Some(o),
                 Err(e) => {
                     failure = Some(e);

@@ -5,6 +5,7 @@
 pub mod assemble;
 pub mod campaign;
 pub mod drizzle;
+pub mod level;
 pub mod mosaic;
 pub mod outlier;
 pub mod pieces;

@@ -1,16 +1,18 @@
-//! `tessera mosaic`: the single-band entry point, chaining `plan → outlier → drizzle → assemble` on
+//! `tessera mosaic`: the single-band entry point, chaining `plan → level → outlier → drizzle → assemble` on
 //! the given cal files, alone or under `mpirun`.
 //!
 //! Products under `run.output_dir`:
 //! - `plan/plan.json`
+//! - `level/level.json`, `level/pairs.csv`: every pair and the solved offsets
 //! - `outlier/flags.json`
 //! - `drizzle/<band>.h5`, the band store written with collective MPI-IO
 //! - the mosaic FITS at `-o`
 //!
-//! Stages of SPEC not implemented yet (prep, destripe, align, level, destripe_multi, astrometry) are
+//! Stages of SPEC not implemented yet (prep, destripe, align, destripe_multi, astrometry) are
 //! named in a warning, never skipped silently.
 
 use super::outlier::OutlierFlags;
+use super::pieces::Corrections;
 use super::progress::Progress;
 use super::{Outcome, Provenance};
 use crate::config::{Config, RawConfig};
@@ -43,7 +45,7 @@ pub fn run(
     }
     if comm.rank() == 0 {
         tracing::warn!(
-            "stages prep, destripe, align, level and destripe_multi are not implemented yet: mosaicking without them"
+            "stages prep, destripe, align and destripe_multi are not implemented yet: mosaicking without them"
         );
     }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
@@ -52,10 +54,27 @@ pub fn run(
     let root = comm.rank() == 0;
     let interval = cfg.run.progress_interval_s;
 
+    // level
+    let corr = if cfg.level.enabled {
+        let t = std::time::Instant::now();
+        let (c, report) = super::level::run(comm, plan, metas, cfg, &Corrections::none(metas.len()))?;
+        if root {
+            tracing::info!(
+                "[level] band sky {:.4} MJy/sr subtracted; report in {} ({:.1} s)",
+                report.band_sky_mjysr,
+                cfg.run.output_dir.join(super::level::STAGE).display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        c
+    } else {
+        Corrections::none(metas.len())
+    };
+
     // outlier
     let flags = if cfg.outlier.enabled {
         let t = std::time::Instant::now();
-        let f = super::outlier::run(comm, plan, metas, cfg)?;
+        let f = super::outlier::run(comm, plan, metas, cfg, &corr)?;
         if root {
             let path = cfg.run.output_dir.join("outlier").join("flags.json");
             crate::io::json::write_json(&path, &flags_report(&f, metas))?;
@@ -90,7 +109,7 @@ pub fn run(
     ];
     let attr_refs: Vec<(&str, String)> = attrs.iter().map(|(k, v)| (*k, v.clone())).collect();
     let mut progress = Progress::new("drizzle", "chunks", plan.chunks.len(), interval, root);
-    super::drizzle::run(comm, plan, metas, cfg, &flags, &partial, &attr_refs, &mut progress)?;
+    super::drizzle::run(comm, plan, metas, cfg, &flags, &corr, &partial, &attr_refs, &mut progress)?;
     progress.finish();
     comm.barrier();
 

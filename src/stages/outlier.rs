@@ -7,12 +7,13 @@
 //! 3. Chunk owners exchange halo strips of the median (`Comm::exchange`), so each owns
 //!    median(chunk + halo).
 //! 4. For every exposure pixel whose centre lands in its chunk, the owner blots the median back
-//!    (bilinear), computes the blot derivative, and applies the two-threshold test.
+//!    (bicubic by default), computes the blot derivative, and applies the two-threshold test.
 //! 5. Flags are all-gathered: every rank holds them for the drizzle.
+//!
 //! Every decision is made by exactly one owner from values that do not depend on where chunk edges
 //! fall, so the flags are the same for any rank count and chunk layout.
 
-use super::pieces::{exposure_weights, read_piece, Piece, Want};
+use super::pieces::{exposure_weights, read_piece, Corrections, Piece, Want};
 use crate::config::{Config, OutlierConfig, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
@@ -74,7 +75,13 @@ pub fn halo_px(plan: &Plan, metas: &[CalMeta]) -> usize {
 ///
 /// # Errors
 /// A failed read on any rank (ranks agree before failing).
-pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> anyhow::Result<OutlierFlags> {
+pub fn run(
+    comm: &dyn Comm,
+    plan: &Plan,
+    metas: &[CalMeta],
+    cfg: &Config,
+    corr: &Corrections,
+) -> anyhow::Result<OutlierFlags> {
     let grid = plan.grid.wcs();
     let oc = &cfg.outlier;
     let wt = cfg.drizzle.weight_type;
@@ -101,7 +108,7 @@ pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> any
     let budget = cfg.run.mem_budget_mb as usize * 1024 * 1024 / 2;
     let owned: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
     let medians: Vec<Array2<f32>> = agree(comm, || -> anyhow::Result<Vec<Array2<f32>>> {
-        owned.iter().map(|c| chunk_median(c, metas, &grid, &thresholds, oc, wt, budget)).collect()
+        owned.iter().map(|c| chunk_median(c, metas, &grid, &thresholds, oc, wt, budget, corr)).collect()
     })?;
 
     // 3. halo exchange
@@ -113,7 +120,7 @@ pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> any
         let mut out = vec![];
         for (c, (med, r0)) in owned.iter().zip(&extended) {
             for &k in &c.exposures {
-                out.push((k, flag_chunk_exposure(c, k, &metas[k], &grid, med, *r0, &p, oc.blot_bicubic)?));
+                out.push((k, flag_chunk_exposure(c, k, &metas[k], &grid, med, *r0, &p, oc.blot_bicubic, corr)?));
             }
         }
         Ok(out)
@@ -134,7 +141,7 @@ pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> any
 }
 
 /// Run `f`; every rank learns whether all succeeded before any returns an error.
-fn agree<T>(comm: &dyn Comm, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(crate) fn agree<T>(comm: &dyn Comm, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let r = f();
     let ok = comm.all_ok(r.is_ok());
     match r {
@@ -153,6 +160,7 @@ fn chunk_median(
     oc: &OutlierConfig,
     wt: WeightType,
     budget_bytes: usize,
+    corr: &Corrections,
 ) -> anyhow::Result<Array2<f32>> {
     let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
     let mut median = Array2::from_elem((ny, nx), f32::NAN);
@@ -173,7 +181,7 @@ fn chunk_median(
         for (j, &k) in c.exposures.iter().enumerate() {
             th[j] = thresholds[k];
             let m = &metas[k];
-            let Some(piece) = read_piece(m, k, grid, rows.clone(), c.x0..c.x1, 3, (0, 0), want(wt))
+            let Some(piece) = read_piece(m, k, grid, rows.clone(), c.x0..c.x1, 3, (0, 0), want(wt), corr)
                 .with_context(|| format!("outlier: reading {}", m.path.display()))?
             else {
                 continue;
@@ -291,6 +299,7 @@ fn exchange_halos(
 }
 
 /// Flags of the pixels of exposure `k` whose centres land in chunk `c`, as global linear indices.
+#[allow(clippy::too_many_arguments)]
 fn flag_chunk_exposure(
     c: &Chunk,
     k: usize,
@@ -300,9 +309,10 @@ fn flag_chunk_exposure(
     origin: (usize, usize),
     p: &OutlierParams,
     bicubic: bool,
+    corr: &Corrections,
 ) -> anyhow::Result<Vec<u64>> {
     let Some(piece): Option<Piece> =
-        read_piece(meta, k, grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: false, rnoise: false })
+        read_piece(meta, k, grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: false, rnoise: false }, corr)
             .with_context(|| format!("outlier: reading {}", meta.path.display()))?
     else {
         return Ok(vec![]);

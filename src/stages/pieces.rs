@@ -11,6 +11,7 @@ use crate::kernels::dq;
 use crate::kernels::drizzle::InputWindow;
 use crate::plan::CalMeta;
 use ndarray::{Array2, Array3, ArrayView2};
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
 /// DQ bits that make a pixel unusable (JWST resample's default `good_bits = ~DO_NOT_USE+NON_SCIENCE`).
@@ -37,6 +38,35 @@ pub struct Piece {
     pub inner: InputWindow,
 }
 
+/// Additive background corrections found by the `prep` and `level` stages, in MJy/sr per exposure
+/// (indexed like the plan's exposure table). [`read_piece`] subtracts them from SCI, so every stage
+/// after `level` sees corrected pixels and no stage can forget them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Corrections {
+    /// Constant subtracted from each exposure, MJy/sr (empty = none).
+    pub offset_mjysr: Vec<f64>,
+}
+
+impl Corrections {
+    /// No correction for `n` exposures.
+    pub fn none(n: usize) -> Self {
+        Self { offset_mjysr: vec![0.0; n] }
+    }
+
+    /// The constant of exposure `index` (0 when none is known).
+    pub fn offset(&self, index: usize) -> f64 {
+        self.offset_mjysr.get(index).copied().unwrap_or(0.0)
+    }
+
+    /// Subtract the exposure's correction from `sci` (f32 arithmetic, NaN stays NaN).
+    pub fn apply(&self, index: usize, sci: &mut Array2<f32>) {
+        let c = self.offset(index) as f32;
+        if c != 0.0 {
+            sci.mapv_inplace(|v| v - c);
+        }
+    }
+}
+
 /// What to read besides SCI, ERR and DQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Want {
@@ -47,11 +77,12 @@ pub struct Want {
 }
 
 /// Read the piece of exposure `index` covering output rows x cols (grid pixels), with `margin` input
-/// pixels around it; pixel-map coordinates are relative to the output pixel `origin = (y0, x0)`.
-/// `None` when the exposure does not reach the rectangle.
+/// pixels around it, with `corrections` subtracted from SCI; pixel-map coordinates are relative to the
+/// output pixel `origin = (y0, x0)`. `None` when the exposure does not reach the rectangle.
 ///
 /// # Errors
 /// [`FitsError`] naming the file and extension.
+#[allow(clippy::too_many_arguments)]
 pub fn read_piece(
     meta: &CalMeta,
     index: usize,
@@ -61,12 +92,14 @@ pub fn read_piece(
     margin: usize,
     origin: (usize, usize),
     want: Want,
+    corrections: &Corrections,
 ) -> Result<Option<Piece>, FitsError> {
     let Some((rows, cols)) = input_window(&meta.wcs, meta.shape, grid, out_rows, out_cols, margin) else {
         return Ok(None);
     };
     let p = &meta.path;
-    let sci = read_region_f32(p, "SCI", rows.clone(), cols.clone())?;
+    let mut sci = read_region_f32(p, "SCI", rows.clone(), cols.clone())?;
+    corrections.apply(index, &mut sci);
     let err = read_region_f32(p, "ERR", rows.clone(), cols.clone())?;
     let dqa = read_region_dq(p, rows.clone(), cols.clone())?;
     let read_var = |name: &str| read_region_f32(p, name, rows.clone(), cols.clone());

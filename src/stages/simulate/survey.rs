@@ -254,9 +254,15 @@ pub fn design(cfg: &SimulateConfig) -> Survey {
     let target = (TARGET_RA_DEG, TARGET_DEC_DEG);
     let (ntx, nty) = cfg.tiles;
     let [w, h] = layout.extent_arcsec;
+    // NIRCam tiles step by half the distance between the module centres, so that each tile's modules
+    // cover the previous tile's module gap (a contiguous mosaic, as PHANGS tiles are; every tile
+    // overlaps its neighbours, which level matching needs).
     let step = match cfg.instrument {
         Instrument::Miri => [0.85 * w, 0.85 * h],
-        _ => [0.55 * w, 0.85 * h],
+        _ => {
+            let b: Vec<f64> = layout.detectors.iter().filter(|d| d.module == "B").map(|d| d.offset_arcsec[0]).collect();
+            [b.iter().sum::<f64>() / b.len() as f64, 0.85 * h]
+        }
     };
     let det_arcsec = layout.shape[0] as f64 * layout.pixscale_arcsec;
     let pa = layout.pa_deg.to_radians();
