@@ -308,7 +308,9 @@ def tessera_runs(args, scene, sim, runs_dir):
             if rd.exists():
                 shutil.rmtree(rd)
             rd.mkdir(parents=True)
-            sets = ["--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", f"run.threads={threads}"]
+            # like with like: no peer matches background levels, so neither does tessera here
+            sets = ["--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", f"run.threads={threads}",
+                    "--set", "level.enabled=false"]
             if chain == "drizzle":
                 sets += ["--set", "outlier.enabled=false"]
             if args.mem_budget_mb:
@@ -619,7 +621,7 @@ def write_report(args, facts, results, json_path):
          "- Input Mpix/s = input detector pixels of the scene / wall seconds. `tessera R r / peer` = tessera's "
          "throughput with R ranks over the peer's, for the tessera chain in the same row (drizzle-only, "
          "`--set outlier.enabled=false`, for SWarp, Montage, drizzle and reproject; outlier + drizzle for the "
-         "JWST steps). Above 1 means tessera is faster.",
+         "JWST steps; `level.enabled=false` in both, since no peer matches levels). Above 1 means tessera is faster.",
          f"- tessera's memory budget: run.mem_budget_mb = {args.mem_budget_mb or args.default_budget_mb} MiB per rank"
          + (" (tessera's default)" if not args.mem_budget_mb else "")
          + (f"; extra settings: {', '.join('`' + kv + '`' for kv in args.tessera_sets)}." if args.tessera_sets else "."),
