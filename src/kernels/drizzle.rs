@@ -769,21 +769,11 @@ mod tests {
         bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
     }
 
-    /// Deterministic pseudo-random numbers in [0, 1) (SplitMix64).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::kernels::test_rng::Rng;
 
     fn random_image(ny: usize, nx: usize, seed: u64, lo: f64, hi: f64) -> Array2<f32> {
         let mut r = Rng(seed);
-        Array2::from_shape_simple_fn((ny, nx), || (lo + (hi - lo) * r.next()) as f32)
+        Array2::from_shape_simple_fn((ny, nx), || (lo + (hi - lo) * r.uniform()) as f32)
     }
 
     fn identity_map(ny: usize, nx: usize) -> Array3<f64> {

@@ -714,22 +714,7 @@ mod tests {
     use crate::kernels::sources::{find_sources, FindParams, FWHM_PER_SIGMA};
     use ndarray::Array2;
 
-    /// Deterministic pseudo-random numbers (SplitMix64).
-    struct Rng(u64);
-    impl Rng {
-        fn uniform(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn normal(&mut self) -> f64 {
-            let u1 = self.uniform().max(1e-300);
-            let u2 = self.uniform();
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
-    }
+    use crate::kernels::test_rng::Rng;
 
     fn inverse(t: &Transform) -> Transform {
         // p = c + R(q - c) + d  <=>  q = c + R^-1 (p - c - d) = c + R^-1 (p - c) - R^-1 d

@@ -20,5 +20,7 @@ pub mod matching;
 pub mod outlier;
 pub mod scene;
 pub mod sources;
+#[cfg(test)]
+mod test_rng;
 
 pub use detector::dq;

@@ -20,11 +20,10 @@
 //! a report (`level/level.json`, `level/pairs.csv`) of every pair and the solved offsets.
 //! What does not live here: the statistics and the solve themselves (`kernels::level`).
 
-use super::pieces::{read_piece, Corrections, Want};
+use super::pieces::{resample_alone, Corrections};
 use crate::config::{Config, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
-use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams};
 use crate::kernels::level::{
     lowest_sky, reject_pairs, solve_offsets, weight_from_rms, ClipHistogram, ClipParams, ClipPass, ClipStep,
     ClippedStats, Gauge, HistParams, IndexExtent, PairMeasure, PairOffset, PairStatus, RejectParams, ValueRange,
@@ -370,7 +369,6 @@ fn measure_chunk(
         return Ok(());
     }
     let band = (budget_bytes / (n * nx * 24 + 1)).clamp(1, ny);
-    let dp = DrizzleParams { pixfrac: 1.0 };
     let mut y = 0;
     while y < ny {
         let rows = c.y0 + y..(c.y0 + y + band).min(c.y1);
@@ -379,24 +377,11 @@ fn measure_chunk(
         let mut planes: BTreeMap<usize, (Array2<f64>, Array2<f64>)> = BTreeMap::new();
         for &k in &c.exposures {
             let m = &metas[k];
-            let want = Want { vars: false, rnoise: wt == WeightType::Ivm };
-            let Some(piece) = read_piece(m, k, grid, rows.clone(), c.x0..c.x1, 3, (0, 0), want, corr)
+            let Some(acc) = resample_alone(m, k, grid, rows.clone(), c.x0..c.x1, wt, 1.0, corr)
                 .with_context(|| format!("level: reading {}", m.path.display()))?
             else {
                 continue;
             };
-            let w = piece.weights(m, wt, None)?;
-            let mut acc = DrizzleAccum::with_origin([rows.start, c.x0], h, nx, 0, 1);
-            par_drizzle_add_window(
-                piece.sci.view(),
-                w.view(),
-                piece.pixmap.view(),
-                &[],
-                &piece.inner,
-                0,
-                &dp,
-                &mut acc,
-            );
             let img = step.image_of[k];
             let (num, den) = planes.entry(img).or_insert_with(|| (Array2::zeros((h, nx)), Array2::zeros((h, nx))));
             ndarray::Zip::from(num).and(den).and(&acc.wsum).and(&acc.sci_wsum).for_each(|nu, de, &ws, &sw| {

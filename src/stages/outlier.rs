@@ -13,11 +13,10 @@
 //! Every decision is made by exactly one owner from values that do not depend on where chunk edges
 //! fall, so the flags are the same for any rank count and chunk layout.
 
-use super::pieces::{exposure_weights, read_piece, Corrections, Piece, Want};
+use super::pieces::{exposure_weights, read_piece, resample_alone, Corrections, Piece, Want};
 use crate::config::{Config, OutlierConfig, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
-use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams};
 use crate::kernels::outlier::{
     flag_outliers_window, interp_bicubic, interp_bilinear, median_stack, weight_threshold, OutlierParams,
 };
@@ -58,10 +57,6 @@ impl OutlierFlags {
 
 fn params(o: &OutlierConfig) -> OutlierParams {
     OutlierParams { snr1: o.snr1, snr2: o.snr2, scale1: o.scale1, scale2: o.scale2, maskpt: o.maskpt, backg: 0.0 }
-}
-
-fn want(wt: WeightType) -> Want {
-    Want { vars: false, rnoise: wt == WeightType::Ivm }
 }
 
 /// Halo width in output pixels: the flag test of a pixel looks 2 input pixels away (derivative and
@@ -170,7 +165,6 @@ fn chunk_median(
     }
     // rows per band: the stack (sci + wht) and one accumulator within the budget
     let band = (budget_bytes / (n * nx * 8 + nx * 32)).clamp(1, ny);
-    let dp = DrizzleParams { pixfrac: oc.pixfrac };
     let mut y = 0;
     while y < ny {
         let rows = c.y0 + y..(c.y0 + y + band).min(c.y1);
@@ -181,23 +175,11 @@ fn chunk_median(
         for (j, &k) in c.exposures.iter().enumerate() {
             th[j] = thresholds[k];
             let m = &metas[k];
-            let Some(piece) = read_piece(m, k, grid, rows.clone(), c.x0..c.x1, 3, (0, 0), want(wt), corr)
+            let Some(acc) = resample_alone(m, k, grid, rows.clone(), c.x0..c.x1, wt, oc.pixfrac, corr)
                 .with_context(|| format!("outlier: reading {}", m.path.display()))?
             else {
                 continue;
             };
-            let w = piece.weights(m, wt, None)?;
-            let mut acc = DrizzleAccum::with_origin([rows.start, c.x0], h, nx, 0, 1);
-            par_drizzle_add_window(
-                piece.sci.view(),
-                w.view(),
-                piece.pixmap.view(),
-                &[],
-                &piece.inner,
-                0,
-                &dp,
-                &mut acc,
-            );
             let out = acc.finish();
             stack.slice_mut(s![j, .., ..]).assign(&out.sci);
             wht.slice_mut(s![j, .., ..]).assign(&out.wht);

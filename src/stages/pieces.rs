@@ -8,7 +8,7 @@ use crate::geom::pixmap::{input_window, pixel_map, DEFAULT_STEP};
 use crate::geom::TanSip;
 use crate::io::fits::{read_region_dq, read_region_f32, FitsError, FitsProblem};
 use crate::kernels::dq;
-use crate::kernels::drizzle::InputWindow;
+use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams, InputWindow};
 use crate::plan::CalMeta;
 use ndarray::{Array2, Array3, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,36 @@ pub fn read_piece(
     };
     let inner = InputWindow { rows: cut(rows.start, rows.end, ny), cols: cut(cols.start, cols.end, nx) };
     Ok(Some(Piece { index, rows, cols, sci, err, dq: dqa, vars, pixmap, inner }))
+}
+
+/// Drizzle exposure `index` alone (square kernel at `pixfrac`, no variance planes, no outlier flags)
+/// onto output rows x cols of the grid, with its corrections subtracted: the individually resampled
+/// exposure the `level` and `outlier` stages compare. `None` when the exposure misses the rectangle.
+///
+/// # Errors
+/// [`FitsError`] naming the file and extension.
+#[allow(clippy::too_many_arguments)]
+pub fn resample_alone(
+    meta: &CalMeta,
+    index: usize,
+    grid: &TanSip,
+    out_rows: Range<usize>,
+    out_cols: Range<usize>,
+    wt: WeightType,
+    pixfrac: f64,
+    corrections: &Corrections,
+) -> Result<Option<DrizzleAccum>, FitsError> {
+    let want = Want { vars: false, rnoise: wt == WeightType::Ivm };
+    let origin = [out_rows.start, out_cols.start];
+    let (h, w) = (out_rows.len(), out_cols.len());
+    let Some(piece) = read_piece(meta, index, grid, out_rows, out_cols, 3, (0, 0), want, corrections)? else {
+        return Ok(None);
+    };
+    let weights = piece.weights(meta, wt, None)?;
+    let mut acc = DrizzleAccum::with_origin(origin, h, w, 0, 1);
+    let dp = DrizzleParams { pixfrac };
+    par_drizzle_add_window(piece.sci.view(), weights.view(), piece.pixmap.view(), &[], &piece.inner, 0, &dp, &mut acc);
+    Ok(Some(acc))
 }
 
 impl Piece {
