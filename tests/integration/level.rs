@@ -156,3 +156,23 @@ fn the_mosaic_has_no_seams_between_tiles() {
     assert!(spread(&without) > 0.05, "the control run has no seams to remove: {without:?}");
     assert!(spread(&with) < 0.01, "seams left between tiles: {with:?}");
 }
+
+#[test]
+fn a_single_tile_band_warns_and_still_mosaics() {
+    // one tile of NIRCam LW: its two modules never overlap, so the tile step has nothing to match
+    let d = tmp();
+    simulate(d.path(), &["simulate.size=\"tiny\"", "simulate.tiles=\"1x1\"", "simulate.dithers=2", "simulate.seed=9"]);
+    let w = tmp();
+    let out = run(2, d.path(), w.path(), &[], &[]);
+    assert!(out.is_file(), "no mosaic written");
+    let r: serde_json::Value = tessera::io::json::read_json(&w.path().join("out/level/level.json")).unwrap();
+    let warnings: Vec<&str> = r["warnings"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(
+        warnings.iter().any(|m| m.contains("no usable overlap for 2 tiles") && m.contains("nrcalong")),
+        "expected a warning naming the unmatched tiles, got {warnings:?}"
+    );
+    // the tile offsets of unmatched groups are 0: nothing invented
+    for (k, v) in r["tile_offsets_mjysr"].as_object().unwrap() {
+        assert_eq!(v.as_f64().unwrap(), 0.0, "{k}");
+    }
+}
