@@ -107,16 +107,22 @@ pub struct MosaicArgs {
     /// Skip background level matching, for comparison  [level.enabled = false]
     #[arg(long)]
     pub no_level: bool,
+    /// Skip prep (MIRI Lyot separation and off-source background), for comparison  [prep.enabled = false]
+    #[arg(long)]
+    pub no_prep: bool,
 }
 
 impl MosaicArgs {
     /// The flags as `--set` overrides.
     pub fn as_sets(&self) -> Vec<String> {
+        let mut sets = vec![];
         if self.no_level {
-            vec!["level.enabled=false".to_string()]
-        } else {
-            vec![]
+            sets.push("level.enabled=false".to_string());
         }
+        if self.no_prep {
+            sets.push("prep.enabled=false".to_string());
+        }
+        sets
     }
 }
 

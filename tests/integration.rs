@@ -10,6 +10,8 @@ mod cli;
 mod fits_io;
 #[path = "integration/level.rs"]
 mod level;
+#[path = "integration/miri.rs"]
+mod miri;
 #[path = "integration/mosaic.rs"]
 mod mosaic;
 #[path = "integration/mpi.rs"]

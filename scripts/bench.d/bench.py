@@ -428,6 +428,26 @@ def compare_outputs(args, res, runs_dir):
                         f.unlink()
 
 
+def reused_rows(args, scene):
+    """Peer rows of this scene from the --reuse results files, for peers not run now (marked)."""
+    rows = []
+    for path in args.reuse:
+        old = json.loads(Path(path).read_text())
+        for res in old.get("scenes", []):
+            if res.get("scene") != scene:
+                continue
+            for r in res.get("rows", []):
+                if r["tool"] == "tessera" or r["tool"] in args.peers or any(q["tool"] == r["tool"] for q in rows):
+                    continue
+                r = dict(r)
+                for k in [k for k in r if k.startswith("ratio_")]:
+                    del r[k]
+                r["label"] += " (earlier run)"
+                r["reused_from"] = str(path)
+                rows.append(r)
+    return rows
+
+
 def bench_scene(args, scene):
     res = {"scene": scene, "rows": []}
     d = scene_dir(args, scene)
@@ -479,6 +499,7 @@ def bench_scene(args, scene):
     res["rows"] += tessera_runs(args, scene, sim, runs_dir)
     res["rows"] += peer_runs(args, scene, peer_dir, runs_dir, peers, problems)
     compare_outputs(args, res, runs_dir)
+    res["rows"] += reused_rows(args, scene)
     mpix = res["input_pixels"] / 1e6
     for r in res["rows"]:
         if r["status"].startswith("ok") and r.get("wall_s"):
@@ -630,10 +651,18 @@ def write_report(args, facts, results, json_path):
     for p in args.peers:
         L.append(f"- {PEER_INFO[p][0]}: {PEER_INFO[p][2]}"
                  + (f" ({args.swarp_threads} threads)" if p == "swarp" else ""))
+    for path in args.reuse:
+        old = json.loads(Path(path).read_text())
+        L.append(f"- Rows marked *(earlier run)* are reused from `{path}` (command `{old.get('command')}`, "
+                 f"run {old.get('machine', {}).get('date_utc', '?')}): those peers were not rerun; their ratios "
+                 "are against this run's tessera.")
     L += ["", "## Results", ""]
     for res in results:
         L.append(f"### {res['scene']}")
         L.append("")
+        if res.get("reused_from"):
+            L.append(f"*From an earlier run (not rerun now): `{res['reused_from']}`; ratios are against that run's tessera.*")
+            L.append("")
         if res.get("skipped"):
             L.append(f"Skipped: {res['skipped']}")
             L.append("")
@@ -734,6 +763,9 @@ def main():
     ap.add_argument("--keep-outputs", action="store_true")
     ap.add_argument("--cmdline", default="scripts/bench")
     ap.add_argument("--note", dest="notes", action="append", default=[])
+    ap.add_argument("--reuse", action="append", default=[],
+                    help="an earlier bench-results/*.json: its scenes not run now, and its peer rows for peers not run "
+                         "now, are reused (marked)")
     args = ap.parse_args()
     args.scenes = [s for s in args.scenes.split(",") if s]
     args.peers = [p for p in args.peers.split(",") if p]
@@ -762,6 +794,13 @@ def main():
     for s in args.scenes:
         log(f"scene {s}")
         results.append(bench_scene(args, s))
+    # scenes not run now, whole, from the --reuse files (first file wins)
+    for path in args.reuse:
+        for res in json.loads(Path(path).read_text()).get("scenes", []):
+            if res.get("scene") not in [r["scene"] for r in results]:
+                res["reused_from"] = str(path)
+                results.append(res)
+    results.sort(key=lambda r: SCENES.index(r["scene"]))
     Path(args.results_dir).mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     jp = Path(args.results_dir) / f"{stamp}.json"

@@ -17,8 +17,8 @@ pub use raw::{
     DEFAULT_TOML,
 };
 pub use resolved::{
-    AssembleConfig, Config, DrizzleConfig, Instrument, LevelConfig, OutlierConfig, PlanConfig, RunConfig, SimSize,
-    SimulateConfig, Target, UserGrid, WeightType,
+    AssembleConfig, Config, DrizzleConfig, Instrument, LevelConfig, OutlierConfig, PlanConfig, PrepConfig, RunConfig,
+    SimSize, SimulateConfig, Target, UserGrid, WeightType,
 };
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub run: RawRun,
     /// The `plan` stage: output grid, chunk grid, work assignment.
     pub plan: RawPlan,
+    /// The `prep` stage: DQ masks, MIRI Lyot separation, MIRI off-source background subtraction.
+    pub prep: RawPrep,
     /// The `level` stage: background level matching between exposures and between tiles.
     pub level: RawLevel,
     /// The `outlier` stage: cosmic rays and other outliers against the median of the exposures.
@@ -24,6 +26,40 @@ pub struct RawConfig {
     /// Targets for `tessera run`: one `[[target]]` table each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub target: Vec<RawTarget>,
+}
+
+/// `[prep]` (pjpipe lv2 background subtraction and lyot_separate, SPEC stage prep).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPrep {
+    /// Run the stage (`tessera mosaic --no-prep` turns it off for one run).
+    pub enabled: bool,
+    /// MIRI: level-match the Lyot coronagraph region (rows 735-1023, columns 0-289) as its own image
+    /// and recombine it (false = treat the frame as one image).
+    pub lyot_separate: bool,
+    /// MIRI: subtract the per-pixel combination of the off-source exposures closest in time.
+    pub off_background: bool,
+    /// Off-source exposures are those whose TARGPROP contains this text (case-insensitive), as
+    /// pjpipe's `check_in_name`.
+    pub off_name: String,
+    /// Extra files or directories holding the off-source exposures. A directory `off/` beside the
+    /// science inputs is always searched.
+    pub off_inputs: Vec<String>,
+    /// Clipping threshold of the per-pixel combination of the off exposures, in standard deviations.
+    pub off_sigma: f64,
+}
+
+impl Default for RawPrep {
+    fn default() -> Self {
+        RawPrep {
+            enabled: true,
+            lyot_separate: true,
+            off_background: true,
+            off_name: "off".into(),
+            off_inputs: vec![],
+            off_sigma: 1.5,
+        }
+    }
 }
 
 /// `[level]` (pjpipe level_match parameters, same defaults; SPEC section 6 departures).
@@ -44,6 +80,9 @@ pub struct RawLevel {
     pub rms_sig_limit: f64,
     /// Subtract one constant from the band at the end: the lowest sigma-clipped sky among the tiles.
     pub subtract_sky: bool,
+    /// What is fitted per tile in the tiles step: "level" (a constant) or "plane" (a constant and
+    /// two slopes, pjpipe's "level+slope").
+    pub tile_fit: String,
 }
 
 impl Default for RawLevel {
@@ -56,6 +95,7 @@ impl Default for RawLevel {
             min_linear_frac: 0.2,
             rms_sig_limit: 2.0,
             subtract_sky: true,
+            tile_fit: "level".into(),
         }
     }
 }
@@ -249,6 +289,8 @@ pub struct RawSimulate {
     pub stripe_rms_mjysr: f64,
     /// rms of the per-exposure background offsets in MJy/sr; negative = instrument default (NIRCam 0.02, MIRI 0.4).
     pub background_offset_mjysr: f64,
+    /// A background plane per tile, rising by this much (MJy/sr) across the tile in a random direction.
+    pub tile_plane_mjysr: f64,
     /// Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr.
     pub lyot_offset_mjysr: f64,
     /// rms of the per-visit pointing errors in the header WCS, arcsec.
@@ -283,6 +325,7 @@ impl Default for RawSimulate {
             cosmic_ray_rate: 2e-4,
             stripe_rms_mjysr: -1.0,
             background_offset_mjysr: -1.0,
+            tile_plane_mjysr: 0.0,
             lyot_offset_mjysr: 0.3,
             pointing_error_arcsec: 0.1,
             absolute_offset_arcsec: 0.25,
@@ -399,6 +442,23 @@ max_output_mpix = 2000.0
 # Position angle of +y east of north, deg (0 = north up).
 # rotation_deg = 0.0
 
+[prep]
+# Run the stage (`tessera mosaic --no-prep` turns it off for one run).
+enabled = true
+# MIRI: level-match the Lyot coronagraph region (rows 735-1023, columns 0-289) as its own image
+# and recombine it (false = treat the frame as one image).
+lyot_separate = true
+# MIRI: subtract the per-pixel combination of the off-source exposures closest in time.
+off_background = true
+# Off-source exposures are those whose TARGPROP contains this text (case-insensitive), as
+# pjpipe's check_in_name.
+off_name = "off"
+# Extra files or directories holding the off-source exposures. A directory off/ beside the
+# science inputs is always searched.
+off_inputs = []
+# Clipping threshold of the per-pixel combination of the off exposures, in standard deviations.
+off_sigma = 1.5
+
 [level]
 # Run the stage (`tessera mosaic --no-level` turns it off for one run).
 enabled = true
@@ -414,6 +474,9 @@ min_linear_frac = 0.2
 rms_sig_limit = 2.0
 # Subtract one constant from the band at the end: the lowest sigma-clipped sky among the tiles.
 subtract_sky = true
+# What is fitted per tile in the tiles step: "level" (a constant) or "plane" (a constant and
+# two slopes, pjpipe's "level+slope").
+tile_fit = "level"
 
 [outlier]
 # Run the stage (false = no outlier flags; drizzle uses the DQ as it is).
@@ -485,6 +548,8 @@ cosmic_ray_rate = 2e-4
 stripe_rms_mjysr = -1.0
 # rms of the per-exposure background offsets in MJy/sr; negative = instrument default (NIRCam 0.02, MIRI 0.4).
 background_offset_mjysr = -1.0
+# A background plane per tile, rising by this much (MJy/sr) across the tile in a random direction.
+tile_plane_mjysr = 0.0
 # Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr.
 lyot_offset_mjysr = 0.3
 # rms of the per-visit pointing errors in the header WCS, arcsec.

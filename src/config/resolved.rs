@@ -9,12 +9,25 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub run: RunConfig,
     pub plan: PlanConfig,
+    pub prep: PrepConfig,
     pub level: LevelConfig,
     pub outlier: OutlierConfig,
     pub drizzle: DrizzleConfig,
     pub assemble: AssembleConfig,
     pub simulate: SimulateConfig,
     pub targets: Vec<Target>,
+}
+
+/// The checked `[prep]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrepConfig {
+    pub enabled: bool,
+    pub lyot_separate: bool,
+    pub off_background: bool,
+    /// Lower-cased.
+    pub off_name: String,
+    pub off_inputs: Vec<std::path::PathBuf>,
+    pub off_sigma: f64,
 }
 
 /// The checked `[level]` section.
@@ -27,6 +40,8 @@ pub struct LevelConfig {
     pub min_linear_frac: f64,
     pub rms_sig_limit: f64,
     pub subtract_sky: bool,
+    /// Fit a plane per tile in the tiles step (`tile_fit = "plane"`) instead of a constant.
+    pub tile_planes: bool,
 }
 
 /// The checked `[outlier]` section.
@@ -221,6 +236,7 @@ pub struct SimulateConfig {
     pub cosmic_ray_rate: f64,
     pub stripe_rms_mjysr: f64,
     pub background_offset_mjysr: f64,
+    pub tile_plane_mjysr: f64,
     pub lyot_offset_mjysr: f64,
     pub pointing_error_arcsec: f64,
     pub absolute_offset_arcsec: f64,
@@ -358,6 +374,7 @@ impl RawConfig {
                     _ => 0.02,
                 },
             ),
+            tile_plane_mjysr: non_negative("simulate.tile_plane_mjysr", s.tile_plane_mjysr)?,
             lyot_offset_mjysr: s.lyot_offset_mjysr,
             pointing_error_arcsec: non_negative("simulate.pointing_error_arcsec", s.pointing_error_arcsec)?,
             absolute_offset_arcsec: s.absolute_offset_arcsec,
@@ -366,6 +383,18 @@ impl RawConfig {
             catalog_completeness: frac("simulate.catalog_completeness", s.catalog_completeness)?,
             catalog_noise_arcsec: non_negative("simulate.catalog_noise_arcsec", s.catalog_noise_arcsec)?,
             truth_pixscale_factor: positive("simulate.truth_pixscale_factor", s.truth_pixscale_factor)?,
+        };
+        let p = &self.prep;
+        if p.off_name.trim().is_empty() {
+            return Err(invalid("prep.off_name", "must not be empty (it would make every exposure an off exposure)"));
+        }
+        let prep = PrepConfig {
+            enabled: p.enabled,
+            lyot_separate: p.lyot_separate,
+            off_background: p.off_background,
+            off_name: p.off_name.trim().to_ascii_lowercase(),
+            off_inputs: p.off_inputs.iter().map(std::path::PathBuf::from).collect(),
+            off_sigma: positive("prep.off_sigma", p.off_sigma)?,
         };
         let l = &self.level;
         if l.maxiters == 0 {
@@ -379,6 +408,13 @@ impl RawConfig {
             min_linear_frac: frac("level.min_linear_frac", l.min_linear_frac)?,
             rms_sig_limit: positive("level.rms_sig_limit", l.rms_sig_limit)?,
             subtract_sky: l.subtract_sky,
+            tile_planes: match l.tile_fit.as_str() {
+                "level" => false,
+                "plane" => true,
+                other => {
+                    return Err(invalid("level.tile_fit", format!("must be \"level\" or \"plane\", got \"{other}\"")))
+                }
+            },
         };
         let o = &self.outlier;
         let pixfrac = |key: &str, v: f64| {
@@ -440,7 +476,7 @@ impl RawConfig {
                 catalog: t.catalog.as_ref().map(Into::into),
             });
         }
-        Ok(Config { run, plan, level, outlier, drizzle, assemble, simulate, targets })
+        Ok(Config { run, plan, prep, level, outlier, drizzle, assemble, simulate, targets })
     }
 }
 

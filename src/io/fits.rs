@@ -275,6 +275,10 @@ fn read_meta_from(f: &mut FitsFile, path: &Path) -> Result<CalMeta, FitsError> {
         shape,
         bunit,
         wcs,
+        dt_bgr_days: match primary.get("DT_BGR") {
+            None => None,
+            Some(_) => Some(p.real("DT_BGR")?),
+        },
     })
 }
 
@@ -501,6 +505,36 @@ pub fn write_cal(path: &Path, img: &CalImage, primary: &[Card], history: &[Strin
             }
         }
         Ok(())
+    })
+}
+
+/// Copy the cal file `src` to `dst` with SCI and DQ replaced and `primary` cards and `history` added
+/// to the primary header; every other extension and card is kept as it is. Atomic.
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU; a shape that differs from the file's SCI.
+pub fn write_corrected_copy(
+    src: &Path,
+    dst: &Path,
+    sci: &Array2<f32>,
+    dq: &Array2<u32>,
+    primary: &[Card],
+    history: &[String],
+) -> Result<(), FitsError> {
+    crate::io::write_atomic(dst, |tmp| -> Result<(), FitsError> {
+        std::fs::copy(src, tmp).map_err(|e| FitsError::cfitsio(src, None, e))?;
+        let mut f = FitsFile::edit(tmp).map_err(|e| FitsError::cfitsio(dst, None, e))?;
+        let shape = [sci.nrows(), sci.ncols()];
+        for (name, write) in [("SCI", 0), ("DQ", 1)] {
+            let h = hdu(&mut f, dst, name)?;
+            check_shape(dst, name, &h, shape)?;
+            let r =
+                if write == 0 { h.write_image(&mut f, &std_slice(sci)) } else { h.write_image(&mut f, &std_slice(dq)) };
+            r.map_err(|e| FitsError::cfitsio(dst, Some(name), e))?;
+        }
+        f.primary_hdu().map_err(|e| FitsError::cfitsio(dst, Some("PRIMARY"), e))?;
+        put_cards(&mut f, dst, "PRIMARY", primary)?;
+        put_history(&mut f, dst, "PRIMARY", history)
     })
 }
 

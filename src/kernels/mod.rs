@@ -10,9 +10,11 @@
 //!   Gaussian-fit centroids, sharpness/roundness/extent filters) for the astrometry stages.
 //! - `matching`: catalogue matching (2-D voting histogram with a false-alarm test, iterative
 //!   clipped matching) and `shift`/`rshift` fits.
+//! - `background`: the per-pixel clipped combination of MIRI off-source exposures.
 //! - `level`: background level matching: mergeable sigma-clipped pair statistics, pair rejection,
 //!   the weighted least-squares offsets (pjpipe level_match, solved directly).
 
+pub mod background;
 pub mod detector;
 pub mod drizzle;
 pub mod level;

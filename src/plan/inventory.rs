@@ -54,6 +54,10 @@ pub struct CalMeta {
     pub bunit: String,
     /// The TAN-SIP WCS of the SCI header.
     pub wcs: TanSip,
+    /// DT_BGR: mid-time of the exposure minus that of the off-source backgrounds subtracted from it,
+    /// days (written by `prep` or the JWST pipeline; `None` when no background was subtracted).
+    #[serde(default)]
+    pub dt_bgr_days: Option<f64>,
 }
 
 impl CalMeta {
@@ -65,6 +69,15 @@ impl CalMeta {
         } else {
             self.filter.clone()
         }
+    }
+
+    /// The MIRI Lyot-coronagraph box `[y0, y1, x0, x1]` (0-based, half-open) of a full-frame MIRI
+    /// imager exposure: rows 735-1023 and columns 0-289 of the 1024 x 1032 frame (scaled to the frame
+    /// when the frame is smaller, as in simulated small scenes). `None` for other instruments and for
+    /// subarrays, which pass through.
+    pub fn lyot_box(&self) -> Option<[usize; 4]> {
+        let full = self.subarray.trim().eq_ignore_ascii_case("FULL");
+        (self.instrument.trim().eq_ignore_ascii_case("MIRI") && full).then(|| miri_lyot_box(self.shape))
     }
 
     /// Sky positions along the outer edge of the detector (pixel edges, `per_edge` points per side).
@@ -119,4 +132,13 @@ pub struct ExposureRecord {
     pub footprint_px: Vec<[f64; 2]>,
     /// Rank that owns this exposure for per-exposure work.
     pub owner: usize,
+}
+
+/// The MIRI Lyot box `[y0, y1, x0, x1]` of a full frame of `shape` `[ny, nx]`: rows 735-1023 and
+/// columns 0-289 of the real 1024 x 1032 frame, scaled to `shape`.
+pub fn miri_lyot_box(shape: [usize; 2]) -> [usize; 4] {
+    let [ny, nx] = shape;
+    let y0 = (735.0 / 1024.0 * ny as f64).round() as usize;
+    let x1 = (290.0 / 1032.0 * nx as f64).round() as usize;
+    [y0.min(ny), ny, 0, x1.min(nx)]
 }

@@ -10,7 +10,7 @@ mod assign;
 mod inventory;
 
 pub use assign::{assign_lpt, loads};
-pub use inventory::{CalMeta, ExposureId, ExposureRecord};
+pub use inventory::{miri_lyot_box, CalMeta, ExposureId, ExposureRecord};
 
 use crate::config::{Instrument, PlanConfig};
 use crate::geom::{OutputGrid, Polygon, SkyCoord};

@@ -20,13 +20,14 @@
 //! a report (`level/level.json`, `level/pairs.csv`) of every pair and the solved offsets.
 //! What does not live here: the statistics and the solve themselves (`kernels::level`).
 
-use super::pieces::{resample_alone, Corrections};
+use super::pieces::{resample_alone, Corrections, Part};
 use crate::config::{Config, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
 use crate::kernels::level::{
-    lowest_sky, reject_pairs, solve_offsets, weight_from_rms, ClipHistogram, ClipParams, ClipPass, ClipStep,
-    ClippedStats, Gauge, HistParams, IndexExtent, PairMeasure, PairOffset, PairStatus, RejectParams, ValueRange,
+    lowest_sky, order_by_time, reject_pairs, solve_offsets, solve_planes, weight_from_rms, ClipHistogram, ClipParams,
+    ClipPass, ClipStep, ClippedStats, Gauge, HistParams, IndexExtent, PairMeasure, PairOffset, PairPlane, PairStatus,
+    Plane, PlaneFit, PlaneFitParams, PlaneSums, RejectParams, ValueRange, PLANE_WORDS,
 };
 use crate::plan::{CalMeta, Chunk, Plan};
 use anyhow::Context;
@@ -40,20 +41,25 @@ pub const STAGE: &str = "level";
 /// One matching step: which image each exposure belongs to and which image pairs are compared.
 struct Step<'a> {
     name: &'a str,
-    /// Image of each exposure (plan order).
-    image_of: Vec<usize>,
+    /// The images each exposure (plan order) contributes to, with the part of the exposure that
+    /// goes into each (MIRI: the imager field and the Lyot box are separate images in step 1).
+    parts: Vec<Vec<(Part, usize)>>,
     /// Image names for the report and warnings.
     names: Vec<String>,
     /// Whether images `a < b` are compared.
     pair_ok: Box<dyn Fn(usize, usize) -> bool + 'a>,
     /// Collect the image values too (for the sky of each image).
     sky: bool,
+    /// Fit planes (offset and slopes) instead of constants; keeps each difference's grid position.
+    planes: bool,
 }
 
 /// What one rank measured in one step.
 #[derive(Default)]
 struct Local {
     diffs: BTreeMap<(usize, usize), Vec<f32>>,
+    /// Grid `[x, y]` of each difference, relative to the plane origin (plane steps only).
+    diff_xy: BTreeMap<(usize, usize), Vec<[i32; 2]>>,
     pair_ext: BTreeMap<(usize, usize), IndexExtent>,
     image_ext: BTreeMap<usize, IndexExtent>,
     values: BTreeMap<usize, Vec<f32>>,
@@ -83,8 +89,22 @@ pub struct LevelReport {
     pub pairs: Vec<PairRow>,
     /// Step-1 offset per exposure file, MJy/sr.
     pub exposure_offsets_mjysr: BTreeMap<String, f64>,
-    /// Step-2 offset per tile group, MJy/sr.
+    /// MIRI: step-1 offset of each exposure's Lyot box relative to its imager field, MJy/sr.
+    #[serde(default)]
+    pub lyot_offsets_mjysr: BTreeMap<String, f64>,
+    /// The tile used as the gauge reference of step 2 where DT_BGR chose it (closest in time to the
+    /// off-source backgrounds).
+    #[serde(default)]
+    pub reference_tile: Option<String>,
+    /// Step-2 offset per tile group, MJy/sr (with planes: the plane's value at the tile's centre).
     pub tile_offsets_mjysr: BTreeMap<String, f64>,
+    /// `level.tile_fit = "plane"`: the plane per tile group, `[value at plane_origin_xy, d/dx, d/dy]`
+    /// in MJy/sr and MJy/sr per output-grid pixel.
+    #[serde(default)]
+    pub tile_planes: BTreeMap<String, [f64; 3]>,
+    /// Output-grid pixel `[x, y]` the planes refer to (the grid centre).
+    #[serde(default)]
+    pub plane_origin_xy: [i32; 2],
     /// Clipped sky of each tile group after matching, MJy/sr.
     pub tile_sky_mjysr: BTreeMap<String, f64>,
     /// The band constant subtracted at the end, MJy/sr.
@@ -124,15 +144,18 @@ pub fn run(
     let mut warnings = vec![];
     let mut rows = vec![];
 
-    // step 1: exposures within their dither group
+    // step 1: exposures within their dither group (MIRI: the imager field without the Lyot box)
+    let lyot_of: Vec<Option<[usize; 4]>> =
+        metas.iter().map(|m| if cfg.prep.enabled && cfg.prep.lyot_separate { m.lyot_box() } else { None }).collect();
     let s1 = Step {
         name: "dithers",
-        image_of: (0..n).collect(),
+        parts: (0..n).map(|k| vec![(lyot_of[k].map_or(Part::Whole, Part::Main), k)]).collect(),
         names: (0..n).map(file).collect(),
         pair_ok: Box::new(|a, b| group_of[a] == group_of[b]),
         sky: false,
+        planes: false,
     };
-    let (o1, _) = match_step(
+    let r1 = match_step(
         comm,
         plan,
         metas,
@@ -146,17 +169,76 @@ pub fn run(
         &mut rows,
         &mut warnings,
     )?;
-    let mut corr = Corrections { offset_mjysr: o1.iter().enumerate().map(|(k, o)| prior.offset(k) + o).collect() };
+    let o1 = &r1.offsets;
+    let mut corr = Corrections {
+        offset_mjysr: (0..n).map(|k| prior.offset(k) + o1[k]).collect(),
+        lyot_offset_mjysr: (0..n).map(|k| prior.lyot(k).map_or(0.0, |(l, _)| l)).collect(),
+        lyot_box: lyot_of.clone(),
+        ..Corrections::default()
+    };
 
-    // step 2: tile groups, reference = the best connected
+    // step "lyot" (MIRI): per dither group, the stack of the Lyot boxes (a separate image) against the
+    // stack of the imager fields, the imager stack as reference (pjpipe's recombine_lyot). The
+    // per-exposure offsets of step 1 hold for the whole frame; the Lyot box differs from the field by
+    // one constant per dither group, which moves every Lyot box of the group.
+    if lyot_of.iter().any(Option::is_some) {
+        let ng = keys.len();
+        let sl = Step {
+            name: "lyot",
+            parts: (0..n)
+                .map(|k| match lyot_of[k] {
+                    Some(b) => vec![(Part::Main(b), 2 * group_of[k]), (Part::Lyot(b), 2 * group_of[k] + 1)],
+                    None => vec![],
+                })
+                .collect(),
+            names: keys.iter().flat_map(|g| [format!("{g}[main]"), format!("{g}[lyot]")]).collect(),
+            pair_ok: Box::new(|a, b| a / 2 == b / 2),
+            sky: false,
+            planes: false,
+        };
+        let rl = match_step(
+            comm,
+            plan,
+            metas,
+            cfg,
+            &corr,
+            &sl,
+            lattice,
+            &clip,
+            &rej,
+            Gauge::Reference((0..ng).map(|g| 2 * g).collect()),
+            &mut rows,
+            &mut warnings,
+        )?;
+        for k in 0..n {
+            if lyot_of[k].is_some() {
+                let (m, l) = (2 * group_of[k], 2 * group_of[k] + 1);
+                if !rl.isolated.contains(&l) {
+                    corr.lyot_offset_mjysr[k] += rl.offsets[l] - rl.offsets[m];
+                }
+            }
+        }
+    }
+
+    // step 2: tile groups; reference = the tile closest in time to the off-source backgrounds
+    // (smallest |DT_BGR|), else the best connected
+    let dt: Vec<Option<f64>> = (0..keys.len())
+        .map(|g| {
+            let v: Vec<f64> = (0..n).filter(|&k| group_of[k] == g).filter_map(|k| metas[k].dt_bgr_days).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        })
+        .collect();
+    let order = order_by_time(&dt);
+    let reference_tile = order.first().map(|&g| keys[g].clone());
     let s2 = Step {
         name: "tiles",
-        image_of: group_of.clone(),
+        parts: group_of.iter().map(|&g| vec![(Part::Whole, g)]).collect(),
         names: keys.clone(),
         pair_ok: Box::new(|_, _| true),
         sky: true,
+        planes: cfg.level.tile_planes,
     };
-    let (o2, skies) = match_step(
+    let r2 = match_step(
         comm,
         plan,
         metas,
@@ -166,19 +248,50 @@ pub fn run(
         lattice,
         &clip,
         &rej,
-        Gauge::Reference(vec![]),
+        Gauge::Reference(order),
         &mut rows,
         &mut warnings,
     )?;
-    let skies: Vec<f64> = (0..keys.len()).map(|g| skies[g] - o2[g]).collect();
+    // with planes the tile's correction at its own centre stands for its level (sky, report)
+    let at_centre = |g: usize| {
+        let [p0, sx, sy] = r2.planes[g];
+        let [cx, cy] = r2.centres[g];
+        if cx.is_finite() && cy.is_finite() {
+            p0 + sx * cx + sy * cy
+        } else {
+            p0
+        }
+    };
+    let o2: Vec<f64> = (0..keys.len()).map(at_centre).collect();
+    let skies: Vec<f64> = (0..keys.len()).map(|g| r2.skies[g] - o2[g]).collect();
     let band_sky = if cfg.level.subtract_sky { lowest_sky(&skies).map_or(0.0, |(_, s)| s) } else { 0.0 };
-    for k in 0..n {
-        corr.offset_mjysr[k] += o2[group_of[k]] + band_sky;
+    if cfg.level.tile_planes {
+        let origin = plane_origin(plan);
+        corr.plane_origin_xy = [f64::from(origin[0]), f64::from(origin[1])];
+        corr.plane = (0..n).map(|k| Some(r2.planes[group_of[k]])).collect();
+        for k in 0..n {
+            corr.offset_mjysr[k] += band_sky;
+        }
+    } else {
+        for k in 0..n {
+            corr.offset_mjysr[k] += o2[group_of[k]] + band_sky;
+        }
     }
     let report = LevelReport {
         pairs: rows,
         exposure_offsets_mjysr: (0..n).map(|k| (file(k), o1[k])).collect(),
+        lyot_offsets_mjysr: (0..n)
+            .filter(|&k| lyot_of[k].is_some())
+            .map(|k| (file(k), corr.lyot_offset_mjysr[k]))
+            .collect(),
+        reference_tile,
         tile_offsets_mjysr: keys.iter().cloned().zip(o2.iter().copied()).collect(),
+        tile_planes: if cfg.level.tile_planes {
+            keys.iter().cloned().zip(r2.planes.iter().copied()).collect()
+        } else {
+            BTreeMap::new()
+        },
+        plane_origin_xy: plane_origin(plan),
         tile_sky_mjysr: keys.iter().cloned().zip(skies.iter().copied()).collect(),
         band_sky_mjysr: band_sky,
         lattice_step: lattice,
@@ -203,8 +316,21 @@ fn lattice_step(comm: &dyn Comm, plan: &Plan, cfg: &Config) -> usize {
     need[0].sqrt().ceil().max(1.0) as usize
 }
 
-/// Measure, gather, reject and solve one step. Returns the offset and clipped sky (NaN without
-/// `step.sky`) per image.
+/// What one step solved.
+struct StepResult {
+    /// Offset per image, MJy/sr (0 for unmatched images); with planes, the value at the origin.
+    offsets: Vec<f64>,
+    /// Plane per image `[value at the plane origin, d/dx, d/dy]` (slopes 0 without planes).
+    planes: Vec<[f64; 3]>,
+    /// Centre of each image's extent, grid `[x, y]` relative to the plane origin.
+    centres: Vec<[f64; 2]>,
+    /// Clipped sky per image (NaN without `step.sky`).
+    skies: Vec<f64>,
+    /// Images without a usable pair.
+    isolated: Vec<usize>,
+}
+
+/// Measure, gather, reject and solve one step (rank 0 also draws the step's PNG).
 #[allow(clippy::too_many_arguments)]
 fn match_step(
     comm: &dyn Comm,
@@ -219,7 +345,7 @@ fn match_step(
     gauge: Gauge,
     rows: &mut Vec<PairRow>,
     warnings: &mut Vec<String>,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+) -> anyhow::Result<StepResult> {
     let nimg = step.names.len();
     let grid = plan.grid.wcs();
     let owned: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
@@ -227,7 +353,8 @@ fn match_step(
         let mut l = Local::default();
         let budget = cfg.run.mem_budget_mb as usize * 1024 * 1024 / 4;
         for c in &owned {
-            measure_chunk(c, metas, &grid, cfg.drizzle.weight_type, corr, step, lattice, budget, &mut l)?;
+            let origin = plane_origin(plan);
+            measure_chunk(c, metas, &grid, cfg.drizzle.weight_type, corr, step, lattice, budget, origin, &mut l)?;
         }
         Ok(l)
     })?;
@@ -250,47 +377,74 @@ fn match_step(
         vec![f64::NAN; nimg]
     };
 
-    // rank 0 rejects and solves; everyone gets the offsets
+    // every rank rejects the same pairs (the statistics are the same everywhere); with planes, every
+    // rank takes part in the clipped plane fits of the used pairs; rank 0 solves and broadcasts
+    let measures: Vec<PairMeasure> = keys
+        .iter()
+        .enumerate()
+        .map(|(p, &(a, b))| PairMeasure {
+            npix: pair_stats[p].n_total,
+            rms: pair_stats[p].std,
+            overlap_extent_yx: pair_ext[p].extent_yx(),
+            extent_a_yx: image_ext[a].extent_yx(),
+            extent_b_yx: image_ext[b].extent_yx(),
+        })
+        .collect();
+    let status = reject_pairs(&measures, rej);
+    let used: Vec<usize> = (0..keys.len()).filter(|&p| status[p] == PairStatus::Used).collect();
+    let pair_planes =
+        if step.planes { fit_pair_planes(comm, &keys, &used, &local, &pair_stats, clip)? } else { vec![] };
+    let origin = plane_origin(plan);
+    // where a pair's residual is reported: the centre of its overlap, relative to the plane origin
+    let centre = |p: usize| {
+        let e = &pair_ext[p];
+        (0.5 * (e.xmin + e.xmax) as f64 - f64::from(origin[0]), 0.5 * (e.ymin + e.ymax) as f64 - f64::from(origin[1]))
+    };
     let root = comm.rank() == 0;
     let solved = if root {
-        let measures: Vec<PairMeasure> = keys
-            .iter()
-            .enumerate()
-            .map(|(p, &(a, b))| PairMeasure {
-                npix: pair_stats[p].n_total,
-                rms: pair_stats[p].std,
-                overlap_extent_yx: pair_ext[p].extent_yx(),
-                extent_a_yx: image_ext[a].extent_yx(),
-                extent_b_yx: image_ext[b].extent_yx(),
-            })
-            .collect();
-        let status = reject_pairs(&measures, rej);
-        let used: Vec<usize> = (0..keys.len()).filter(|&p| status[p] == PairStatus::Used).collect();
-        let pairs: Vec<PairOffset> = used
-            .iter()
-            .map(|&p| PairOffset {
-                i: keys[p].0,
-                j: keys[p].1,
-                delta: pair_stats[p].median,
-                weight: weight_from_rms(pair_stats[p].std.max(1e-12)),
-            })
-            .collect();
-        let sol = solve_offsets(nimg, &pairs, &gauge).context("level: solving the offsets")?;
+        let (planes, residuals, groups) = if step.planes {
+            let pairs: Vec<PairPlane> = used
+                .iter()
+                .zip(&pair_planes)
+                .map(|(&p, (plane, rms))| PairPlane {
+                    i: keys[p].0,
+                    j: keys[p].1,
+                    plane: *plane,
+                    weight: weight_from_rms(rms.max(1e-12)),
+                })
+                .collect();
+            let sol = solve_planes(nimg, &pairs, &gauge).context("level: solving the planes")?;
+            let res = used.iter().zip(&sol.residuals).map(|(&p, r)| r.eval(centre(p).0, centre(p).1)).collect();
+            (sol.planes, res, sol.groups)
+        } else {
+            let pairs: Vec<PairOffset> = used
+                .iter()
+                .map(|&p| PairOffset {
+                    i: keys[p].0,
+                    j: keys[p].1,
+                    delta: pair_stats[p].median,
+                    weight: weight_from_rms(pair_stats[p].std.max(1e-12)),
+                })
+                .collect();
+            let sol = solve_offsets(nimg, &pairs, &gauge).context("level: solving the offsets")?;
+            let planes = sol.offsets.iter().map(|&o| Plane { offset: o, slope_x: 0.0, slope_y: 0.0 }).collect();
+            (planes, sol.residuals, sol.groups)
+        };
         let mut msgs = vec![];
-        let groups = sol.groups.groups();
-        if groups.len() > 1 && step.name == "tiles" {
-            for (i, g) in groups.iter().enumerate() {
+        let comps = groups.groups();
+        if comps.len() > 1 && step.name == "tiles" {
+            for (i, g) in comps.iter().enumerate() {
                 let names: Vec<&str> = g.iter().map(|&k| step.names[k].as_str()).collect();
                 msgs.push(format!(
                     "level {}: the images fall into {} disconnected groups; group {} ({}) is matched only internally",
                     step.name,
-                    groups.len(),
+                    comps.len(),
                     i + 1,
                     names.join(", ")
                 ));
             }
         }
-        let lone = sol.groups.isolated();
+        let lone = groups.isolated();
         if !lone.is_empty() && nimg > 1 {
             let names: Vec<&str> = lone.iter().map(|&k| step.names[k].as_str()).collect();
             let what = if step.name == "tiles" { "tiles" } else { "exposures" };
@@ -306,7 +460,7 @@ fn match_step(
         for (p, &(a, b)) in keys.iter().enumerate() {
             let residual = if status[p] == PairStatus::Used {
                 r += 1;
-                Some(sol.residuals[r - 1])
+                Some(residuals[r - 1])
             } else {
                 None
             };
@@ -321,12 +475,31 @@ fn match_step(
                 residual_mjysr: residual,
             });
         }
-        Some((sol.offsets, out_rows, msgs))
+        let planes: Vec<[f64; 3]> = planes.iter().map(|p| [p.offset, p.slope_x, p.slope_y]).collect();
+        Some((planes, out_rows, msgs, lone))
     } else {
         None
     };
-    let (offsets, new_rows, msgs): (Vec<f64>, Vec<PairRow>, Vec<String>) =
+    let (planes, new_rows, msgs, isolated): (Vec<[f64; 3]>, Vec<PairRow>, Vec<String>, Vec<usize>) =
         comm.broadcast_value(0, solved.as_ref()).context("level: broadcasting the offsets")?;
+    let offsets: Vec<f64> = planes.iter().map(|p| p[0]).collect();
+    // the centre of each image's extent, relative to the plane origin (where a plane's sky is read)
+    let centres: Vec<[f64; 2]> = image_ext
+        .iter()
+        .map(|e| {
+            [
+                0.5 * (e.xmin + e.xmax) as f64 - f64::from(origin[0]),
+                0.5 * (e.ymin + e.ymax) as f64 - f64::from(origin[1]),
+            ]
+        })
+        .collect();
+    let hists = pair_histograms(comm, &keys, &local, &pair_stats);
+    if root {
+        let path = cfg.run.output_dir.join(STAGE).join(format!("{}.png", step.name));
+        if let Err(e) = draw_step(&path, step.name, &new_rows, &hists, &pair_stats) {
+            tracing::warn!("level {}: no PNG: {e}", step.name);
+        }
+    }
     if root {
         for m in &msgs {
             tracing::warn!("{m}");
@@ -336,7 +509,153 @@ fn match_step(
     }
     rows.extend(new_rows);
     warnings.extend(msgs);
-    Ok((offsets, skies))
+    Ok(StepResult { offsets, planes, centres, skies, isolated })
+}
+
+/// The grid pixel `[x, y]` planes are referred to: the grid centre.
+fn plane_origin(plan: &Plan) -> [i32; 2] {
+    [(plan.grid.nx / 2) as i32, (plan.grid.ny / 2) as i32]
+}
+
+/// The clipped least-squares plane of each used pair's differences (pjpipe "level+slope"), every
+/// rank summing its points exactly ([`PlaneSums`], integer limbs) and all-reducing each step, so the
+/// planes are the same on every rank and for any decomposition. Returns (plane, rms) per used pair.
+fn fit_pair_planes(
+    comm: &dyn Comm,
+    keys: &[(usize, usize)],
+    used: &[usize],
+    local: &Local,
+    stats: &[ClippedStats],
+    clip: &ClipParams,
+) -> anyhow::Result<Vec<(Plane, f64)>> {
+    let params = PlaneFitParams { sigma: clip.sigma, ..PlaneFitParams::default() };
+    let mut fits: Vec<PlaneFit> = used
+        .iter()
+        .map(|&p| PlaneFit::start(stats[p].median, stats[p].std, params))
+        .collect::<Result<_, _>>()
+        .context("level: starting the plane fits")?;
+    loop {
+        let active: Vec<usize> = (0..fits.len()).filter(|&i| !fits[i].is_done()).collect();
+        if active.is_empty() {
+            break;
+        }
+        let mut words: Vec<u64> = Vec::with_capacity(active.len() * PLANE_WORDS);
+        for &i in &active {
+            let key = keys[used[i]];
+            let mut sums = PlaneSums::new();
+            let (plane, hw) = (fits[i].plane(), fits[i].halfwidth());
+            if let (Some(d), Some(xy)) = (local.diffs.get(&key), local.diff_xy.get(&key)) {
+                for (&v, &[x, y]) in d.iter().zip(xy) {
+                    sums.add(i64::from(x), i64::from(y), f64::from(v), &plane, hw);
+                }
+            }
+            // two's complement: summing the i64 limbs as wrapping u64 gives the i64 sums
+            words.extend(sums.to_words().into_iter().map(|w| w as u64));
+        }
+        comm.all_reduce_sum_u64(&mut words);
+        for (j, &i) in active.iter().enumerate() {
+            let w: Vec<i64> = words[j * PLANE_WORDS..(j + 1) * PLANE_WORDS].iter().map(|&w| w as i64).collect();
+            fits[i].update(&PlaneSums::from_words(&w));
+        }
+    }
+    Ok(fits.iter().map(|f| (f.plane(), f.rms())).collect())
+}
+
+/// Bins of the per-pair difference histograms drawn in the step PNG.
+const PNG_BINS: usize = 48;
+
+/// Per pair, the histogram of its pixel differences over median -/+ 5 rms ([`PNG_BINS`] bins),
+/// summed across ranks (returned on every rank).
+fn pair_histograms(comm: &dyn Comm, keys: &[(usize, usize)], local: &Local, stats: &[ClippedStats]) -> Vec<Vec<u64>> {
+    let mut counts = vec![0u64; keys.len() * PNG_BINS];
+    for (p, key) in keys.iter().enumerate() {
+        let (med, rms) = (stats[p].median, stats[p].std);
+        if !(med.is_finite() && rms.is_finite() && rms > 0.0) {
+            continue;
+        }
+        let (lo, width) = (med - 5.0 * rms, 10.0 * rms / PNG_BINS as f64);
+        for &d in local.diffs.get(key).map_or(&[][..], |v| &v[..]) {
+            let b = ((f64::from(d) - lo) / width).floor();
+            if b >= 0.0 && b < PNG_BINS as f64 {
+                counts[p * PNG_BINS + b as usize] += 1;
+            }
+        }
+    }
+    comm.all_reduce_sum_u64(&mut counts);
+    counts.chunks(PNG_BINS).map(<[u64]>::to_vec).collect()
+}
+
+/// The step's picture: the pixel-difference histograms of the largest used pairs, the distribution
+/// of the pair medians and of their residuals after the solve, and measured against solved
+/// differences.
+fn draw_step(
+    path: &std::path::Path,
+    step: &str,
+    rows: &[PairRow],
+    hists: &[Vec<u64>],
+    stats: &[ClippedStats],
+) -> Result<(), crate::io::IoError> {
+    use crate::io::plot::{charts, histogram_series, Chart, Series, Style};
+    let mut used: Vec<usize> = (0..rows.len()).filter(|&p| rows[p].status == "used").collect();
+    used.sort_by_key(|&p| std::cmp::Reverse(rows[p].npix));
+    let shown: Vec<Series> = used
+        .iter()
+        .take(6)
+        .map(|&p| {
+            let (med, rms) = (stats[p].median, stats[p].std);
+            let width = 10.0 * rms / PNG_BINS as f64;
+            let total: u64 = hists[p].iter().sum::<u64>().max(1);
+            Series {
+                label: format!("{} - {}", short_name(&rows[p].a), short_name(&rows[p].b)),
+                x: (0..PNG_BINS).map(|b| med - 5.0 * rms + (b as f64 + 0.5) * width).collect(),
+                y: hists[p].iter().map(|&c| c as f64 / total as f64).collect(),
+            }
+        })
+        .collect();
+    let medians: Vec<f64> = used.iter().map(|&p| rows[p].median_mjysr).collect();
+    let residuals: Vec<f64> = used.iter().filter_map(|&p| rows[p].residual_mjysr).collect();
+    let solved: Vec<f64> =
+        used.iter().map(|&p| rows[p].median_mjysr - rows[p].residual_mjysr.unwrap_or(f64::NAN)).collect();
+    let lo = medians.iter().chain(&residuals).fold(f64::INFINITY, |a, &b| a.min(b));
+    let hi = medians.iter().chain(&residuals).fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    let range = (lo.is_finite() && hi > lo).then_some((lo, hi));
+    let figure = [
+        Chart {
+            title: format!("pixel differences a - b ({} largest used pairs)", shown.len()),
+            xlabel: "MJy/sr".into(),
+            ylabel: "fraction of pixels".into(),
+            style: Style::Lines,
+            series: shown,
+        },
+        Chart {
+            title: format!("{} used pairs: medians and residuals after the solve", used.len()),
+            xlabel: "MJy/sr".into(),
+            ylabel: "pairs".into(),
+            style: Style::Lines,
+            series: vec![
+                histogram_series("pair median", &medians, 30, range),
+                histogram_series("residual", &residuals, 30, range),
+            ],
+        },
+        Chart {
+            title: "measured vs solved difference".into(),
+            xlabel: "pair median (MJy/sr)".into(),
+            ylabel: "offset a - offset b (MJy/sr)".into(),
+            style: Style::Points,
+            series: vec![Series { label: String::new(), x: medians, y: solved }],
+        },
+    ];
+    charts(path, &format!("level matching, step {step}"), &figure)
+}
+
+/// A file or group name shortened for a legend: without `_cal.fits` and without the leading `jw`
+/// and programme (`jw09999001001_02101_00001_mirimage_cal.fits` -> `001001_02101_00001_mirimage`).
+fn short_name(name: &str) -> String {
+    let n = name.replace("_cal.fits", "");
+    match n.strip_prefix("jw") {
+        Some(rest) if rest.len() > 5 && rest.is_char_boundary(5) => rest[5..].to_string(),
+        _ => n,
+    }
 }
 
 fn status_name(s: PairStatus) -> &'static str {
@@ -361,6 +680,7 @@ fn measure_chunk(
     step: &Step,
     lattice: usize,
     budget_bytes: usize,
+    plane_origin: [i32; 2],
     out: &mut Local,
 ) -> anyhow::Result<()> {
     let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
@@ -377,19 +697,20 @@ fn measure_chunk(
         let mut planes: BTreeMap<usize, (Array2<f64>, Array2<f64>)> = BTreeMap::new();
         for &k in &c.exposures {
             let m = &metas[k];
-            let Some(acc) = resample_alone(m, k, grid, rows.clone(), c.x0..c.x1, wt, 1.0, corr)
-                .with_context(|| format!("level: reading {}", m.path.display()))?
-            else {
-                continue;
-            };
-            let img = step.image_of[k];
-            let (num, den) = planes.entry(img).or_insert_with(|| (Array2::zeros((h, nx)), Array2::zeros((h, nx))));
-            ndarray::Zip::from(num).and(den).and(&acc.wsum).and(&acc.sci_wsum).for_each(|nu, de, &ws, &sw| {
-                if ws > 0.0 {
-                    *nu += sw;
-                    *de += ws;
-                }
-            });
+            for &(part, img) in &step.parts[k] {
+                let Some(acc) = resample_alone(m, k, grid, rows.clone(), c.x0..c.x1, wt, 1.0, corr, part)
+                    .with_context(|| format!("level: reading {}", m.path.display()))?
+                else {
+                    continue;
+                };
+                let (num, den) = planes.entry(img).or_insert_with(|| (Array2::zeros((h, nx)), Array2::zeros((h, nx))));
+                ndarray::Zip::from(num).and(den).and(&acc.wsum).and(&acc.sci_wsum).for_each(|nu, de, &ws, &sw| {
+                    if ws > 0.0 {
+                        *nu += sw;
+                        *de += ws;
+                    }
+                });
+            }
         }
         let images: Vec<usize> = planes.keys().copied().collect();
         let value = |img: usize, yy: usize, xx: usize| -> Option<f32> {
@@ -418,6 +739,7 @@ fn measure_chunk(
                     continue;
                 }
                 let mut d = vec![];
+                let mut xy = vec![];
                 let mut ext = IndexExtent::new();
                 for yy in 0..h {
                     let gy = rows.start + yy;
@@ -427,6 +749,9 @@ fn measure_chunk(
                             ext.add(gy as i64, gx as i64);
                             if on_lattice(gy, gx) {
                                 d.push(va - vb);
+                                if step.planes {
+                                    xy.push([gx as i32 - plane_origin[0], gy as i32 - plane_origin[1]]);
+                                }
                             }
                         }
                     }
@@ -434,6 +759,9 @@ fn measure_chunk(
                 if !d.is_empty() {
                     out.diffs.entry((a, b)).or_default().extend(d);
                     out.pair_ext.entry((a, b)).or_default().merge(&ext);
+                    if step.planes {
+                        out.diff_xy.entry((a, b)).or_default().extend(xy);
+                    }
                 }
             }
         }

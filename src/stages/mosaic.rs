@@ -1,14 +1,15 @@
-//! `tessera mosaic`: the single-band entry point, chaining `plan → level → outlier → drizzle → assemble` on
-//! the given cal files, alone or under `mpirun`.
+//! `tessera mosaic`: the single-band entry point, chaining `plan → prep → level → outlier → drizzle →
+//! assemble` on the given cal files, alone or under `mpirun`.
 //!
 //! Products under `run.output_dir`:
 //! - `plan/plan.json`
+//! - `prep/prep.json` and, for MIRI with off-source exposures, the background-subtracted copies
 //! - `level/level.json`, `level/pairs.csv`: every pair and the solved offsets
 //! - `outlier/flags.json`
 //! - `drizzle/<band>.h5`, the band store written with collective MPI-IO
 //! - the mosaic FITS at `-o`
 //!
-//! Stages of SPEC not implemented yet (prep, destripe, align, destripe_multi, astrometry) are
+//! Stages of SPEC not implemented yet (destripe, align, destripe_multi, astrometry) are
 //! named in a warning, never skipped silently.
 
 use super::outlier::OutlierFlags;
@@ -44,15 +45,21 @@ pub fn run(
         }
     }
     if comm.rank() == 0 {
-        tracing::warn!(
-            "stages prep, destripe, align and destripe_multi are not implemented yet: mosaicking without them"
-        );
+        tracing::warn!("stages destripe, align and destripe_multi are not implemented yet: mosaicking without them");
     }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
-    let (plan, metas) = (&planned.plan, &planned.metas);
+    let plan = &planned.plan;
     let prov = Provenance::new(raw, comm);
     let root = comm.rank() == 0;
     let interval = cfg.run.progress_interval_s;
+
+    // prep
+    let prepped = if cfg.prep.enabled {
+        super::prep::run(comm, plan, &planned.metas, &planned.offs, cfg)?.0
+    } else {
+        planned.metas.clone()
+    };
+    let metas = &prepped;
 
     // level
     let corr = if cfg.level.enabled {

@@ -13,7 +13,7 @@
 //! Every decision is made by exactly one owner from values that do not depend on where chunk edges
 //! fall, so the flags are the same for any rank count and chunk layout.
 
-use super::pieces::{exposure_weights, read_piece, resample_alone, Corrections, Piece, Want};
+use super::pieces::{exposure_weights, read_piece, resample_alone, Corrections, Part, Piece, Want};
 use crate::config::{Config, OutlierConfig, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
@@ -175,7 +175,7 @@ fn chunk_median(
         for (j, &k) in c.exposures.iter().enumerate() {
             th[j] = thresholds[k];
             let m = &metas[k];
-            let Some(acc) = resample_alone(m, k, grid, rows.clone(), c.x0..c.x1, wt, oc.pixfrac, corr)
+            let Some(acc) = resample_alone(m, k, grid, rows.clone(), c.x0..c.x1, wt, oc.pixfrac, corr, Part::Whole)
                 .with_context(|| format!("outlier: reading {}", m.path.display()))?
             else {
                 continue;

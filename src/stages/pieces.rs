@@ -45,12 +45,26 @@ pub struct Piece {
 pub struct Corrections {
     /// Constant subtracted from each exposure, MJy/sr (empty = none).
     pub offset_mjysr: Vec<f64>,
+    /// MIRI: a further constant subtracted inside each exposure's Lyot box (level-matched as its own
+    /// image and recombined), MJy/sr (empty = none).
+    #[serde(default)]
+    pub lyot_offset_mjysr: Vec<f64>,
+    /// The Lyot box `[y0, y1, x0, x1]` of each exposure, where there is one.
+    #[serde(default)]
+    pub lyot_box: Vec<Option<[usize; 4]>>,
+    /// A plane subtracted from each exposure (`level.tile_fit = "plane"`): `[value at
+    /// plane_origin_xy, d/dx, d/dy]` in MJy/sr and MJy/sr per output-grid pixel (empty = none).
+    #[serde(default)]
+    pub plane: Vec<Option<[f64; 3]>>,
+    /// Output-grid pixel `[x, y]` where the planes' values are given.
+    #[serde(default)]
+    pub plane_origin_xy: [f64; 2],
 }
 
 impl Corrections {
     /// No correction for `n` exposures.
     pub fn none(n: usize) -> Self {
-        Self { offset_mjysr: vec![0.0; n] }
+        Self { offset_mjysr: vec![0.0; n], ..Self::default() }
     }
 
     /// The constant of exposure `index` (0 when none is known).
@@ -58,11 +72,74 @@ impl Corrections {
         self.offset_mjysr.get(index).copied().unwrap_or(0.0)
     }
 
-    /// Subtract the exposure's correction from `sci` (f32 arithmetic, NaN stays NaN).
-    pub fn apply(&self, index: usize, sci: &mut Array2<f32>) {
+    /// The extra constant of exposure `index` inside its Lyot box, with the box.
+    pub fn lyot(&self, index: usize) -> Option<(f64, [usize; 4])> {
+        let b = self.lyot_box.get(index).copied().flatten()?;
+        Some((self.lyot_offset_mjysr.get(index).copied().unwrap_or(0.0), b))
+    }
+
+    /// Subtract the exposure's correction from `sci`, the exposure's pixels `rows` x `cols` (f32
+    /// arithmetic, NaN stays NaN).
+    pub fn apply(&self, index: usize, sci: &mut Array2<f32>, rows: Range<usize>, cols: Range<usize>) {
         let c = self.offset(index) as f32;
         if c != 0.0 {
             sci.mapv_inplace(|v| v - c);
+        }
+        if let Some((l, [y0, y1, x0, x1])) = self.lyot(index).filter(|(l, _)| *l != 0.0) {
+            let (ya, yb) = (y0.max(rows.start), y1.min(rows.end));
+            let (xa, xb) = (x0.max(cols.start), x1.min(cols.end));
+            if ya < yb && xa < xb {
+                let mut part =
+                    sci.slice_mut(ndarray::s![ya - rows.start..yb - rows.start, xa - cols.start..xb - cols.start]);
+                part.mapv_inplace(|v| v - l as f32);
+            }
+        }
+    }
+}
+
+/// Pixels left out on each side of the Lyot box edge when the two parts are matched.
+pub const LYOT_GAP_PX: usize = 2;
+
+impl Corrections {
+    /// Subtract the exposure's plane, if any, from `sci`, whose pixels land at output-grid positions
+    /// `pixmap` (`[y, x, (x_out, y_out)]`) relative to the grid pixel `origin = (y0, x0)`.
+    pub fn apply_plane(&self, index: usize, sci: &mut Array2<f32>, pixmap: &Array3<f64>, origin: (usize, usize)) {
+        let Some([p0, sx, sy]) = self.plane.get(index).copied().flatten() else {
+            return;
+        };
+        let (ox, oy) = (origin.1 as f64 - self.plane_origin_xy[0], origin.0 as f64 - self.plane_origin_xy[1]);
+        sci.indexed_iter_mut().for_each(|((y, x), v)| {
+            let (gx, gy) = (pixmap[[y, x, 0]] + ox, pixmap[[y, x, 1]] + oy);
+            *v -= (p0 + sx * gx + sy * gy) as f32;
+        });
+    }
+}
+
+/// Which pixels of an exposure take part: the whole frame, or (for level matching) the MIRI imager
+/// field without the Lyot box, or the Lyot box alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Whole,
+    /// Outside the box `[y0, y1, x0, x1]`.
+    Main([usize; 4]),
+    /// Inside the box.
+    Lyot([usize; 4]),
+}
+
+impl Part {
+    /// Whether exposure pixel `(y, x)` belongs to the part. [`LYOT_GAP_PX`] pixels on either side
+    /// of the box edge belong to neither part, so that no output pixel is resampled from both sides
+    /// of the edge or only partly covered at it (which biases the pair differences wherever the
+    /// emission has a gradient across the edge).
+    pub fn contains(&self, y: usize, x: usize) -> bool {
+        let (y, x, g) = (y as i64, x as i64, LYOT_GAP_PX as i64);
+        let inside = |[y0, y1, x0, x1]: [usize; 4], m: i64| {
+            (y0 as i64 + m..y1 as i64 - m).contains(&y) && (x0 as i64 + m..x1 as i64 - m).contains(&x)
+        };
+        match *self {
+            Part::Whole => true,
+            Part::Main(b) => !inside(b, -g),
+            Part::Lyot(b) => inside(b, g),
         }
     }
 }
@@ -99,7 +176,7 @@ pub fn read_piece(
     };
     let p = &meta.path;
     let mut sci = read_region_f32(p, "SCI", rows.clone(), cols.clone())?;
-    corrections.apply(index, &mut sci);
+    corrections.apply(index, &mut sci, rows.clone(), cols.clone());
     let err = read_region_f32(p, "ERR", rows.clone(), cols.clone())?;
     let dqa = read_region_dq(p, rows.clone(), cols.clone())?;
     let read_var = |name: &str| read_region_f32(p, name, rows.clone(), cols.clone());
@@ -114,6 +191,7 @@ pub fn read_piece(
         None
     };
     let pixmap = pixel_map(&meta.wcs, grid, rows.clone(), cols.clone(), origin, DEFAULT_STEP);
+    corrections.apply_plane(index, &mut sci, &pixmap, origin);
     let [ny, nx] = meta.shape;
     let cut = |start: usize, end: usize, n: usize| {
         let a = usize::from(start > 0);
@@ -124,9 +202,10 @@ pub fn read_piece(
     Ok(Some(Piece { index, rows, cols, sci, err, dq: dqa, vars, pixmap, inner }))
 }
 
-/// Drizzle exposure `index` alone (square kernel at `pixfrac`, no variance planes, no outlier flags)
-/// onto output rows x cols of the grid, with its corrections subtracted: the individually resampled
-/// exposure the `level` and `outlier` stages compare. `None` when the exposure misses the rectangle.
+/// Drizzle `part` of exposure `index` alone (square kernel at `pixfrac`, no variance planes, no
+/// outlier flags) onto output rows x cols of the grid, with its corrections subtracted: the
+/// individually resampled exposure the `level` and `outlier` stages compare. `None` when the
+/// exposure misses the rectangle.
 ///
 /// # Errors
 /// [`FitsError`] naming the file and extension.
@@ -140,6 +219,7 @@ pub fn resample_alone(
     wt: WeightType,
     pixfrac: f64,
     corrections: &Corrections,
+    part: Part,
 ) -> Result<Option<DrizzleAccum>, FitsError> {
     let want = Want { vars: false, rnoise: wt == WeightType::Ivm };
     let origin = [out_rows.start, out_cols.start];
@@ -147,7 +227,11 @@ pub fn resample_alone(
     let Some(piece) = read_piece(meta, index, grid, out_rows, out_cols, 3, (0, 0), want, corrections)? else {
         return Ok(None);
     };
-    let weights = piece.weights(meta, wt, None)?;
+    let mut weights = piece.weights(meta, wt, None)?;
+    if part != Part::Whole {
+        let (y0, x0) = (piece.rows.start, piece.cols.start);
+        weights.indexed_iter_mut().filter(|((y, x), _)| !part.contains(y0 + y, x0 + x)).for_each(|(_, w)| *w = 0.0);
+    }
     let mut acc = DrizzleAccum::with_origin(origin, h, w, 0, 1);
     let dp = DrizzleParams { pixfrac };
     par_drizzle_add_window(piece.sci.view(), weights.view(), piece.pixmap.view(), &[], &piece.inner, 0, &dp, &mut acc);

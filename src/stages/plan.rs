@@ -22,13 +22,35 @@ pub struct PlanOutput {
     pub metas: Vec<CalMeta>,
     /// Inputs that could not be read, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Off-source background exposures of the plan's band (TARGPROP containing `prep.off_name`, or
+    /// found in an `off/` folder or `prep.off_inputs`), sorted by path; they are not in the plan.
+    pub offs: Vec<CalMeta>,
     pub outcome: Outcome,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Inventory {
     metas: Vec<CalMeta>,
+    offs: Vec<CalMeta>,
     skipped: Vec<(PathBuf, String)>,
+}
+
+/// Where off-source exposures are looked for: `off/` beside (inside) each input directory, and the
+/// configured `prep.off_inputs`.
+fn off_locations(inputs: &[PathBuf], cfg: &Config) -> Vec<PathBuf> {
+    let has_cal = |d: &Path| {
+        std::fs::read_dir(d)
+            .is_ok_and(|mut it| it.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with("_cal.fits"))))
+    };
+    let mut dirs: Vec<PathBuf> = inputs.iter().map(|p| p.join("off")).filter(|p| p.is_dir() && has_cal(p)).collect();
+    dirs.extend(cfg.prep.off_inputs.iter().cloned());
+    dirs
+}
+
+/// Split the headers into science and off-source exposures: off = TARGPROP containing `off_name`
+/// (lower-case) or a file from `off_files`.
+fn split_offs(metas: Vec<CalMeta>, off_files: &[PathBuf], off_name: &str) -> (Vec<CalMeta>, Vec<CalMeta>) {
+    metas.into_iter().partition(|m| !(m.target.to_ascii_lowercase().contains(off_name) || off_files.contains(&m.path)))
 }
 
 /// The plan file as written: the plan plus provenance and the skipped inputs.
@@ -76,7 +98,23 @@ pub fn run(
     nranks: usize,
 ) -> anyhow::Result<PlanOutput> {
     let inv: Inventory = comm.on_root_then_broadcast(0, || {
-        read_inventory(inputs).map(|(metas, skipped)| Inventory { metas, skipped }).map_err(|e| format!("{e:#}"))
+        let read = || -> anyhow::Result<Inventory> {
+            let off_dirs = off_locations(inputs, cfg);
+            let off_files = if off_dirs.is_empty() { vec![] } else { crate::io::expand_cal_inputs(&off_dirs)? };
+            let mut all = inputs.to_vec();
+            all.extend(off_files.iter().cloned());
+            let (metas, skipped) = read_inventory(&all)?;
+            let (metas, offs) = split_offs(metas, &off_files, &cfg.prep.off_name);
+            if metas.is_empty() {
+                anyhow::bail!(
+                    "all {} readable inputs are off-source exposures (TARGPROP containing `{}`, prep.off_name)",
+                    offs.len(),
+                    cfg.prep.off_name
+                );
+            }
+            Ok(Inventory { metas, offs, skipped })
+        };
+        read().map_err(|e| format!("{e:#}"))
     })?;
     // Every rank builds the plan; the ranks agree on the outcome before anyone fails.
     let built = build_plan(&inv.metas, &cfg.plan, cfg.run.mem_budget_mb, nranks);
@@ -110,7 +148,9 @@ pub fn run(
     let outcome = if inv.skipped.is_empty() { Outcome::Clean } else { Outcome::Partial };
     let by_path: std::collections::HashMap<&Path, &CalMeta> = inv.metas.iter().map(|m| (m.path.as_path(), m)).collect();
     let metas = plan.exposures.iter().map(|e| (*by_path[e.path.as_path()]).clone()).collect();
-    Ok(PlanOutput { plan, metas, skipped: inv.skipped, outcome })
+    let mut offs: Vec<CalMeta> = inv.offs.into_iter().filter(|m| m.band() == plan.band).collect();
+    offs.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(PlanOutput { plan, metas, skipped: inv.skipped, offs, outcome })
 }
 
 fn hex(b: &[u8]) -> String {

@@ -30,7 +30,7 @@ fn offsets_scene() -> &'static Path {
     })
 }
 
-fn run(n: usize, dir: &Path, work: &Path, extra: &[&str], flags: &[&str]) -> PathBuf {
+pub(crate) fn run(n: usize, dir: &Path, work: &Path, extra: &[&str], flags: &[&str]) -> PathBuf {
     let out = work.join("m.fits");
     let (d, o) = (dir.to_str().unwrap().to_string(), out.to_str().unwrap().to_string());
     let mut args: Vec<&str> = vec!["--set", "run.output_dir=\"out\""];
@@ -85,7 +85,20 @@ fn offsets_match_the_truth_for_1_to_4_ranks() {
 }
 
 /// Median of (mosaic - truth) over the mosaic pixels fed by one tile only, per tile.
-fn tile_residuals(dir: &Path, work: &Path, mosaic: &Path) -> Vec<f64> {
+pub(crate) fn tile_residuals(dir: &Path, work: &Path, mosaic: &Path) -> Vec<f64> {
+    tile_points(dir, work, mosaic)
+        .into_iter()
+        .map(|p| {
+            let mut r: Vec<f64> = p.into_iter().map(|(_, _, r)| r).collect();
+            assert!(r.len() > 1000, "only {} single-tile pixels", r.len());
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        })
+        .collect()
+}
+
+/// Per tile, `(x, y, mosaic - truth)` at the mosaic pixels fed by that tile only.
+fn tile_points(dir: &Path, work: &Path, mosaic: &Path) -> Vec<Vec<(f64, f64, f64)>> {
     let t: Truth = tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap();
     let plan: serde_json::Value = tessera::io::json::read_json(&work.join("out/plan/plan.json")).unwrap();
     let tile_of_file: BTreeMap<&str, usize> = t.exposures.iter().map(|e| (e.file.as_str(), e.tile)).collect();
@@ -106,7 +119,7 @@ fn tile_residuals(dir: &Path, work: &Path, mosaic: &Path) -> Vec<f64> {
     let (tsky, _) = read_image(&dir.join("truth/truth_sky.fits")).unwrap();
     let tw = t.truth_grid.wcs();
     let ntiles = t.exposures.iter().map(|e| e.tile).max().unwrap() + 1;
-    let mut per_tile: Vec<Vec<f64>> = vec![vec![]; ntiles];
+    let mut per_tile: Vec<Vec<(f64, f64, f64)>> = vec![vec![]; ntiles];
     for ((y, x), &v) in tsky.indexed_iter() {
         let (ra, dec) = tw.pixel_to_sky(x as f64, y as f64);
         let Ok((mx, my)) = mw.sky_to_pixel(ra, dec) else { continue };
@@ -129,17 +142,110 @@ fn tile_residuals(dir: &Path, work: &Path, mosaic: &Path) -> Vec<f64> {
             }
         }
         if tiles.len() == 1 {
-            per_tile[*tiles.iter().next().unwrap()].push(f64::from(s) - f64::from(v));
+            per_tile[*tiles.iter().next().unwrap()].push((mx, my, f64::from(s) - f64::from(v)));
         }
     }
     per_tile
-        .into_iter()
-        .map(|mut r| {
-            assert!(r.len() > 1000, "only {} single-tile pixels", r.len());
-            r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
+}
+
+/// Per tile, how much (max - min over the tile's footprint corners) the applied correction departs
+/// from the injected plane, after removing what no level matching can know (the mean departure over
+/// the tiles: one constant and one plane for the whole band).
+fn plane_errors(dir: &Path, work: &Path) -> Vec<f64> {
+    let t: Truth = tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap();
+    let r: serde_json::Value = tessera::io::json::read_json(&work.join("out/level/level.json")).unwrap();
+    let plan: serde_json::Value = tessera::io::json::read_json(&work.join("out/plan/plan.json")).unwrap();
+    let g = &plan["plan"]["grid"];
+    let grid: tessera::geom::OutputGrid = serde_json::from_value(g.clone()).unwrap();
+    let gw = grid.wcs();
+    let origin: Vec<f64> = r["plane_origin_xy"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let target = (t.target_deg[0], t.target_deg[1]);
+    // the correction applied to a file at grid (x, y): its step-1 offset plus its tile's plane or
+    // constant (the band constant is common to all)
+    let applied = |file: &str, x: f64, y: f64| {
+        let p: Vec<&str> = file.split('_').collect();
+        let key = format!("{}_{}_{}", p[0], p[1], p[3]);
+        r["exposure_offsets_mjysr"][file].as_f64().unwrap()
+            + match r["tile_planes"].get(&key) {
+                Some(c) => {
+                    let c: Vec<f64> = c.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+                    c[0] + c[1] * (x - origin[0]) + c[2] * (y - origin[1])
+                }
+                None => r["tile_offsets_mjysr"][&key].as_f64().unwrap(),
+            }
+    };
+    // what was injected: the exposure's background and its tile's plane
+    let injected = |e: &tessera::stages::simulate::ExposureTruth, x: f64, y: f64| {
+        let (ra, dec) = gw.pixel_to_sky(x, y);
+        let (xi, eta) = tessera::geom::wcs::sky_to_tangent_arcsec(target, ra, dec);
+        e.background_mjysr + e.plane[0] + e.plane[1] * xi + e.plane[2] * eta
+    };
+    let ntiles = t.exposures.iter().map(|e| e.tile).max().unwrap() + 1;
+    // departures at every footprint corner, per tile
+    let mut dep: Vec<Vec<(f64, f64, f64)>> = vec![vec![]; ntiles];
+    for e in plan["plan"]["exposures"].as_array().unwrap() {
+        let file = Path::new(e["path"].as_str().unwrap()).file_name().unwrap().to_str().unwrap().to_string();
+        let te = t.exposures.iter().find(|x| x.file == file).unwrap();
+        for c in e["footprint_px"].as_array().unwrap() {
+            let (x, y) = (c[0].as_f64().unwrap(), c[1].as_f64().unwrap());
+            dep[te.tile].push((x, y, applied(&file, x, y) - injected(te, x, y)));
+        }
+    }
+    // the band-wide plane of the departures, fitted to all corners, is not knowable: remove it
+    let mut m = nalgebra::Matrix3::<f64>::zeros();
+    let mut v = nalgebra::Vector3::<f64>::zeros();
+    for &(x, y, d) in dep.iter().flatten() {
+        let a = nalgebra::Vector3::new(1.0, x, y);
+        m += a * a.transpose();
+        v += a * d;
+    }
+    let c = m.lu().solve(&v).unwrap();
+    dep.iter()
+        .map(|pts| {
+            let vals: Vec<f64> = pts.iter().map(|&(x, y, d)| d - (c[0] + c[1] * x + c[2] * y)).collect();
+            vals.iter().copied().fold(f64::MIN, f64::max) - vals.iter().copied().fold(f64::MAX, f64::min)
         })
         .collect()
+}
+
+#[test]
+fn tile_planes_are_removed_with_plane_fitting() {
+    let d = tmp();
+    simulate(
+        d.path(),
+        &[
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"2x2\"",
+            "simulate.dithers=4",
+            "simulate.stripe_rms_mjysr=0.0",
+            "simulate.background_offset_mjysr=0.1",
+            "simulate.tile_plane_mjysr=0.05",
+            "simulate.pointing_error_arcsec=0.0",
+            "simulate.seed=5",
+        ],
+    );
+    let t: Truth = tessera::io::json::read_json(&d.path().join("truth/truth.json")).unwrap();
+    assert!(t.exposures.iter().all(|e| e.plane[1] != 0.0 || e.plane[2] != 0.0), "no planes injected");
+    let errors = |extra: &[&str]| {
+        let w = tmp();
+        let mut sets = vec!["--set", "outlier.enabled=false"];
+        sets.extend_from_slice(extra);
+        run(2, d.path(), w.path(), &sets, &[]);
+        (plane_errors(d.path(), w.path()), w)
+    };
+    let (flat, _) = errors(&[]);
+    let (planes, w) = errors(&["--set", "level.tile_fit=\"plane\""]);
+    eprintln!("plane left across each tile (MJy/sr): with level fits {flat:?}; with plane fits {planes:?}");
+    let r: serde_json::Value = tessera::io::json::read_json(&w.path().join("out/level/level.json")).unwrap();
+    // one plane per tile and module (the tile step's images)
+    assert_eq!(r["tile_planes"].as_object().unwrap().len(), 8);
+    assert!(flat.iter().all(|&a| a > 0.02), "the control leaves no plane to remove: {flat:?}");
+    assert!(planes.iter().all(|&a| a < 0.01), "planes left: {planes:?}");
+    // the same planes, to the bit, on 3 ranks
+    let w3 = tmp();
+    run(3, d.path(), w3.path(), &["--set", "outlier.enabled=false", "--set", "level.tile_fit=\"plane\""], &[]);
+    let r3: serde_json::Value = tessera::io::json::read_json(&w3.path().join("out/level/level.json")).unwrap();
+    assert_eq!(r["tile_planes"], r3["tile_planes"], "planes differ between 2 and 3 ranks");
 }
 
 #[test]

@@ -39,6 +39,7 @@ fn meta(name: &str, n: usize, scale: f64, dx: f64, dy: f64, filter: &str) -> Cal
         shape: [n, n],
         bunit: "MJy/sr".into(),
         wcs,
+        dt_bgr_days: None,
     }
 }
 

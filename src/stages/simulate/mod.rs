@@ -44,6 +44,10 @@ pub struct ExposureTruth {
     pub offset_mjysr: f64,
     /// Smooth sky part (MIRI thermal drift), MJy/sr.
     pub sky_mjysr: f64,
+    /// The tile's background plane `[at the tangent point, d/dxi, d/deta]`, MJy/sr and MJy/sr per
+    /// arcsec of the target's tangent plane (xi east, eta north); not in `background_mjysr`.
+    #[serde(default)]
+    pub plane: [f64; 3],
     /// MIRI: level added in the Lyot box `[y0, y1, x0, x1]`.
     pub lyot_offset_mjysr: f64,
     pub lyot_box: Option<[usize; 4]>,
@@ -204,8 +208,15 @@ fn simulate_exposure(
         let rp = RenderParams { psf_fwhm_arcsec: survey.psf_fwhm_arcsec, pixel_integrate: true };
         scene::render(scene, &rp, sky.view_mut(), &pix_to_tan(&e.true_wcs, centre), &tan_to_pix(&e.true_wcs, centre));
     }
-    // 2. additive background, MIRI Lyot level
+    // 2. additive background (with the tile's plane), MIRI Lyot level
     sky.mapv_inplace(|v| v + e.background_mjysr as f32);
+    if e.plane != [0.0; 3] {
+        let to_tan = pix_to_tan(&e.true_wcs, centre);
+        sky.indexed_iter_mut().for_each(|((y, x), v)| {
+            let (xi, eta) = to_tan(x as f64, y as f64);
+            *v += (e.plane[0] + e.plane[1] * xi + e.plane[2] * eta) as f32;
+        });
+    }
     let lyot = layout.lyot_box();
     if let Some([y0, y1, x0, x1]) = lyot {
         sky.slice_mut(ndarray::s![y0..y1, x0..x1]).mapv_inplace(|v| v + cfg.lyot_offset_mjysr as f32);
@@ -352,6 +363,7 @@ fn simulate_exposure(
         background_mjysr: e.background_mjysr,
         offset_mjysr: e.offset_mjysr,
         sky_mjysr: e.sky_mjysr,
+        plane: e.plane,
         lyot_offset_mjysr: if lyot.is_some() { cfg.lyot_offset_mjysr } else { 0.0 },
         lyot_box: lyot,
         stripe_rms_mjysr: stripe_rms,
@@ -393,6 +405,7 @@ fn cal_meta(cfg: &SimulateConfig, survey: &Survey, e: &ExposurePlan, out: &Path)
         shape: [ny, nx],
         bunit: "MJy/sr".into(),
         wcs: e.header_wcs.clone(),
+        dt_bgr_days: None,
     }
 }
 

@@ -22,6 +22,8 @@ pub mod stream {
     pub const DESIGN: u64 = 1;
     pub const SCENE: u64 = 2;
     pub const CATALOG: u64 = 3;
+    /// Per-tile background planes (+ tile index * 2^32).
+    pub const TILE_PLANE: u64 = 4;
     /// Per-exposure streams start here (+ exposure index * 16 + purpose).
     pub const EXPOSURE_BASE: u64 = 1 << 20;
 }
@@ -123,12 +125,7 @@ impl InstrumentLayout {
     /// The MIRI Lyot-coronagraph box `[y0, y1) x [x0, x1)`: rows 735-1023 and columns 0-289 of the
     /// full 1024 x 1032 frame, scaled to this frame size.
     pub fn lyot_box(&self) -> Option<[usize; 4]> {
-        (self.instrument == Instrument::Miri).then(|| {
-            let [ny, nx] = self.shape;
-            let y0 = (735.0 / 1024.0 * ny as f64).round() as usize;
-            let x1 = (290.0 / 1032.0 * nx as f64).round() as usize;
-            [y0, ny, 0, x1]
-        })
+        (self.instrument == Instrument::Miri).then(|| crate::plan::miri_lyot_box(self.shape))
     }
 }
 
@@ -159,6 +156,10 @@ pub struct ExposurePlan {
     pub offset_mjysr: f64,
     /// Smooth, time-varying sky part (MIRI thermal drift; constant for NIRCam).
     pub sky_mjysr: f64,
+    /// The tile's background plane `[value at the tangent point, d/dxi, d/deta]` in MJy/sr and
+    /// MJy/sr per arcsec of the target's tangent plane (xi east, eta north); zero at the tile centre.
+    #[serde(default)]
+    pub plane: [f64; 3],
 }
 
 /// Per-visit relative pointing error, arcsec along RA*cos(Dec) and Dec. A header WCS is the true
@@ -303,6 +304,17 @@ pub fn design(cfg: &SimulateConfig) -> Survey {
             });
             let tile_centre =
                 [(tx as f64 - 0.5 * (ntx as f64 - 1.0)) * step[0], (ty as f64 - 0.5 * (nty as f64 - 1.0)) * step[1]];
+            // a plane rising by tile_plane_mjysr across the tile's larger side, in a random direction
+            let plane = if cfg.tile_plane_mjysr > 0.0 {
+                let mut prng = rng_for(cfg.seed, stream::TILE_PLANE + ((tile as u64) << 32));
+                let phi = prng.random::<f64>() * std::f64::consts::TAU;
+                let g = cfg.tile_plane_mjysr / w.max(h);
+                let (gx, gy) = (g * phi.cos(), g * phi.sin());
+                let (cx, cy) = rot(tile_centre[0], tile_centre[1]);
+                [-(gx * cx + gy * cy), gx, gy]
+            } else {
+                [0.0; 3]
+            };
             let mut add = |is_off: bool,
                            dither: usize,
                            exposure: usize,
@@ -361,6 +373,7 @@ pub fn design(cfg: &SimulateConfig) -> Survey {
                         background_mjysr: sky + offset,
                         offset_mjysr: offset,
                         sky_mjysr: sky,
+                        plane: if is_off { [0.0; 3] } else { plane },
                     });
                 }
             };
