@@ -107,16 +107,22 @@ pub struct MosaicArgs {
     /// Skip background level matching, for comparison  [level.enabled = false]
     #[arg(long)]
     pub no_level: bool,
+    /// Skip relative alignment between visits, for comparison  [align.enabled = false]
+    #[arg(long)]
+    pub no_align: bool,
 }
 
 impl MosaicArgs {
     /// The flags as `--set` overrides.
     pub fn as_sets(&self) -> Vec<String> {
+        let mut s = vec![];
         if self.no_level {
-            vec!["level.enabled=false".to_string()]
-        } else {
-            vec![]
+            s.push("level.enabled=false".to_string());
         }
+        if self.no_align {
+            s.push("align.enabled=false".to_string());
+        }
+        s
     }
 }
 

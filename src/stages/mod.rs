@@ -2,6 +2,7 @@
 //! writing products through `io` and calling pure `kernels`. The stage names here are the names used
 //! in the CLI, the TOML sections, the HDF5 groups and the output folders.
 
+pub mod align;
 pub mod assemble;
 pub mod campaign;
 pub mod drizzle;

@@ -44,12 +44,39 @@ pub fn run(
         }
     }
     if comm.rank() == 0 {
-        tracing::warn!(
-            "stages prep, destripe, align and destripe_multi are not implemented yet: mosaicking without them"
-        );
+        tracing::warn!("stages prep, destripe and destripe_multi are not implemented yet: mosaicking without them");
     }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
-    let (plan, metas) = (&planned.plan, &planned.metas);
+    let (mut plan, mut metas) = (&planned.plan, &planned.metas);
+
+    // align: the visit shifts correct the exposure WCSs; the plan is rebuilt from the corrected
+    // headers (a pure function, the same on every rank), so every later stage sees only them
+    let aligned;
+    if cfg.align.enabled {
+        let t = std::time::Instant::now();
+        let (m, report) = super::align::run(comm, plan, metas, cfg)?;
+        let p =
+            crate::plan::build_plan(&m, &cfg.plan, cfg.run.mem_budget_mb, comm.size()).context("plan after align")?;
+        if comm.rank() == 0 {
+            let solved = report.visits.iter().filter(|v| v.solved).count();
+            let rms =
+                (report.visits.iter().map(|v| v.shift_arcsec[0].powi(2) + v.shift_arcsec[1].powi(2)).sum::<f64>()
+                    / report.visits.len().max(1) as f64)
+                    .sqrt();
+            super::plan::write_plan(&cfg.run.output_dir.join(super::align::STAGE).join("plan.json"), &p)?;
+            tracing::info!(
+                "[align] {solved} of {} visits aligned ({}), rms shift {:.1} mas; report in {} ({:.1} s)",
+                report.visits.len(),
+                report.method,
+                1000.0 * rms,
+                cfg.run.output_dir.join(super::align::STAGE).display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        aligned = (p, m);
+        plan = &aligned.0;
+        metas = &aligned.1;
+    }
     let prov = Provenance::new(raw, comm);
     let root = comm.rank() == 0;
     let interval = cfg.run.progress_interval_s;

@@ -1,0 +1,246 @@
+//! The `align` stage end to end on simulated NIRCam LW scenes with per-visit pointing errors:
+//! visit shifts against the simulator's truth, 1..4 ranks, the outlier stage with and without
+//! alignment, and a field without point sources.
+
+use crate::common::{cal_files, mpirun, ok, simulate, tessera, tmp};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tessera::geom::{sky_to_tangent_arcsec, TanSip};
+use tessera::io::fits::{read_cal, read_cal_meta};
+use tessera::kernels::matching::{fit_transform, FitGeometry};
+use tessera::stages::align::AlignFile;
+use tessera::stages::simulate::Truth;
+
+fn truth(dir: &Path) -> Truth {
+    tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap()
+}
+
+/// Small LW scene: 2x2 tiles x 2 dithers of 256^2 px detectors, per-visit pointing errors of
+/// 0.15" rms (|error| 0.05-0.42" for this seed), global offset 0.25" and rotation 0.01 deg.
+fn scene() -> &'static Path {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = tmp().keep();
+        simulate(
+            &d,
+            &[
+                "simulate.size=\"small\"",
+                "simulate.tiles=\"2x2\"",
+                "simulate.dithers=2",
+                "simulate.pointing_error_arcsec=0.15",
+                "simulate.seed=5",
+            ],
+        );
+        d
+    })
+}
+
+fn run_mosaic(dir: &Path, work: &Path, extra: &[&str]) -> PathBuf {
+    let out = work.join("m.fits");
+    let mut args: Vec<&str> = vec!["--set", "run.output_dir=\"out\""];
+    let (d, o) = (dir.to_str().unwrap().to_string(), out.to_str().unwrap().to_string());
+    args.extend_from_slice(&["mosaic", &d]);
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", &o]);
+    ok(&tessera(work, &args));
+    out
+}
+
+/// The aligned run of [`scene`] (kept for several tests).
+fn aligned_run() -> &'static Path {
+    static W: OnceLock<PathBuf> = OnceLock::new();
+    W.get_or_init(|| {
+        let w = tmp().keep();
+        run_mosaic(scene(), &w, &[]);
+        w
+    })
+}
+
+/// Positions of a 5x5 lattice of pixels of every exposure through `wcs_of(file)` and through the
+/// true WCS, on the tangent plane at the target, arcsec.
+fn lattice(dir: &Path, wcs_of: &dyn Fn(&str, &TanSip) -> TanSip) -> (Vec<[f64; 2]>, Vec<[f64; 2]>) {
+    let t = truth(dir);
+    let c = (t.target_deg[0], t.target_deg[1]);
+    let (mut got, mut want) = (vec![], vec![]);
+    for e in t.exposures.iter().filter(|e| !e.is_off) {
+        let meta = read_cal_meta(&dir.join(&e.file)).unwrap();
+        let w = wcs_of(&e.file, &meta.wcs);
+        let [ny, nx] = meta.shape;
+        for i in 0..5 {
+            for j in 0..5 {
+                let (x, y) = (i as f64 * (nx - 1) as f64 / 4.0, j as f64 * (ny - 1) as f64 / 4.0);
+                let (ra, dec) = w.pixel_to_sky(x, y);
+                let (rt, dt) = e.true_wcs.pixel_to_sky(x, y);
+                let g = sky_to_tangent_arcsec(c, ra, dec);
+                let h = sky_to_tangent_arcsec(c, rt, dt);
+                got.push([g.0, g.1]);
+                want.push([h.0, h.1]);
+            }
+        }
+    }
+    (got, want)
+}
+
+/// rms (arcsec) of the positions against the truth after removing one global shift and rotation:
+/// what relative alignment leaves.
+fn relative_rms(got: &[[f64; 2]], want: &[[f64; 2]]) -> f64 {
+    let t = fit_transform(got, want, FitGeometry::RShift, [0.0, 0.0]).unwrap();
+    let s: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| {
+            let p = t.apply(*g);
+            (p[0] - w[0]).powi(2) + (p[1] - w[1]).powi(2)
+        })
+        .sum();
+    (s / got.len() as f64).sqrt()
+}
+
+fn align_file(work: &Path) -> AlignFile {
+    tessera::io::json::read_json(&work.join("out/align/align.json")).unwrap()
+}
+
+#[test]
+fn visit_shifts_are_recovered_to_5_mas_against_the_truth() {
+    let dir = scene();
+    let t = truth(dir);
+    let errs: Vec<f64> = t.visit_errors.iter().map(|v| v.dra_arcsec.hypot(v.ddec_arcsec)).collect();
+    assert!(errs.iter().any(|&e| e > 0.15) && errs.iter().all(|&e| e > 0.03), "visit errors {errs:?}");
+    let f = align_file(aligned_run());
+    assert_eq!(f.visits.len(), 4);
+    assert!(f.visits.iter().all(|v| v.solved), "{:?} {:?}", f.visits, f.warnings);
+    let by_file: BTreeMap<String, String> = f.exposures.iter().map(|e| (e.file.clone(), e.visit.clone())).collect();
+    let (before, want) = lattice(dir, &|_, w| w.clone());
+    let (after, _) = lattice(dir, &|file, w| f.correction(&by_file[file]).apply(w));
+    let (rb, ra) = (relative_rms(&before, &want), relative_rms(&after, &want));
+    eprintln!("relative rms against the truth: {:.1} mas before, {:.2} mas after align", 1e3 * rb, 1e3 * ra);
+    assert!(rb > 0.05, "the scene has too small pointing errors ({rb} arcsec)");
+    assert!(ra < 0.005, "relative alignment rms {:.2} mas", 1e3 * ra);
+    // the shifts against the truth visit by visit: c_v = -error_v + a common constant
+    let mut d: Vec<[f64; 2]> = vec![];
+    for v in &t.visit_errors {
+        let s = f.visits.iter().find(|x| x.visit == v.visit).unwrap().shift_arcsec;
+        d.push([s[0] + v.dra_arcsec, s[1] + v.ddec_arcsec]);
+    }
+    let mean = [d.iter().map(|x| x[0]).sum::<f64>() / 4.0, d.iter().map(|x| x[1]).sum::<f64>() / 4.0];
+    for (x, v) in d.iter().zip(&t.visit_errors) {
+        let e = (x[0] - mean[0]).hypot(x[1] - mean[1]);
+        assert!(e < 0.005, "visit {}: shift off by {:.2} mas", v.visit, 1e3 * e);
+    }
+}
+
+#[test]
+fn align_is_identical_for_1_to_4_ranks() {
+    let dir = scene().to_str().unwrap().to_string();
+    let mut files = vec![];
+    for n in 1..=4 {
+        let w = tmp();
+        let o = w.path().join("m.fits").to_str().unwrap().to_string();
+        ok(&mpirun(
+            n,
+            w.path(),
+            &["--set", "run.output_dir=\"out\"", "--set", "outlier.enabled=false", "mosaic", &dir, "-o", &o],
+        ));
+        files.push(std::fs::read(w.path().join("out/align/align.json")).unwrap());
+    }
+    for (n, f) in files.iter().enumerate().skip(1) {
+        assert!(f == &files[0], "align.json differs between 1 and {} ranks", n + 1);
+    }
+    let f: AlignFile = serde_json::from_slice(&files[0]).unwrap();
+    assert!(f.visits.iter().all(|v| v.solved && v.shift_arcsec != [0.0, 0.0]));
+}
+
+/// Star cores (peak pixel of every detectable, unsaturated star in every exposure) flagged by the
+/// outlier stage of a run in `work`, counted as `tests/integration/mosaic.rs` does.
+fn flagged_cores(dir: &Path, work: &Path) -> (usize, usize) {
+    let flags: serde_json::Value = tessera::io::json::read_json(&work.join("out/outlier/flags.json")).unwrap();
+    let mut flagged: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for e in flags["exposures"].as_array().unwrap() {
+        let set = e["pixels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        flagged.insert(e["file"].as_str().unwrap().to_string(), set);
+    }
+    let t = truth(dir);
+    let text = std::fs::read_to_string(dir.join("truth/sources.csv")).unwrap();
+    let (mut cores, mut hit) = (0, 0);
+    for e in t.exposures.iter().filter(|e| !e.is_off) {
+        let img = read_cal(&dir.join(&e.file)).unwrap();
+        let (ny, nx) = img.sci.dim();
+        let fl = &flagged[&e.file];
+        for l in text.lines().skip(1) {
+            let v: Vec<&str> = l.split(',').collect();
+            let (ra, dec): (f64, f64) = (v[0].parse().unwrap(), v[1].parse().unwrap());
+            let Ok((x, y)) = e.true_wcs.sky_to_pixel(ra, dec) else { continue };
+            let (xi, yi) = (x.round() as i64, y.round() as i64);
+            if xi < 5 || yi < 5 || xi > nx as i64 - 6 || yi > ny as i64 - 6 {
+                continue;
+            }
+            let (xi, yi) = (xi as usize, yi as usize);
+            if !img.sci[[yi, xi]].is_finite() || img.dq[[yi, xi]] & tessera::kernels::dq::DO_NOT_USE != 0 {
+                continue;
+            }
+            if img.sci[[yi, xi]] < 10.0 * img.err[[yi, xi]] + img.sci[[yi, xi + 4]] {
+                continue;
+            }
+            cores += 1;
+            hit += fl.contains(&((yi * nx + xi) as u64)) as usize;
+        }
+    }
+    (cores, hit)
+}
+
+#[test]
+fn outlier_spares_star_cores_with_align_and_flags_some_without() {
+    let dir = scene();
+    let off = tmp();
+    run_mosaic(dir, off.path(), &["--no-align"]);
+    let (cores_on, hit_on) = flagged_cores(dir, aligned_run());
+    let (cores_off, hit_off) = flagged_cores(dir, off.path());
+    eprintln!("star cores flagged: {hit_on} of {cores_on} with align, {hit_off} of {cores_off} without");
+    assert!(cores_on > 100, "only {cores_on} star cores checked");
+    assert!(hit_off > 0, "no core flagged without align: the test scene does not exercise alignment");
+    assert_eq!(hit_on, 0, "{hit_on} of {cores_on} star cores flagged with align on");
+    assert!(!off.path().join("out/align/align.json").exists(), "--no-align still ran the stage");
+}
+
+#[test]
+fn a_field_without_point_sources_warns_and_keeps_the_wcs() {
+    // the scene's files with SCI replaced by a smooth background plus noise: nothing point-like
+    let src = scene();
+    let d = tmp();
+    for f in cal_files(src) {
+        let mut img = read_cal(&f).unwrap();
+        let primary = tessera::io::fits::read_header(&f, "PRIMARY").unwrap();
+        let skip = ["SIMPLE", "BITPIX", "NAXIS", "EXTEND"];
+        let cards: Vec<_> = primary
+            .into_iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .map(|(k, v)| (k, v, String::new()))
+            .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for ((y, x), v) in img.sci.indexed_iter_mut() {
+            if v.is_finite() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                *v = (0.3 + 1e-4 * (x + y) as f64 + 0.02 * (u - 0.5)) as f32;
+            }
+        }
+        tessera::io::fits::write_cal(&d.path().join(f.file_name().unwrap()), &img, &cards, &[]).unwrap();
+    }
+    let w = tmp();
+    let out = w.path().join("m.fits");
+    let o = tessera(
+        w.path(),
+        &["--set", "run.output_dir=\"out\"", "mosaic", d.path().to_str().unwrap(), "-o", out.to_str().unwrap()],
+    );
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("[align]") && stderr.contains("its WCS is kept"), "{stderr}");
+    let f = align_file(w.path());
+    assert!(f.visits.iter().all(|v| !v.solved && v.shift_arcsec == [0.0, 0.0]), "{:?}", f.visits);
+    for e in &f.exposures {
+        assert_eq!(e.crval_before_deg, e.crval_after_deg, "{}", e.file);
+    }
+}
