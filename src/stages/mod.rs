@@ -4,6 +4,7 @@
 
 pub mod align;
 pub mod assemble;
+pub mod astrometry;
 pub mod campaign;
 pub mod drizzle;
 pub mod level;

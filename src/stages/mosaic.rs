@@ -1,5 +1,5 @@
-//! `tessera mosaic`: the single-band entry point, chaining `plan → level → outlier → drizzle → assemble` on
-//! the given cal files, alone or under `mpirun`.
+//! `tessera mosaic`: the single-band entry point, chaining `plan → align → level → outlier → drizzle →
+//! assemble → astrometry` on the given cal files, alone or under `mpirun`.
 //!
 //! Products under `run.output_dir`:
 //! - `plan/plan.json`
@@ -7,8 +7,11 @@
 //! - `outlier/flags.json`
 //! - `drizzle/<band>.h5`, the band store written with collective MPI-IO
 //! - the mosaic FITS at `-o`
+//! - `align/align.json`, `align/plan.json` (the plan rebuilt from the aligned WCSs)
+//! - with a catalogue: `astrometry/astrometry.json`, `astrometry/matches.csv`,
+//!   `astrometry/*_tweakback.fits`, and the mosaic's WCS corrected
 //!
-//! Stages of SPEC not implemented yet (prep, destripe, align, destripe_multi, astrometry) are
+//! Stages of SPEC not implemented yet (prep, destripe, destripe_multi) are
 //! named in a warning, never skipped silently.
 
 use super::outlier::OutlierFlags;
@@ -32,15 +35,10 @@ pub fn run(
     output: &Path,
     catalog: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
+    let catalog = catalog.or(cfg.astrometry.catalog.as_deref());
     if let Some(c) = catalog {
         if !c.is_file() {
-            anyhow::bail!("--catalog {}: no such file", c.display());
-        }
-        if comm.rank() == 0 {
-            tracing::warn!(
-                "--catalog {}: the astrometry stage is not implemented yet; the catalogue is not used",
-                c.display()
-            );
+            anyhow::bail!("reference catalogue {} (--catalog or astrometry.catalog): no such file", c.display());
         }
     }
     if comm.rank() == 0 {
@@ -156,6 +154,29 @@ pub fn run(
         Ok(())
     })
     .context("assemble")?;
+
+    // astrometry: the mosaic against the reference catalogue, tweakback to every exposure
+    if super::astrometry::wanted(cfg, &plan.band, catalog) {
+        let t = std::time::Instant::now();
+        let r = super::astrometry::run(comm, plan, metas, cfg, output, catalog)?;
+        if root {
+            match &r.correction {
+                Some(c) => tracing::info!(
+                    "[astrometry] shift ({:.1}, {:.1}) mas E,N, rotation {:.5} deg ({}, {} matches); mosaic WCS \
+                     updated, {} tweakback files in {} ({:.1} s)",
+                    1e3 * c.shift_arcsec[0],
+                    1e3 * c.shift_arcsec[1],
+                    c.rotation_deg,
+                    r.method,
+                    r.steps.last().map_or(0, |s| s.n_matches),
+                    r.tweakback.len(),
+                    cfg.run.output_dir.join(super::astrometry::STAGE).display(),
+                    t.elapsed().as_secs_f64()
+                ),
+                None => tracing::warn!("[astrometry] no solution: the mosaic and exposure WCSs are unchanged"),
+            }
+        }
+    }
     if root {
         println!("mosaic:      {}", output.display());
         println!("band store:  {}", store.display());

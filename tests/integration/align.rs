@@ -1,6 +1,8 @@
-//! The `align` stage end to end on simulated NIRCam LW scenes with per-visit pointing errors:
-//! visit shifts against the simulator's truth, 1..4 ranks, the outlier stage with and without
-//! alignment, and a field without point sources.
+//! The `align` and `astrometry` stages end to end on simulated NIRCam LW scenes with per-visit
+//! pointing errors, a global offset and rotation: visit shifts against the simulator's truth, 1..4
+//! ranks, the outlier stage with and without alignment, a field without point sources; absolute
+//! positions and rotation of the tweakback exposures and of the mosaic against the truth, and
+//! catalogues that do not overlap or are wrong.
 
 use crate::common::{cal_files, mpirun, ok, simulate, tessera, tmp};
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,7 +11,9 @@ use std::sync::OnceLock;
 use tessera::geom::{sky_to_tangent_arcsec, TanSip};
 use tessera::io::fits::{read_cal, read_cal_meta};
 use tessera::kernels::matching::{fit_transform, FitGeometry};
+use tessera::plan::Plan;
 use tessera::stages::align::AlignFile;
+use tessera::stages::astrometry::AstrometryFile;
 use tessera::stages::simulate::Truth;
 
 fn truth(dir: &Path) -> Truth {
@@ -47,12 +51,13 @@ fn run_mosaic(dir: &Path, work: &Path, extra: &[&str]) -> PathBuf {
     out
 }
 
-/// The aligned run of [`scene`] (kept for several tests).
+/// The aligned run of [`scene`] with its reference catalogue (kept for several tests).
 fn aligned_run() -> &'static Path {
     static W: OnceLock<PathBuf> = OnceLock::new();
     W.get_or_init(|| {
         let w = tmp().keep();
-        run_mosaic(scene(), &w, &[]);
+        let cat = scene().join("aux/refcat.csv").to_str().unwrap().to_string();
+        run_mosaic(scene(), &w, &["--catalog", &cat]);
         w
     })
 }
@@ -131,24 +136,31 @@ fn visit_shifts_are_recovered_to_5_mas_against_the_truth() {
 }
 
 #[test]
-fn align_is_identical_for_1_to_4_ranks() {
+fn align_and_astrometry_are_identical_for_1_to_4_ranks() {
     let dir = scene().to_str().unwrap().to_string();
-    let mut files = vec![];
+    let cat = scene().join("aux/refcat.csv").to_str().unwrap().to_string();
+    let mut runs = vec![];
     for n in 1..=4 {
         let w = tmp();
         let o = w.path().join("m.fits").to_str().unwrap().to_string();
-        ok(&mpirun(
-            n,
-            w.path(),
-            &["--set", "run.output_dir=\"out\"", "--set", "outlier.enabled=false", "mosaic", &dir, "-o", &o],
-        ));
-        files.push(std::fs::read(w.path().join("out/align/align.json")).unwrap());
+        let args = ["--set", "run.output_dir=\"out\"", "--set", "outlier.enabled=false", "mosaic", &dir, "-o", &o];
+        ok(&mpirun(n, w.path(), &[&args[..], &["--catalog", &cat]].concat()));
+        let read = |p: &str| std::fs::read(w.path().join(p)).unwrap();
+        runs.push([
+            read("out/align/align.json"),
+            read("out/astrometry/astrometry.json"),
+            read("out/astrometry/matches.csv"),
+        ]);
     }
-    for (n, f) in files.iter().enumerate().skip(1) {
-        assert!(f == &files[0], "align.json differs between 1 and {} ranks", n + 1);
+    for (n, r) in runs.iter().enumerate().skip(1) {
+        for (k, name) in ["align.json", "astrometry.json", "matches.csv"].iter().enumerate() {
+            assert!(r[k] == runs[0][k], "{name} differs between 1 and {} ranks", n + 1);
+        }
     }
-    let f: AlignFile = serde_json::from_slice(&files[0]).unwrap();
+    let f: AlignFile = serde_json::from_slice(&runs[0][0]).unwrap();
     assert!(f.visits.iter().all(|v| v.solved && v.shift_arcsec != [0.0, 0.0]));
+    let a: AstrometryFile = serde_json::from_slice(&runs[0][1]).unwrap();
+    assert!(a.correction.is_some() && a.tweakback.len() == 16, "{a:?}");
 }
 
 /// Star cores (peak pixel of every detectable, unsaturated star in every exposure) flagged by the
@@ -243,4 +255,138 @@ fn a_field_without_point_sources_warns_and_keeps_the_wcs() {
     for e in &f.exposures {
         assert_eq!(e.crval_before_deg, e.crval_after_deg, "{}", e.file);
     }
+}
+
+fn rms(got: &[[f64; 2]], want: &[[f64; 2]]) -> f64 {
+    let s: f64 = got.iter().zip(want).map(|(g, w)| (g[0] - w[0]).powi(2) + (g[1] - w[1]).powi(2)).sum();
+    (s / got.len() as f64).sqrt()
+}
+
+fn mosaic_wcs(path: &Path) -> TanSip {
+    TanSip::from_cards(&tessera::io::fits::read_header(path, "SCI").unwrap()).unwrap()
+}
+
+#[test]
+fn astrometry_recovers_absolute_positions_and_rotation_with_tweakback() {
+    let dir = scene();
+    let w = aligned_run();
+    let t = truth(dir);
+    let r: AstrometryFile = tessera::io::json::read_json(&w.join("out/astrometry/astrometry.json")).unwrap();
+    let c = r.correction.expect("a solution");
+    assert_eq!(r.steps.len(), 2);
+    assert!(r.steps.iter().all(|s| s.failure.is_empty() && s.n_matches >= 50), "{:?}", r.steps);
+    // every exposure's tweakback WCS against its true WCS: no global fit removed
+    let tweak = |file: &str| -> PathBuf {
+        w.join("out/astrometry").join(format!("{}_tweakback.fits", file.strip_suffix("_cal.fits").unwrap()))
+    };
+    let (before, want) = lattice(dir, &|_, w| w.clone());
+    let (after, _) = lattice(dir, &|file, _| read_cal_meta(&tweak(file)).unwrap().wcs);
+    let (rb, ra) = (rms(&before, &want), rms(&after, &want));
+    let drot = c.rotation_deg - t.absolute_rotation_deg;
+    eprintln!(
+        "absolute rms against the truth: {:.1} mas before, {:.2} mas after; rotation {:.5} deg (truth {}, error {:.5})",
+        1e3 * rb,
+        1e3 * ra,
+        c.rotation_deg,
+        t.absolute_rotation_deg,
+        drot
+    );
+    assert!(rb > 0.2, "the scene has too small an absolute offset ({rb} arcsec)");
+    assert!(ra < 0.005, "absolute rms {:.2} mas", 1e3 * ra);
+    assert!(drot.abs() < 0.002, "rotation off by {drot} deg");
+    // the mosaic: a pixel's corrected position is the true position of the exposure pixels drizzled
+    // onto it (through the aligned WCS and the grid the mosaic was drizzled on)
+    let plan: Plan = tessera::io::json::read_json(&w.join("out/align/plan.json")).unwrap();
+    let grid = plan.grid.wcs();
+    let f = align_file(w);
+    let by_file: BTreeMap<String, String> = f.exposures.iter().map(|e| (e.file.clone(), e.visit.clone())).collect();
+    let m = mosaic_wcs(&w.join("m.fits"));
+    assert_ne!(m.crval_deg, grid.crval_deg, "mosaic WCS not updated");
+    let t2 = truth(dir);
+    let cc = (t2.target_deg[0], t2.target_deg[1]);
+    let mut worst = 0f64;
+    for e in t2.exposures.iter().filter(|e| !e.is_off) {
+        let meta = read_cal_meta(&dir.join(&e.file)).unwrap();
+        let aligned = f.correction(&by_file[&e.file]).apply(&meta.wcs);
+        for (x, y) in [(10.0, 10.0), (128.0, 128.0), (245.0, 30.0)] {
+            let (ra, dec) = aligned.pixel_to_sky(x, y);
+            let (gx, gy) = grid.sky_to_pixel(ra, dec).unwrap();
+            let (mr, md) = m.pixel_to_sky(gx, gy);
+            let (tr, td) = e.true_wcs.pixel_to_sky(x, y);
+            let a = sky_to_tangent_arcsec(cc, mr, md);
+            let b = sky_to_tangent_arcsec(cc, tr, td);
+            worst = worst.max((a.0 - b.0).hypot(a.1 - b.1));
+        }
+    }
+    eprintln!("mosaic WCS against the truth: worst {:.2} mas", 1e3 * worst);
+    assert!(worst < 0.01, "mosaic WCS off by {:.2} mas", 1e3 * worst);
+    let bytes = std::fs::read(w.join("m.fits")).unwrap();
+    assert!(bytes.windows(19).any(|x| x == b"tessera astrometry:"), "no HISTORY card of the correction");
+    // the matched-source table: residuals after the fit near the catalogue noise
+    let csv = std::fs::read_to_string(w.join("out/astrometry/matches.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = csv.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    assert_eq!(rows.len(), r.steps[1].n_matches);
+    let after_rms = (rows.iter().map(|v| v[10] * v[10] + v[11] * v[11]).sum::<f64>() / rows.len() as f64).sqrt();
+    assert!((after_rms - 1e3 * r.steps[1].rms_arcsec).abs() < 0.01, "{after_rms} vs {}", r.steps[1].rms_arcsec);
+}
+
+/// Run the scene against `catalog_text` and check that the stage warns and changes nothing.
+fn bad_catalog_keeps_the_wcs(catalog_text: &str, label: &str) {
+    let w = tmp();
+    let cat = w.path().join("cat.csv");
+    std::fs::write(&cat, catalog_text).unwrap();
+    let out = w.path().join("m.fits");
+    let o = tessera(
+        w.path(),
+        &[
+            "--set",
+            "run.output_dir=\"out\"",
+            "--set",
+            "outlier.enabled=false",
+            "mosaic",
+            scene().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--catalog",
+            cat.to_str().unwrap(),
+        ],
+    );
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("[astrometry]") && stderr.contains("the WCS is kept"), "{label}: {stderr}");
+    let r: AstrometryFile = tessera::io::json::read_json(&w.path().join("out/astrometry/astrometry.json")).unwrap();
+    assert!(r.correction.is_none() && r.tweakback.is_empty(), "{label}: {r:?}");
+    eprintln!("{label}: {:?}", r.warnings);
+    let plan: Plan = tessera::io::json::read_json(&w.path().join("out/align/plan.json")).unwrap();
+    assert_eq!(mosaic_wcs(&out), plan.grid.wcs(), "{label}: mosaic WCS changed");
+    let tweak = std::fs::read_dir(w.path().join("out/astrometry")).unwrap().count();
+    assert_eq!(tweak, 1, "{label}: files besides astrometry.json");
+}
+
+#[test]
+fn catalogues_that_miss_the_field_or_are_wrong_warn_and_keep_the_wcs() {
+    let text = std::fs::read_to_string(scene().join("aux/refcat.csv")).unwrap();
+    let rows: Vec<(f64, f64)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (a, b) = l.split_once(',').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    // 1 deg to the north: no overlap
+    let far: String = rows.iter().map(|(r, d)| format!("{r},{}\n", d + 1.0)).collect();
+    bad_catalog_keeps_the_wcs(&format!("ra,dec\n{far}"), "non-overlapping");
+    // the same number of sources at unrelated positions over the same area
+    let (r0, r1) = rows.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let (d0, d1) = rows.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut u = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let wrong: String = rows.iter().map(|_| format!("{},{}\n", r0 + (r1 - r0) * u(), d0 + (d1 - d0) * u())).collect();
+    bad_catalog_keeps_the_wcs(&format!("ra,dec\n{wrong}"), "wrong");
 }
