@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod fits;
 pub mod hdf5;
 pub mod json;
+pub mod plot;
 
 use std::path::{Path, PathBuf};
 
