@@ -51,7 +51,7 @@ pub struct RawAlign {
     pub search_radius_arcsec: f64,
     /// Matching radius after the shift search, arcsec.
     pub tolerance_arcsec: f64,
-    /// Fewer matched sources than this between two visits is a failed pair.
+    /// Fewer matched sources than this between two visits is a failed pair (tweakreg's minobj).
     pub min_matches: usize,
 }
 
@@ -66,7 +66,7 @@ impl Default for RawAlign {
             brightest: 500,
             search_radius_arcsec: 1.0,
             tolerance_arcsec: 0.2,
-            min_matches: 5,
+            min_matches: 3,
         }
     }
 }
@@ -507,8 +507,8 @@ brightest = 500
 search_radius_arcsec = 1.0
 # Matching radius after the shift search, arcsec.
 tolerance_arcsec = 0.2
-# Fewer matched sources than this between two visits is a failed pair.
-min_matches = 5
+# Fewer matched sources than this between two visits is a failed pair (tweakreg's minobj).
+min_matches = 3
 
 [level]
 # Run the stage (`tessera mosaic --no-level` turns it off for one run).

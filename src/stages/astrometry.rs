@@ -14,8 +14,9 @@
 //! 3. On success the mosaic FITS gets the corrected WCS in every imaging extension (with HISTORY),
 //!    and every exposure owner writes its tweakback files `astrometry/<name>_tweakback.fits`: the cal
 //!    file with the same correction applied to its (aligned) SCI WCS.
-//! 4. Products: `astrometry/astrometry.json` (both fits, the correction, warnings) and
-//!    `astrometry/matches.csv` (matched reference and mosaic positions, before and after).
+//! 4. Products: `astrometry/astrometry.json` (both fits, the correction, warnings),
+//!    `astrometry/matches.csv` (matched reference and mosaic positions, before and after) and
+//!    `astrometry/<band>_residuals.png` (the residual scatter before and after).
 //!
 //! A band that is not `[astrometry] reference_band` applies the reference band's solution
 //! (`solution_file`) unchanged, as pjpipe's align_mapping does for MIRI.
@@ -332,6 +333,52 @@ fn solve(plan: &Plan, cfg: &Config, mosaic: &Path, catalog: &Path, dir: &Path) -
         ));
     }
     crate::io::json::write_text(&dir.join("matches.csv"), &csv)?;
+    residual_png(&dir.join(format!("{}_residuals.png", plan.band)), plan, catalog, &img, &near, &s)?;
     r.correction = Some(corr);
     Ok(r)
+}
+
+/// The residual scatter of the matched sources before and after the correction (as the PHANGS-JWST
+/// paper's Figures 12 and 13), mas.
+fn residual_png(
+    path: &Path,
+    plan: &Plan,
+    catalog: &Path,
+    img: &[[f64; 2]],
+    refs: &[[f64; 2]],
+    fit: &MatchResult,
+) -> Result<(), crate::io::IoError> {
+    use crate::io::plot::{charts, Chart, Series, Style};
+    let series = |label: &str, f: &dyn Fn([f64; 2]) -> [f64; 2]| {
+        let d: Vec<[f64; 2]> = fit
+            .pairs
+            .iter()
+            .map(|&(i, k)| {
+                let p = f(img[i]);
+                [1e3 * (p[0] - refs[k][0]), 1e3 * (p[1] - refs[k][1])]
+            })
+            .collect();
+        let rms = (d.iter().map(|v| v[0] * v[0] + v[1] * v[1]).sum::<f64>() / d.len().max(1) as f64).sqrt();
+        Series {
+            label: format!("{label}: {} sources, rms {rms:.1} mas", d.len()),
+            x: d.iter().map(|v| v[0]).collect(),
+            y: d.iter().map(|v| v[1]).collect(),
+        }
+    };
+    let chart = |title: &str, s: Series| Chart {
+        title: title.into(),
+        xlabel: "dRA cos(Dec) [mas]".into(),
+        ylabel: "dDec [mas]".into(),
+        style: Style::Points,
+        series: vec![s],
+    };
+    let name = catalog.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    charts(
+        path,
+        &format!("{} mosaic minus {name}", plan.band),
+        &[
+            chart("before", series("before", &|p| p)),
+            chart("after shift + rotation", series("after", &|p| fit.transform.apply(p))),
+        ],
+    )
 }

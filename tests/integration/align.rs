@@ -44,8 +44,18 @@ fn run_mosaic(dir: &Path, work: &Path, extra: &[&str]) -> PathBuf {
     let out = work.join("m.fits");
     let mut args: Vec<&str> = vec!["--set", "run.output_dir=\"out\""];
     let (d, o) = (dir.to_str().unwrap().to_string(), out.to_str().unwrap().to_string());
+    // `--set` before the subcommand (a later occurrence would replace the output_dir one)
+    let mut rest = vec![];
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        if *a == "--set" {
+            args.extend_from_slice(&["--set", it.next().unwrap()]);
+        } else {
+            rest.push(*a);
+        }
+    }
     args.extend_from_slice(&["mosaic", &d]);
-    args.extend_from_slice(extra);
+    args.extend_from_slice(&rest);
     args.extend_from_slice(&["-o", &o]);
     ok(&tessera(work, &args));
     out
@@ -322,6 +332,8 @@ fn astrometry_recovers_absolute_positions_and_rotation_with_tweakback() {
     assert!(worst < 0.01, "mosaic WCS off by {:.2} mas", 1e3 * worst);
     let bytes = std::fs::read(w.join("m.fits")).unwrap();
     assert!(bytes.windows(19).any(|x| x == b"tessera astrometry:"), "no HISTORY card of the correction");
+    let png = std::fs::read(w.join("out/astrometry/F300M_residuals.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "residual PNG");
     // the matched-source table: residuals after the fit near the catalogue noise
     let csv = std::fs::read_to_string(w.join("out/astrometry/matches.csv")).unwrap();
     let rows: Vec<Vec<f64>> = csv.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
@@ -389,4 +401,106 @@ fn catalogues_that_miss_the_field_or_are_wrong_warn_and_keep_the_wcs() {
     };
     let wrong: String = rows.iter().map(|_| format!("{},{}\n", r0 + (r1 - r0) * u(), d0 + (d1 - d0) * u())).collect();
     bad_catalog_keeps_the_wcs(&format!("ra,dec\n{wrong}"), "wrong");
+}
+
+#[test]
+fn another_band_applies_the_reference_band_shifts_or_solves_with_a_note() {
+    // F335M of the same visits: the same seed gives the same pointing errors
+    let d = tmp();
+    simulate(
+        d.path(),
+        &[
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"2x2\"",
+            "simulate.dithers=2",
+            "simulate.pointing_error_arcsec=0.15",
+            "simulate.seed=5",
+            "simulate.filter=\"F335M\"",
+        ],
+    );
+    assert_eq!(truth(d.path()).visit_errors, truth(scene()).visit_errors);
+    let reference = align_file(aligned_run());
+    let file = aligned_run().join("out/align/align.json");
+    let set = format!("align.shifts_file=\"{}\"", file.display());
+    let w = tmp();
+    run_mosaic(d.path(), w.path(), &["--set", &set, "--set", "outlier.enabled=false"]);
+    let f = align_file(w.path());
+    assert!(f.method.starts_with("from ") && f.band == "F335M" && f.reference_band == "F300M", "{f:?}");
+    for v in &f.visits {
+        let r = reference.visits.iter().find(|x| x.visit == v.visit).unwrap();
+        assert_eq!(v.shift_arcsec, r.shift_arcsec, "{}", v.visit);
+    }
+    let by_file: BTreeMap<String, String> = f.exposures.iter().map(|e| (e.file.clone(), e.visit.clone())).collect();
+    let (after, want) = lattice(d.path(), &|file, w| f.correction(&by_file[file]).apply(w));
+    let ra = relative_rms(&after, &want);
+    eprintln!("F335M with the F300M shifts: relative rms {:.2} mas", 1e3 * ra);
+    assert!(ra < 0.005, "relative rms {:.2} mas", 1e3 * ra);
+    // without the file: solved in F335M, with a note
+    let w2 = tmp();
+    run_mosaic(d.path(), w2.path(), &["--set", "outlier.enabled=false"]);
+    let g = align_file(w2.path());
+    assert_eq!(g.method, "solved");
+    assert!(g.warnings.iter().any(|x| x.contains("is not the reference band F300M")), "{:?}", g.warnings);
+    let by_file: BTreeMap<String, String> = g.exposures.iter().map(|e| (e.file.clone(), e.visit.clone())).collect();
+    let (after, want) = lattice(d.path(), &|file, w| g.correction(&by_file[file]).apply(w));
+    assert!(relative_rms(&after, &want) < 0.005);
+}
+
+/// MIRI F1000W: 2x2 tiles x 4 dithers of 512x520 px (the small preset's 128 rows hold too few
+/// stars in the tile overlaps to align on), the same pointing errors as the NIRCam scene's design.
+fn miri_scene() -> &'static Path {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = tmp().keep();
+        simulate(
+            &d,
+            &[
+                "simulate.instrument=\"miri\"",
+                "simulate.size=\"medium\"",
+                "simulate.tiles=\"2x2\"",
+                "simulate.dithers=4",
+                "simulate.pointing_error_arcsec=0.15",
+                "simulate.seed=5",
+            ],
+        );
+        d
+    })
+}
+
+#[test]
+fn miri_f1000w_relative_and_absolute_alignment_within_10_mas() {
+    let dir = miri_scene();
+    let t = truth(dir);
+    let w = tmp();
+    let cat = dir.join("aux/refcat.csv").to_str().unwrap().to_string();
+    run_mosaic(dir, w.path(), &["--catalog", &cat, "--set", "outlier.enabled=false"]);
+    let f = align_file(w.path());
+    assert!(f.visits.iter().all(|v| v.solved), "{:?} {:?}", f.visits, f.warnings);
+    let by_file: BTreeMap<String, String> = f.exposures.iter().map(|e| (e.file.clone(), e.visit.clone())).collect();
+    let (before, want) = lattice(dir, &|_, w| w.clone());
+    let (after, _) = lattice(dir, &|file, w| f.correction(&by_file[file]).apply(w));
+    let (rb, ra) = (relative_rms(&before, &want), relative_rms(&after, &want));
+    let r: AstrometryFile = tessera::io::json::read_json(&w.path().join("out/astrometry/astrometry.json")).unwrap();
+    let c = r.correction.expect("a solution");
+    let tweak = |file: &str| -> PathBuf {
+        w.path().join("out/astrometry").join(format!("{}_tweakback.fits", file.strip_suffix("_cal.fits").unwrap()))
+    };
+    let (abs, _) = lattice(dir, &|file, _| read_cal_meta(&tweak(file)).unwrap().wcs);
+    let rabs = rms(&abs, &want);
+    let drot = c.rotation_deg - t.absolute_rotation_deg;
+    let sig = r.steps[1].rotation_err_deg;
+    eprintln!(
+        "MIRI: relative rms {:.1} -> {:.2} mas; absolute rms {:.2} mas; rotation error {:.5} deg (1-sigma {:.5})",
+        1e3 * rb,
+        1e3 * ra,
+        1e3 * rabs,
+        drot,
+        sig
+    );
+    assert!(rb > 0.05, "too small pointing errors ({rb} arcsec)");
+    assert!(ra < 0.010, "MIRI relative rms {:.2} mas", 1e3 * ra);
+    assert!(rabs < 0.010, "MIRI absolute rms {:.2} mas", 1e3 * rabs);
+    // the rotation is measured to its statistical error (0.0016 deg for ~160 stars over 2')
+    assert!(drot.abs() < 3.0 * sig && sig < 0.003, "rotation off by {drot} deg (1-sigma {sig})");
+    assert!(w.path().join("out/astrometry/F1000W_residuals.png").is_file());
 }
