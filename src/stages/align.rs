@@ -39,6 +39,9 @@ use std::collections::BTreeMap;
 /// Stage name: CLI, TOML section, output folder.
 pub const STAGE: &str = "align";
 
+/// One exposure's sources on the tangent plane (arcsec), or why there are none.
+type Detected = Result<Vec<[f64; 2]>, String>;
+
 /// The shift of one visit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VisitShift {
@@ -260,11 +263,12 @@ fn gauss_solve(mut a: Vec<Vec<f64>>) -> Vec<f64> {
         let p = (c..m).max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs())).expect("non-empty");
         a.swap(c, p);
         let piv = a[c][c];
-        for r in c + 1..m {
-            let f = a[r][c] / piv;
+        let pivot_row = a[c].clone();
+        for row in a.iter_mut().skip(c + 1) {
+            let f = row[c] / piv;
             if f != 0.0 {
-                for k in c..=m {
-                    a[r][k] -= f * a[c][k];
+                for (v, p) in row.iter_mut().zip(&pivot_row).skip(c) {
+                    *v -= f * p;
                 }
             }
         }
@@ -302,13 +306,13 @@ pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> any
             ));
         }
         let fwhm = fwhm_arcsec(cfg.align.fwhm_arcsec, &band, plan.instrument);
-        let mine: Vec<(usize, Result<Vec<[f64; 2]>, String>)> = plan
+        let mine: Vec<(usize, Detected)> = plan
             .exposures_of(comm.rank())
             .map(|e| (e.index, exposure_sources(&metas[e.index], tangent, fwhm, cfg)))
             .collect();
         let gathered = comm.gather_values(0, &mine)?;
         comm.on_root_then_broadcast(0, || -> Result<AlignFile, String> {
-            let mut per_exp: Vec<Option<Result<Vec<[f64; 2]>, String>>> = vec![None; metas.len()];
+            let mut per_exp: Vec<Option<Detected>> = vec![None; metas.len()];
             for (i, r) in gathered.expect("root gathers").into_iter().flatten() {
                 per_exp[i] = Some(r);
             }
@@ -394,7 +398,7 @@ fn solve(
     tangent: [f64; 2],
     fwhm: f64,
     reference_band: &str,
-    per_exp: Vec<Option<Result<Vec<[f64; 2]>, String>>>,
+    per_exp: Vec<Option<Detected>>,
     notes: Vec<String>,
 ) -> AlignFile {
     let mut warnings = notes;

@@ -215,7 +215,7 @@ fn solve(plan: &Plan, cfg: &Config, mosaic: &Path, catalog: &Path, dir: &Path) -
     };
     let sci = read_ext_f32(mosaic, "SCI")?;
     let wht = read_ext_f32(mosaic, "WHT")?;
-    let mask = ndarray::Zip::from(&sci).and(&wht).map_collect(|s, w| !s.is_finite() || !(*w > 0.0));
+    let mask = ndarray::Zip::from(&sci).and(&wht).map_collect(|s, w| !s.is_finite() || w.is_nan() || *w <= 0.0);
     let fwhm_px = fwhm_arcsec(a.fwhm_arcsec, &plan.band, plan.instrument) / plan.grid.pixscale_arcsec;
     let px = match detect(sci.view(), mask.view(), fwhm_px, a.threshold_sigma, a.brightest) {
         Ok(p) => p,
