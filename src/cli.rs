@@ -110,6 +110,9 @@ pub struct MosaicArgs {
     /// Skip prep (MIRI Lyot separation and off-source background), for comparison  [prep.enabled = false]
     #[arg(long)]
     pub no_prep: bool,
+    /// Skip relative alignment between visits, for comparison  [align.enabled = false]
+    #[arg(long)]
+    pub no_align: bool,
 }
 
 impl MosaicArgs {
@@ -121,6 +124,9 @@ impl MosaicArgs {
         }
         if self.no_prep {
             sets.push("prep.enabled=false".to_string());
+        }
+        if self.no_align {
+            sets.push("align.enabled=false".to_string());
         }
         sets
     }

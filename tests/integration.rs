@@ -4,6 +4,8 @@
 
 mod common;
 
+#[path = "integration/align.rs"]
+mod align;
 #[path = "integration/cli.rs"]
 mod cli;
 #[path = "integration/fits_io.rs"]

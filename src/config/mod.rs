@@ -13,12 +13,12 @@ mod raw;
 mod resolved;
 
 pub use raw::{
-    RawAssemble, RawConfig, RawDrizzle, RawGrid, RawLevel, RawOutlier, RawPlan, RawRun, RawSimulate, RawTarget,
-    DEFAULT_TOML,
+    RawAlign, RawAssemble, RawAstrometry, RawConfig, RawDrizzle, RawGrid, RawLevel, RawOutlier, RawPlan, RawPrep,
+    RawRun, RawSimulate, RawTarget, DEFAULT_TOML,
 };
 pub use resolved::{
-    AssembleConfig, Config, DrizzleConfig, Instrument, LevelConfig, OutlierConfig, PlanConfig, PrepConfig, RunConfig,
-    SimSize, SimulateConfig, Target, UserGrid, WeightType,
+    AlignConfig, AssembleConfig, AstrometryConfig, Config, DrizzleConfig, Instrument, LevelConfig, OutlierConfig,
+    PlanConfig, PrepConfig, RunConfig, SimSize, SimulateConfig, Target, UserGrid, WeightType,
 };
 
 use std::path::{Path, PathBuf};

@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub plan: RawPlan,
     /// The `prep` stage: DQ masks, MIRI Lyot separation, MIRI off-source background subtraction.
     pub prep: RawPrep,
+    /// The `align` stage: relative astrometry, one shift per visit.
+    pub align: RawAlign,
     /// The `level` stage: background level matching between exposures and between tiles.
     pub level: RawLevel,
     /// The `outlier` stage: cosmic rays and other outliers against the median of the exposures.
@@ -21,6 +23,8 @@ pub struct RawConfig {
     pub drizzle: RawDrizzle,
     /// The `assemble` stage: the mosaic FITS from the band store.
     pub assemble: RawAssemble,
+    /// The `astrometry` stage: absolute astrometry against a reference catalogue.
+    pub astrometry: RawAstrometry,
     /// `tessera simulate`: the synthetic survey.
     pub simulate: RawSimulate,
     /// Targets for `tessera run`: one `[[target]]` table each.
@@ -58,6 +62,92 @@ impl Default for RawPrep {
             off_name: "off".into(),
             off_inputs: vec![],
             off_sigma: 1.5,
+        }
+    }
+}
+
+/// `[align]` (pjpipe get_wcs_adjust / apply_wcs_adjust with tweakreg's matching parameters).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAlign {
+    /// Run the stage (`tessera mosaic --no-align` turns it off for one run).
+    pub enabled: bool,
+    /// Band the visit shifts are solved in; empty = F300M for NIRCam, F1000W for MIRI.
+    pub reference_band: String,
+    /// The reference band's `align/align.json`, applied to the other bands of the same visits;
+    /// empty = solve in the band at hand when it is not the reference band (with a note).
+    pub shifts_file: String,
+    /// PSF FWHM for source detection, arcsec; 0 = the band's FWHM from the PHANGS table.
+    pub fwhm_arcsec: f64,
+    /// Detection threshold in noise sigmas.
+    pub threshold_sigma: f64,
+    /// Keep the brightest N point sources per exposure.
+    pub brightest: usize,
+    /// Half size of the shift search between two visits, arcsec.
+    pub search_radius_arcsec: f64,
+    /// Matching radius after the shift search, arcsec.
+    pub tolerance_arcsec: f64,
+    /// Fewer matched sources than this between two visits is a failed pair (tweakreg's minobj).
+    pub min_matches: usize,
+}
+
+impl Default for RawAlign {
+    fn default() -> Self {
+        RawAlign {
+            enabled: true,
+            reference_band: String::new(),
+            shifts_file: String::new(),
+            fwhm_arcsec: 0.0,
+            threshold_sigma: 5.0,
+            brightest: 500,
+            search_radius_arcsec: 1.0,
+            tolerance_arcsec: 0.2,
+            min_matches: 3,
+        }
+    }
+}
+
+/// `[astrometry]` (pjpipe astrometric_align: a wide shift search, then a strict shift + rotation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAstrometry {
+    /// Reference catalogue (CSV, ECSV or FITS table with ra, dec in deg); empty = no absolute
+    /// astrometry. `tessera mosaic --catalog` sets it for one run.
+    pub catalog: String,
+    /// Band the solution is measured in; empty = every band solves its own. A band that is not the
+    /// reference band applies `solution_file` when given.
+    pub reference_band: String,
+    /// The reference band's `astrometry/astrometry.json`, applied unchanged to this band; empty = solve.
+    pub solution_file: String,
+    /// PSF FWHM for source detection, arcsec; 0 = the band's FWHM from the PHANGS table.
+    pub fwhm_arcsec: f64,
+    /// Detection threshold in noise sigmas.
+    pub threshold_sigma: f64,
+    /// Keep the brightest N point sources of the mosaic.
+    pub brightest: usize,
+    /// Step 1 (shift): half size of the shift search, arcsec.
+    pub search_radius_arcsec: f64,
+    /// Step 1 (shift): matching radius, arcsec.
+    pub wide_tolerance_arcsec: f64,
+    /// Step 2 (shift + rotation): matching radius, arcsec.
+    pub strict_tolerance_arcsec: f64,
+    /// Fewer matched sources than this is a failed solution (the WCS is kept).
+    pub min_matches: usize,
+}
+
+impl Default for RawAstrometry {
+    fn default() -> Self {
+        RawAstrometry {
+            catalog: String::new(),
+            reference_band: String::new(),
+            solution_file: String::new(),
+            fwhm_arcsec: 0.0,
+            threshold_sigma: 5.0,
+            brightest: 1000,
+            search_radius_arcsec: 1.5,
+            wide_tolerance_arcsec: 0.15,
+            strict_tolerance_arcsec: 0.05,
+            min_matches: 5,
         }
     }
 }
@@ -459,6 +549,27 @@ off_inputs = []
 # Clipping threshold of the per-pixel combination of the off exposures, in standard deviations.
 off_sigma = 1.5
 
+[align]
+# Run the stage (`tessera mosaic --no-align` turns it off for one run).
+enabled = true
+# Band the visit shifts are solved in; empty = F300M for NIRCam, F1000W for MIRI.
+reference_band = ""
+# The reference band's align/align.json, applied to the other bands of the same visits;
+# empty = solve in the band at hand when it is not the reference band (with a note).
+shifts_file = ""
+# PSF FWHM for source detection, arcsec; 0 = the band's FWHM from the PHANGS table.
+fwhm_arcsec = 0.0
+# Detection threshold in noise sigmas.
+threshold_sigma = 5.0
+# Keep the brightest N point sources per exposure.
+brightest = 500
+# Half size of the shift search between two visits, arcsec.
+search_radius_arcsec = 1.0
+# Matching radius after the shift search, arcsec.
+tolerance_arcsec = 0.2
+# Fewer matched sources than this between two visits is a failed pair (tweakreg's minobj).
+min_matches = 3
+
 [level]
 # Run the stage (`tessera mosaic --no-level` turns it off for one run).
 enabled = true
@@ -509,6 +620,30 @@ weight_type = "ivm"
 [assemble]
 # Rows of the mosaic streamed from the band store per block (bounds rank 0's memory).
 row_block = 512
+
+[astrometry]
+# Reference catalogue (CSV, ECSV or FITS table with ra, dec in deg); empty = no absolute
+# astrometry. `tessera mosaic --catalog` sets it for one run.
+catalog = ""
+# Band the solution is measured in; empty = every band solves its own. A band that is not the
+# reference band applies solution_file when given.
+reference_band = ""
+# The reference band's astrometry/astrometry.json, applied unchanged to this band; empty = solve.
+solution_file = ""
+# PSF FWHM for source detection, arcsec; 0 = the band's FWHM from the PHANGS table.
+fwhm_arcsec = 0.0
+# Detection threshold in noise sigmas.
+threshold_sigma = 5.0
+# Keep the brightest N point sources of the mosaic.
+brightest = 1000
+# Step 1 (shift): half size of the shift search, arcsec.
+search_radius_arcsec = 1.5
+# Step 1 (shift): matching radius, arcsec.
+wide_tolerance_arcsec = 0.15
+# Step 2 (shift + rotation): matching radius, arcsec.
+strict_tolerance_arcsec = 0.05
+# Fewer matched sources than this is a failed solution (the WCS is kept).
+min_matches = 5
 
 # Targets for `tessera run` (repeat the table for each target):
 # [[target]]

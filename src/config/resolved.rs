@@ -10,10 +10,12 @@ pub struct Config {
     pub run: RunConfig,
     pub plan: PlanConfig,
     pub prep: PrepConfig,
+    pub align: AlignConfig,
     pub level: LevelConfig,
     pub outlier: OutlierConfig,
     pub drizzle: DrizzleConfig,
     pub assemble: AssembleConfig,
+    pub astrometry: AstrometryConfig,
     pub simulate: SimulateConfig,
     pub targets: Vec<Target>,
 }
@@ -28,6 +30,37 @@ pub struct PrepConfig {
     pub off_name: String,
     pub off_inputs: Vec<std::path::PathBuf>,
     pub off_sigma: f64,
+}
+
+/// The checked `[align]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlignConfig {
+    pub enabled: bool,
+    /// Upper-case band; `None` = the instrument's default (F300M, F1000W).
+    pub reference_band: Option<String>,
+    pub shifts_file: Option<std::path::PathBuf>,
+    /// `None` = from the band.
+    pub fwhm_arcsec: Option<f64>,
+    pub threshold_sigma: f64,
+    pub brightest: usize,
+    pub search_radius_arcsec: f64,
+    pub tolerance_arcsec: f64,
+    pub min_matches: usize,
+}
+
+/// The checked `[astrometry]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AstrometryConfig {
+    pub catalog: Option<std::path::PathBuf>,
+    pub reference_band: Option<String>,
+    pub solution_file: Option<std::path::PathBuf>,
+    pub fwhm_arcsec: Option<f64>,
+    pub threshold_sigma: f64,
+    pub brightest: usize,
+    pub search_radius_arcsec: f64,
+    pub wide_tolerance_arcsec: f64,
+    pub strict_tolerance_arcsec: f64,
+    pub min_matches: usize,
 }
 
 /// The checked `[level]` section.
@@ -476,7 +509,58 @@ impl RawConfig {
                 catalog: t.catalog.as_ref().map(Into::into),
             });
         }
-        Ok(Config { run, plan, prep, level, outlier, drizzle, assemble, simulate, targets })
+        let a = &self.align;
+        let opt_path = |v: &str| (!v.trim().is_empty()).then(|| std::path::PathBuf::from(v.trim()));
+        let opt_band = |key: &str, v: &str| -> Result<Option<String>, ConfigError> {
+            let b = v.trim().to_ascii_uppercase();
+            if b.is_empty() {
+                Ok(None)
+            } else if Instrument::of_filter(&b).is_some() {
+                Ok(Some(b))
+            } else {
+                Err(invalid(key, format!("`{v}` is not a JWST imaging filter")))
+            }
+        };
+        let opt_fwhm =
+            |key: &str, v: f64| -> Result<Option<f64>, ConfigError> { Ok((non_negative(key, v)? > 0.0).then_some(v)) };
+        let at_least = |key: &str, v: usize, min: usize| {
+            if v >= min {
+                Ok(v)
+            } else {
+                Err(invalid(key, format!("must be at least {min}, got {v}")))
+            }
+        };
+        let align = AlignConfig {
+            enabled: a.enabled,
+            reference_band: opt_band("align.reference_band", &a.reference_band)?,
+            shifts_file: opt_path(&a.shifts_file),
+            fwhm_arcsec: opt_fwhm("align.fwhm_arcsec", a.fwhm_arcsec)?,
+            threshold_sigma: positive("align.threshold_sigma", a.threshold_sigma)?,
+            brightest: at_least("align.brightest", a.brightest, 1)?,
+            search_radius_arcsec: positive("align.search_radius_arcsec", a.search_radius_arcsec)?,
+            tolerance_arcsec: positive("align.tolerance_arcsec", a.tolerance_arcsec)?,
+            min_matches: at_least("align.min_matches", a.min_matches, 1)?,
+        };
+        let s = &self.astrometry;
+        let astrometry = AstrometryConfig {
+            catalog: opt_path(&s.catalog),
+            reference_band: opt_band("astrometry.reference_band", &s.reference_band)?,
+            solution_file: opt_path(&s.solution_file),
+            fwhm_arcsec: opt_fwhm("astrometry.fwhm_arcsec", s.fwhm_arcsec)?,
+            threshold_sigma: positive("astrometry.threshold_sigma", s.threshold_sigma)?,
+            brightest: at_least("astrometry.brightest", s.brightest, 1)?,
+            search_radius_arcsec: positive("astrometry.search_radius_arcsec", s.search_radius_arcsec)?,
+            wide_tolerance_arcsec: positive("astrometry.wide_tolerance_arcsec", s.wide_tolerance_arcsec)?,
+            strict_tolerance_arcsec: positive("astrometry.strict_tolerance_arcsec", s.strict_tolerance_arcsec)?,
+            min_matches: at_least("astrometry.min_matches", s.min_matches, 2)?,
+        };
+        if align.tolerance_arcsec > align.search_radius_arcsec {
+            return Err(invalid("align.tolerance_arcsec", "must not exceed align.search_radius_arcsec"));
+        }
+        if astrometry.wide_tolerance_arcsec > astrometry.search_radius_arcsec {
+            return Err(invalid("astrometry.wide_tolerance_arcsec", "must not exceed astrometry.search_radius_arcsec"));
+        }
+        Ok(Config { run, plan, prep, align, level, outlier, drizzle, assemble, astrometry, simulate, targets })
     }
 }
 

@@ -4,11 +4,13 @@
 //! the first pixel is 0.0) and sky coordinates in degrees. No files, no MPI, no config: FITS header
 //! cards reach this module as a plain map built by `io::fits`.
 
+pub mod correction;
 pub mod grid;
 pub mod pixmap;
 pub mod polygon;
 pub mod wcs;
 
+pub use correction::SkyCorrection;
 pub use grid::OutputGrid;
 pub use polygon::Polygon;
 pub use wcs::{sky_to_tangent_arcsec, tangent_arcsec_to_sky, CardValue, SipPoly, TanSip, WcsError};

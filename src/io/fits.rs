@@ -771,3 +771,63 @@ pub fn read_header(path: &Path, ext: &str) -> Result<BTreeMap<String, CardValue>
     let mut f = open(path)?;
     read_cards(&mut f, path, ext)
 }
+
+/// Copy `src` to `dst` (atomically; `dst` may be `src`) with the WCS cards of every HDU in `hdus`
+/// that exists replaced by `wcs_cards`, and `history` appended to PRIMARY. Everything else (data,
+/// other keywords) is copied byte for byte. Used by the `astrometry` stage for the corrected mosaic
+/// and the tweakback exposures.
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU (a missing `src`, an unwritable `dst`).
+pub fn copy_with_wcs(
+    src: &Path,
+    dst: &Path,
+    hdus: &[&str],
+    wcs_cards: &[Card],
+    history: &[String],
+) -> Result<(), FitsError> {
+    if !src.is_file() {
+        return Err(FitsError::cfitsio(src, None, "file does not exist"));
+    }
+    crate::io::write_atomic(dst, |tmp| -> Result<(), FitsError> {
+        std::fs::copy(src, tmp).map_err(|e| FitsError::cfitsio(dst, None, e))?;
+        let mut f = FitsFile::edit(tmp).map_err(|e| FitsError::cfitsio(dst, None, e))?;
+        for name in hdus {
+            if f.hdu(*name).is_ok() {
+                put_cards(&mut f, dst, name, wcs_cards)?;
+            }
+        }
+        f.primary_hdu().map_err(|e| FitsError::cfitsio(dst, Some("PRIMARY"), e))?;
+        put_history(&mut f, dst, "PRIMARY", history)
+    })
+}
+
+/// Read two float columns of the first binary or ASCII table of a FITS file whose names match
+/// `names` (case-insensitive, first match of each list), e.g. RA and Dec.
+///
+/// # Errors
+/// [`FitsError`] naming the file: no table HDU, a missing column.
+pub fn read_table_columns(path: &Path, names: [&[&str]; 2]) -> Result<[Vec<f64>; 2], FitsError> {
+    let mut f = open(path)?;
+    for i in 1..64 {
+        let Ok(h) = f.hdu(i) else { break };
+        let HduInfo::TableInfo { column_descriptions, .. } = &h.info else { continue };
+        let mut out: [Vec<f64>; 2] = [vec![], vec![]];
+        for (k, wanted) in names.iter().enumerate() {
+            let col = column_descriptions
+                .iter()
+                .find(|c| wanted.iter().any(|w| c.name.eq_ignore_ascii_case(w)))
+                .ok_or_else(|| {
+                    FitsError::new(
+                        path,
+                        Some(&format!("{i}")),
+                        Some(wanted[0]),
+                        FitsProblem::BadData(format!("no column named {}", wanted.join(" or "))),
+                    )
+                })?;
+            out[k] = h.read_col::<f64>(&mut f, &col.name).map_err(|e| FitsError::cfitsio(path, None, e))?;
+        }
+        return Ok(out);
+    }
+    Err(FitsError::new(path, None, None, FitsProblem::BadData("no table extension".into())))
+}

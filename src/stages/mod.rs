@@ -2,7 +2,9 @@
 //! writing products through `io` and calling pure `kernels`. The stage names here are the names used
 //! in the CLI, the TOML sections, the HDF5 groups and the output folders.
 
+pub mod align;
 pub mod assemble;
+pub mod astrometry;
 pub mod campaign;
 pub mod drizzle;
 pub mod level;

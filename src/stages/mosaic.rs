@@ -1,5 +1,5 @@
-//! `tessera mosaic`: the single-band entry point, chaining `plan → prep → level → outlier → drizzle →
-//! assemble` on the given cal files, alone or under `mpirun`.
+//! `tessera mosaic`: the single-band entry point, chaining `plan → prep → align → level → outlier →
+//! drizzle → assemble → astrometry` on the given cal files, alone or under `mpirun`.
 //!
 //! Products under `run.output_dir`:
 //! - `plan/plan.json`
@@ -8,8 +8,11 @@
 //! - `outlier/flags.json`
 //! - `drizzle/<band>.h5`, the band store written with collective MPI-IO
 //! - the mosaic FITS at `-o`
+//! - `align/align.json`, `align/plan.json` (the plan rebuilt from the aligned WCSs)
+//! - with a catalogue: `astrometry/astrometry.json`, `astrometry/matches.csv`,
+//!   `astrometry/*_tweakback.fits`, and the mosaic's WCS corrected
 //!
-//! Stages of SPEC not implemented yet (destripe, align, destripe_multi, astrometry) are
+//! Stages of SPEC not implemented yet (destripe, destripe_multi) are
 //! named in a warning, never skipped silently.
 
 use super::outlier::OutlierFlags;
@@ -33,25 +36,18 @@ pub fn run(
     output: &Path,
     catalog: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
+    let origin = if catalog.is_some() { "--catalog" } else { "astrometry.catalog =" };
+    let catalog = catalog.or(cfg.astrometry.catalog.as_deref());
     if let Some(c) = catalog {
         if !c.is_file() {
-            anyhow::bail!("--catalog {}: no such file", c.display());
-        }
-        if comm.rank() == 0 {
-            tracing::warn!(
-                "--catalog {}: the astrometry stage is not implemented yet; the catalogue is not used",
-                c.display()
-            );
+            anyhow::bail!("{origin} {}: no such file", c.display());
         }
     }
     if comm.rank() == 0 {
-        tracing::warn!("stages destripe, align and destripe_multi are not implemented yet: mosaicking without them");
+        tracing::warn!("stages destripe and destripe_multi are not implemented yet: mosaicking without them");
     }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
-    let plan = &planned.plan;
-    let prov = Provenance::new(raw, comm);
-    let root = comm.rank() == 0;
-    let interval = cfg.run.progress_interval_s;
+    let mut plan = &planned.plan;
 
     // prep
     let prepped = if cfg.prep.enabled {
@@ -59,7 +55,39 @@ pub fn run(
     } else {
         planned.metas.clone()
     };
-    let metas = &prepped;
+    let mut metas = &prepped;
+
+    // align: the visit shifts correct the exposure WCSs; the plan is rebuilt from the corrected
+    // headers (a pure function, the same on every rank), so every later stage sees only them
+    let aligned;
+    if cfg.align.enabled {
+        let t = std::time::Instant::now();
+        let (m, report) = super::align::run(comm, plan, metas, cfg)?;
+        let p =
+            crate::plan::build_plan(&m, &cfg.plan, cfg.run.mem_budget_mb, comm.size()).context("plan after align")?;
+        if comm.rank() == 0 {
+            let solved = report.visits.iter().filter(|v| v.solved).count();
+            let rms =
+                (report.visits.iter().map(|v| v.shift_arcsec[0].powi(2) + v.shift_arcsec[1].powi(2)).sum::<f64>()
+                    / report.visits.len().max(1) as f64)
+                    .sqrt();
+            super::plan::write_plan(&cfg.run.output_dir.join(super::align::STAGE).join("plan.json"), &p)?;
+            tracing::info!(
+                "[align] {solved} of {} visits aligned ({}), rms shift {:.1} mas; report in {} ({:.1} s)",
+                report.visits.len(),
+                report.method,
+                1000.0 * rms,
+                cfg.run.output_dir.join(super::align::STAGE).display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        aligned = (p, m);
+        plan = &aligned.0;
+        metas = &aligned.1;
+    }
+    let prov = Provenance::new(raw, comm);
+    let root = comm.rank() == 0;
+    let interval = cfg.run.progress_interval_s;
 
     // level
     let corr = if cfg.level.enabled {
@@ -136,6 +164,29 @@ pub fn run(
         Ok(())
     })
     .context("assemble")?;
+
+    // astrometry: the mosaic against the reference catalogue, tweakback to every exposure
+    if super::astrometry::wanted(cfg, &plan.band, catalog) {
+        let t = std::time::Instant::now();
+        let r = super::astrometry::run(comm, plan, metas, cfg, output, catalog)?;
+        if root {
+            match &r.correction {
+                Some(c) => tracing::info!(
+                    "[astrometry] shift ({:.1}, {:.1}) mas E,N, rotation {:.5} deg ({}, {} matches); mosaic WCS \
+                     updated, {} tweakback files in {} ({:.1} s)",
+                    1e3 * c.shift_arcsec[0],
+                    1e3 * c.shift_arcsec[1],
+                    c.rotation_deg,
+                    r.method,
+                    r.steps.last().map_or(0, |s| s.n_matches),
+                    r.tweakback.len(),
+                    cfg.run.output_dir.join(super::astrometry::STAGE).display(),
+                    t.elapsed().as_secs_f64()
+                ),
+                None => tracing::warn!("[astrometry] no solution: the mosaic and exposure WCSs are unchanged"),
+            }
+        }
+    }
     if root {
         println!("mosaic:      {}", output.display());
         println!("band store:  {}", store.display());
