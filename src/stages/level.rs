@@ -52,6 +52,9 @@ struct Step<'a> {
     sky: bool,
     /// Fit planes (offset and slopes) instead of constants; keeps each difference's grid position.
     planes: bool,
+    /// The matching problem each image belongs to: pjpipe solves each dither group on its own, so
+    /// its pair rejection (which compares a pair with the mean of the others) runs per problem.
+    problem_of: Box<dyn Fn(usize) -> usize + 'a>,
 }
 
 /// What one rank measured in one step.
@@ -154,6 +157,7 @@ pub fn run(
         pair_ok: Box::new(|a, b| group_of[a] == group_of[b]),
         sky: false,
         planes: false,
+        problem_of: Box::new(|a| group_of[a]),
     };
     let r1 = match_step(
         comm,
@@ -195,6 +199,7 @@ pub fn run(
             pair_ok: Box::new(|a, b| a / 2 == b / 2),
             sky: false,
             planes: false,
+            problem_of: Box::new(|a| a / 2),
         };
         let rl = match_step(
             comm,
@@ -237,6 +242,7 @@ pub fn run(
         pair_ok: Box::new(|_, _| true),
         sky: true,
         planes: cfg.level.tile_planes,
+        problem_of: Box::new(|_| 0),
     };
     let r2 = match_step(
         comm,
@@ -390,7 +396,18 @@ fn match_step(
             extent_b_yx: image_ext[b].extent_yx(),
         })
         .collect();
-    let status = reject_pairs(&measures, rej);
+    // pair rejection per matching problem
+    let mut status = vec![PairStatus::Invalid; keys.len()];
+    let mut problems: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (p, &(a, _)) in keys.iter().enumerate() {
+        problems.entry((step.problem_of)(a)).or_default().push(p);
+    }
+    for members in problems.values() {
+        let m: Vec<PairMeasure> = members.iter().map(|&p| measures[p].clone()).collect();
+        for (&p, st) in members.iter().zip(reject_pairs(&m, rej)) {
+            status[p] = st;
+        }
+    }
     let used: Vec<usize> = (0..keys.len()).filter(|&p| status[p] == PairStatus::Used).collect();
     let pair_planes =
         if step.planes { fit_pair_planes(comm, &keys, &used, &local, &pair_stats, clip)? } else { vec![] };
