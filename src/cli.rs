@@ -107,16 +107,22 @@ pub struct MosaicArgs {
     /// Skip background level matching, for comparison  [level.enabled = false]
     #[arg(long)]
     pub no_level: bool,
+    /// Skip NIRCam 1/f destriping, for comparison  [destripe.enabled = false]
+    #[arg(long)]
+    pub no_destripe: bool,
 }
 
 impl MosaicArgs {
     /// The flags as `--set` overrides.
     pub fn as_sets(&self) -> Vec<String> {
+        let mut s = vec![];
         if self.no_level {
-            vec!["level.enabled=false".to_string()]
-        } else {
-            vec![]
+            s.push("level.enabled=false".to_string());
         }
+        if self.no_destripe {
+            s.push("destripe.enabled=false".to_string());
+        }
+        s
     }
 }
 

@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub run: RawRun,
     /// The `plan` stage: output grid, chunk grid, work assignment.
     pub plan: RawPlan,
+    /// The `destripe` stage: NIRCam 1/f stripes removed from each exposure alone.
+    pub destripe: RawDestripe,
     /// The `level` stage: background level matching between exposures and between tiles.
     pub level: RawLevel,
     /// The `outlier` stage: cosmic rays and other outliers against the median of the exposures.
@@ -56,6 +58,43 @@ impl Default for RawLevel {
             min_linear_frac: 0.2,
             rms_sig_limit: 2.0,
             subtract_sky: true,
+        }
+    }
+}
+
+/// `[destripe]` (pjpipe single_tile_destripe with the PHANGS settings).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDestripe {
+    /// Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off for one run).
+    pub enabled: bool,
+    /// Median-filter scales of the row-profile cascade, rows, ascending.
+    pub filter_scales: Vec<usize>,
+    /// Cutoff of the Butterworth high-pass, fraction of the sampling frequency (0.005 = ~200 px).
+    pub cutoff_ratio: f64,
+    /// Source-mask and clipping threshold, standard deviations.
+    pub sigma: f64,
+    /// Side of the square dilation of the source mask, pixels.
+    pub dilate_size: usize,
+    /// Amplifier rows with less than this unmasked fraction use the full-row median.
+    pub min_mask_frac: f64,
+    /// Seed of the Gaussian fill of masked pixels before the high-pass.
+    pub seed: u64,
+    /// Write a PNG per exposure (data, model, corrected) under destripe/.
+    pub png: bool,
+}
+
+impl Default for RawDestripe {
+    fn default() -> Self {
+        RawDestripe {
+            enabled: true,
+            filter_scales: vec![3, 7, 15, 31, 63, 127, 255, 511],
+            cutoff_ratio: 0.005,
+            sigma: 3.0,
+            dilate_size: 7,
+            min_mask_frac: 0.2,
+            seed: 0,
+            png: false,
         }
     }
 }
@@ -398,6 +437,24 @@ max_output_mpix = 2000.0
 # pixscale_arcsec = 0.063
 # Position angle of +y east of north, deg (0 = north up).
 # rotation_deg = 0.0
+
+[destripe]
+# Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off for one run).
+enabled = true
+# Median-filter scales of the row-profile cascade, rows, ascending.
+filter_scales = [3, 7, 15, 31, 63, 127, 255, 511]
+# Cutoff of the Butterworth high-pass, fraction of the sampling frequency (0.005 = ~200 px).
+cutoff_ratio = 0.005
+# Source-mask and clipping threshold, standard deviations.
+sigma = 3.0
+# Side of the square dilation of the source mask, pixels.
+dilate_size = 7
+# Amplifier rows with less than this unmasked fraction use the full-row median.
+min_mask_frac = 0.2
+# Seed of the Gaussian fill of masked pixels before the high-pass.
+seed = 0
+# Write a PNG per exposure (data, model, corrected) under destripe/.
+png = false
 
 [level]
 # Run the stage (`tessera mosaic --no-level` turns it off for one run).

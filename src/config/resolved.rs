@@ -9,12 +9,26 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub run: RunConfig,
     pub plan: PlanConfig,
+    pub destripe: DestripeConfig,
     pub level: LevelConfig,
     pub outlier: OutlierConfig,
     pub drizzle: DrizzleConfig,
     pub assemble: AssembleConfig,
     pub simulate: SimulateConfig,
     pub targets: Vec<Target>,
+}
+
+/// The checked `[destripe]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DestripeConfig {
+    pub enabled: bool,
+    pub filter_scales: Vec<usize>,
+    pub cutoff_ratio: f64,
+    pub sigma: f64,
+    pub dilate_size: usize,
+    pub min_mask_frac: f64,
+    pub seed: u64,
+    pub png: bool,
 }
 
 /// The checked `[level]` section.
@@ -367,6 +381,23 @@ impl RawConfig {
             catalog_noise_arcsec: non_negative("simulate.catalog_noise_arcsec", s.catalog_noise_arcsec)?,
             truth_pixscale_factor: positive("simulate.truth_pixscale_factor", s.truth_pixscale_factor)?,
         };
+        let ds = &self.destripe;
+        if ds.filter_scales.is_empty() || ds.filter_scales.iter().any(|&k| k == 0) {
+            return Err(invalid("destripe.filter_scales", "needs at least one scale, every scale > 0"));
+        }
+        if !(ds.cutoff_ratio > 0.0 && ds.cutoff_ratio <= 0.5) {
+            return Err(invalid("destripe.cutoff_ratio", format!("must be in (0, 0.5], got {}", ds.cutoff_ratio)));
+        }
+        let destripe = DestripeConfig {
+            enabled: ds.enabled,
+            filter_scales: ds.filter_scales.clone(),
+            cutoff_ratio: ds.cutoff_ratio,
+            sigma: positive("destripe.sigma", ds.sigma)?,
+            dilate_size: ds.dilate_size.max(1),
+            min_mask_frac: frac("destripe.min_mask_frac", ds.min_mask_frac)?,
+            seed: ds.seed,
+            png: ds.png,
+        };
         let l = &self.level;
         if l.maxiters == 0 {
             return Err(invalid("level.maxiters", "must be at least 1"));
@@ -440,7 +471,7 @@ impl RawConfig {
                 catalog: t.catalog.as_ref().map(Into::into),
             });
         }
-        Ok(Config { run, plan, level, outlier, drizzle, assemble, simulate, targets })
+        Ok(Config { run, plan, destripe, level, outlier, drizzle, assemble, simulate, targets })
     }
 }
 

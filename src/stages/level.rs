@@ -146,7 +146,10 @@ pub fn run(
         &mut rows,
         &mut warnings,
     )?;
-    let mut corr = Corrections { offset_mjysr: o1.iter().enumerate().map(|(k, o)| prior.offset(k) + o).collect() };
+    let mut corr = Corrections {
+        offset_mjysr: o1.iter().enumerate().map(|(k, o)| prior.offset(k) + o).collect(),
+        ..prior.clone()
+    };
 
     // step 2: tile groups, reference = the best connected
     let s2 = Step {

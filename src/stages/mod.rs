@@ -4,6 +4,7 @@
 
 pub mod assemble;
 pub mod campaign;
+pub mod destripe;
 pub mod drizzle;
 pub mod level;
 pub mod mosaic;

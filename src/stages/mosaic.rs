@@ -1,8 +1,9 @@
-//! `tessera mosaic`: the single-band entry point, chaining `plan → level → outlier → drizzle → assemble` on
+//! `tessera mosaic`: the single-band entry point, chaining `plan → destripe → level → outlier → drizzle → assemble` on
 //! the given cal files, alone or under `mpirun`.
 //!
 //! Products under `run.output_dir`:
 //! - `plan/plan.json`
+//! - `destripe/destripe.json`, `destripe/<band>.h5`: the stripe models (NIRCam)
 //! - `level/level.json`, `level/pairs.csv`: every pair and the solved offsets
 //! - `outlier/flags.json`
 //! - `drizzle/<band>.h5`, the band store written with collective MPI-IO
@@ -44,9 +45,7 @@ pub fn run(
         }
     }
     if comm.rank() == 0 {
-        tracing::warn!(
-            "stages prep, destripe, align and destripe_multi are not implemented yet: mosaicking without them"
-        );
+        tracing::warn!("stages prep, align and destripe_multi are not implemented yet: mosaicking without them");
     }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
     let (plan, metas) = (&planned.plan, &planned.metas);
@@ -54,10 +53,31 @@ pub fn run(
     let root = comm.rank() == 0;
     let interval = cfg.run.progress_interval_s;
 
+    // destripe (NIRCam; MIRI exposures are passed through with a note)
+    let corr = if cfg.destripe.enabled {
+        let t = std::time::Instant::now();
+        let (c, report) = super::destripe::run(comm, plan, metas, cfg, &Corrections::none(metas.len()))?;
+        if root {
+            for note in &report.notes {
+                tracing::warn!("[destripe] {note}");
+            }
+            let done = report.exposures.iter().filter(|e| e.status == "destriped").count();
+            tracing::info!(
+                "[destripe] {done} of {} exposures destriped; models in {} ({:.1} s)",
+                metas.len(),
+                cfg.run.output_dir.join(super::destripe::STAGE).display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        c
+    } else {
+        Corrections::none(metas.len())
+    };
+
     // level
     let corr = if cfg.level.enabled {
         let t = std::time::Instant::now();
-        let (c, report) = super::level::run(comm, plan, metas, cfg, &Corrections::none(metas.len()))?;
+        let (c, report) = super::level::run(comm, plan, metas, cfg, &corr)?;
         if root {
             tracing::info!(
                 "[level] band sky {:.4} MJy/sr subtracted; report in {} ({:.1} s)",
@@ -68,7 +88,7 @@ pub fn run(
         }
         c
     } else {
-        Corrections::none(metas.len())
+        corr
     };
 
     // outlier
