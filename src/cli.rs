@@ -107,7 +107,7 @@ pub struct MosaicArgs {
     /// Skip background level matching, for comparison  [level.enabled = false]
     #[arg(long)]
     pub no_level: bool,
-    /// Skip NIRCam 1/f destriping, for comparison  [destripe.enabled = false]
+    /// Skip NIRCam 1/f destriping, for comparison  [destripe.enabled = destripe_multi.enabled = false]
     #[arg(long)]
     pub no_destripe: bool,
 }
@@ -121,6 +121,7 @@ impl MosaicArgs {
         }
         if self.no_destripe {
             s.push("destripe.enabled=false".to_string());
+            s.push("destripe_multi.enabled=false".to_string());
         }
         s
     }

@@ -15,6 +15,8 @@ pub struct RawConfig {
     pub destripe: RawDestripe,
     /// The `level` stage: background level matching between exposures and between tiles.
     pub level: RawLevel,
+    /// The `destripe_multi` stage: residual NIRCam stripes against the other exposures.
+    pub destripe_multi: RawDestripeMulti,
     /// The `outlier` stage: cosmic rays and other outliers against the median of the exposures.
     pub outlier: RawOutlier,
     /// The `drizzle` stage: resampling onto the output grid.
@@ -96,6 +98,20 @@ impl Default for RawDestripe {
             seed: 0,
             png: false,
         }
+    }
+}
+
+/// `[destripe_multi]` (pjpipe multi_tile_destripe pass A; thresholds shared with `[destripe]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDestripeMulti {
+    /// Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).
+    pub enabled: bool,
+}
+
+impl Default for RawDestripeMulti {
+    fn default() -> Self {
+        RawDestripeMulti { enabled: true }
     }
 }
 
@@ -471,6 +487,10 @@ min_linear_frac = 0.2
 rms_sig_limit = 2.0
 # Subtract one constant from the band at the end: the lowest sigma-clipped sky among the tiles.
 subtract_sky = true
+
+[destripe_multi]
+# Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).
+enabled = true
 
 [outlier]
 # Run the stage (false = no outlier flags; drizzle uses the DQ as it is).

@@ -11,6 +11,7 @@ pub struct Config {
     pub plan: PlanConfig,
     pub destripe: DestripeConfig,
     pub level: LevelConfig,
+    pub destripe_multi: DestripeMultiConfig,
     pub outlier: OutlierConfig,
     pub drizzle: DrizzleConfig,
     pub assemble: AssembleConfig,
@@ -29,6 +30,12 @@ pub struct DestripeConfig {
     pub min_mask_frac: f64,
     pub seed: u64,
     pub png: bool,
+}
+
+/// The checked `[destripe_multi]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DestripeMultiConfig {
+    pub enabled: bool,
 }
 
 /// The checked `[level]` section.
@@ -382,7 +389,7 @@ impl RawConfig {
             truth_pixscale_factor: positive("simulate.truth_pixscale_factor", s.truth_pixscale_factor)?,
         };
         let ds = &self.destripe;
-        if ds.filter_scales.is_empty() || ds.filter_scales.iter().any(|&k| k == 0) {
+        if ds.filter_scales.is_empty() || ds.filter_scales.contains(&0) {
             return Err(invalid("destripe.filter_scales", "needs at least one scale, every scale > 0"));
         }
         if !(ds.cutoff_ratio > 0.0 && ds.cutoff_ratio <= 0.5) {
@@ -471,7 +478,8 @@ impl RawConfig {
                 catalog: t.catalog.as_ref().map(Into::into),
             });
         }
-        Ok(Config { run, plan, destripe, level, outlier, drizzle, assemble, simulate, targets })
+        let destripe_multi = DestripeMultiConfig { enabled: self.destripe_multi.enabled };
+        Ok(Config { run, plan, destripe, level, destripe_multi, outlier, drizzle, assemble, simulate, targets })
     }
 }
 

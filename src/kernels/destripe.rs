@@ -93,7 +93,7 @@ impl AmpLayout {
     /// Column ranges of the amplifiers of an image `nx` columns wide (one empty-free range per amp).
     pub fn ranges(&self, nx: usize) -> Vec<Range<usize>> {
         match *self {
-            AmpLayout::WholeRows => vec![0..nx],
+            AmpLayout::WholeRows => std::iter::once(0..nx).collect(),
             AmpLayout::Columns { width_px } => {
                 let w = width_px.max(1);
                 (0..nx.div_ceil(w)).map(|k| k * w..((k + 1) * w).min(nx)).collect()
@@ -528,9 +528,9 @@ pub fn interpolate_nans(v: &mut [f64]) -> bool {
         let (a, b) = (w[0], w[1]);
         if b > a + 1 {
             let (va, vb) = (v[a], v[b]);
-            for i in a + 1..b {
+            for (i, vi) in v.iter_mut().enumerate().take(b).skip(a + 1) {
                 let t = (i - a) as f64 / (b - a) as f64;
-                v[i] = va + t * (vb - va);
+                *vi = va + t * (vb - va);
             }
         }
     }
@@ -949,7 +949,7 @@ fn diffuse_filter_impl(
 ) -> (Array2<f64>, Array2<bool>) {
     let (ny, nx) = data.dim();
     let st = sigma_clipped_stats(
-        Zip::from(&data).and(&mask).map_collect(|&d, &m| if m { f64::NAN } else { d }).into_iter(),
+        Zip::from(&data).and(&mask).map_collect(|&d, &m| if m { f64::NAN } else { d }),
         3.0,
         Some(5),
     );
@@ -1084,7 +1084,7 @@ fn single_tile_impl(data: ArrayView2<f32>, bad: ArrayView2<bool>, p: &SingleTile
         let mut mask = Zip::from(&sm).and(&bad2).map_collect(|&a, &c| a || c).slice(inner).to_owned();
         let mut d = work0.slice(inner).to_owned();
         if p.filter_diffuse {
-            let dp = DiffuseParams { seed: p.seed ^ 0x5EED_C01, ..diffuse };
+            let dp = DiffuseParams { seed: p.seed ^ 0x05EE_DC01, ..diffuse };
             (d, mask) = diffuse_filter_impl(d.view(), mask.view(), bad2.slice(inner), &ranges, &dp, par);
         }
         let (my, mx) = d.dim();
@@ -1554,6 +1554,7 @@ mod tests {
 
     /// Flat sky + a big 2-D Gaussian galaxy + a few compact clumps + white noise + per-amp 1/f
     /// row stripes (half common, half per amp) + 1/f column stripes, 4-px zero border flagged.
+    #[allow(clippy::too_many_arguments)]
     fn scene(
         ny: usize,
         nx: usize,

@@ -170,14 +170,20 @@ pub fn run(
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
         std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
         crate::io::json::write_json(&out.join("destripe.json"), &report)?;
-        write_store(&out.join(format!("{}.h5", plan.band)), metas, &models)?;
+        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &models)?;
         Ok(())
     })?;
     Ok((prior.with_stripes(models), report))
 }
 
-/// The dense models into `path` (serial HDF5 on the calling rank), written under a temporary name.
-fn write_store(path: &std::path::Path, metas: &[CalMeta], models: &[Option<StripeModel>]) -> anyhow::Result<()> {
+/// The dense models into `path`, group `group` (serial HDF5 on the calling rank), written under a
+/// temporary name.
+pub(crate) fn write_store(
+    path: &std::path::Path,
+    group: &str,
+    metas: &[CalMeta],
+    models: &[Option<StripeModel>],
+) -> anyhow::Result<()> {
     let present: Vec<(String, &StripeModel)> = metas
         .iter()
         .zip(models)
@@ -193,7 +199,7 @@ fn write_store(path: &std::path::Path, metas: &[CalMeta], models: &[Option<Strip
     let nx = present.iter().map(|(_, s)| s.nx).max().unwrap_or(1).max(1);
     let specs: Vec<ProductSpec> = present.iter().map(|(name, _)| ProductSpec::f32_image(name)).collect();
     let tmp = crate::io::temp_path(path);
-    let store = BandStore::create(&tmp, None, STAGE, ny, nx, 256, &specs, &[("units", "MJy/sr".to_string())])?;
+    let store = BandStore::create(&tmp, None, group, ny, nx, 256, &specs, &[("units", "MJy/sr".to_string())])?;
     for (name, s) in &present {
         let a = s.to_array();
         store.write_block_f32(name, Some((0, 0, a.view())))?;

@@ -5,6 +5,7 @@
 pub mod assemble;
 pub mod campaign;
 pub mod destripe;
+pub mod destripe_multi;
 pub mod drizzle;
 pub mod level;
 pub mod mosaic;

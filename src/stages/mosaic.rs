@@ -1,15 +1,16 @@
-//! `tessera mosaic`: the single-band entry point, chaining `plan → destripe → level → outlier → drizzle → assemble` on
+//! `tessera mosaic`: the single-band entry point, chaining `plan → destripe → level → destripe_multi → outlier → drizzle → assemble` on
 //! the given cal files, alone or under `mpirun`.
 //!
 //! Products under `run.output_dir`:
 //! - `plan/plan.json`
 //! - `destripe/destripe.json`, `destripe/<band>.h5`: the stripe models (NIRCam)
+//! - `destripe_multi/destripe_multi.json`, `destripe_multi/<band>.h5`: the residual stripe models
 //! - `level/level.json`, `level/pairs.csv`: every pair and the solved offsets
 //! - `outlier/flags.json`
 //! - `drizzle/<band>.h5`, the band store written with collective MPI-IO
 //! - the mosaic FITS at `-o`
 //!
-//! Stages of SPEC not implemented yet (prep, destripe, align, destripe_multi, astrometry) are
+//! Stages of SPEC not implemented yet (prep, align, destripe_multi's large-scale pass, astrometry) are
 //! named in a warning, never skipped silently.
 
 use super::outlier::OutlierFlags;
@@ -45,7 +46,9 @@ pub fn run(
         }
     }
     if comm.rank() == 0 {
-        tracing::warn!("stages prep, align and destripe_multi are not implemented yet: mosaicking without them");
+        tracing::warn!(
+            "stages prep and align, and destripe_multi's large-scale pass, are not implemented yet: mosaicking without them"
+        );
     }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
     let (plan, metas) = (&planned.plan, &planned.metas);
@@ -83,6 +86,25 @@ pub fn run(
                 "[level] band sky {:.4} MJy/sr subtracted; report in {} ({:.1} s)",
                 report.band_sky_mjysr,
                 cfg.run.output_dir.join(super::level::STAGE).display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        c
+    } else {
+        corr
+    };
+
+    // destripe_multi (NIRCam)
+    let corr = if cfg.destripe_multi.enabled {
+        let t = std::time::Instant::now();
+        let (c, report) = super::destripe_multi::run(comm, plan, metas, cfg, &corr)?;
+        if root {
+            for note in &report.notes {
+                tracing::warn!("[destripe_multi] {note}");
+            }
+            tracing::info!(
+                "[destripe_multi] models in {} ({:.1} s)",
+                cfg.run.output_dir.join(super::destripe_multi::STAGE).display(),
                 t.elapsed().as_secs_f64()
             );
         }

@@ -350,3 +350,48 @@ fn subarrays_and_fully_masked_exposures_work() {
     // wider than the cutoff (see single_tile_destriping_removes_the_in_band_stripes)
     assert!(after < 0.5 * before, "{before} -> {after}");
 }
+
+/// Full-band stripe power (truth stripes minus the models subtracted), single-tile alone and single
+/// plus multi, on an LW scene of 4 dithers (each exposure compared with the 3 others). NOTE: the
+/// issue's >= 90% is not reached: destripe_multi's large-scale pass (stripes common to all
+/// exposures) is not implemented, and the average of 3 others still holds their stripes / sqrt(3).
+#[test]
+fn multi_exposure_pass_removes_more_of_the_full_band_stripes() {
+    let dir = tmp().keep();
+    simulate(
+        &dir,
+        &[
+            "simulate.instrument=\"nircam_lw\"",
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"1x1\"",
+            "simulate.dithers=4",
+            "simulate.seed=12",
+        ],
+    );
+    let w = tmp();
+    run(2, &dir, w.path(), &[]);
+    let t: Truth = tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap();
+    let (mut b2, mut s2, mut m2) = (0.0, 0.0, 0.0);
+    for e in &t.exposures {
+        let path = dir.join(&e.file);
+        let meta = tessera::io::fits::read_cal_meta(&path).unwrap();
+        let (stripes, _) = read_image(&dir.join("truth").join(e.stripe_file.as_ref().unwrap())).unwrap();
+        let stripes = stripes.mapv(f64::from);
+        let stem = e.file.trim_end_matches(".fits");
+        let ny = meta.shape[0];
+        let m1 = stored_model(w.path(), &meta.band(), stem, ny).mapv(f64::from);
+        let h5 = w.path().join(format!("out/destripe_multi/{}.h5", meta.band()));
+        let mm = tessera::io::hdf5::read_rows_f32(&h5, "destripe_multi", stem, 0..ny).unwrap().mapv(f64::from);
+        let sel = stripes.mapv(|_| true);
+        b2 += detector_stripe_power(&stripes, &sel, 4, &[]).powi(2);
+        s2 += detector_stripe_power(&(&stripes - &m1), &sel, 4, &[]).powi(2);
+        m2 += detector_stripe_power(&(&stripes - &m1 - &mm), &sel, 4, &[]).powi(2);
+    }
+    let (b, s, m) = (b2.sqrt(), s2.sqrt(), m2.sqrt());
+    eprintln!(
+        "LW 4 dithers, full band: {b:.5} -> single {s:.5} ({:.1}% removed) -> single+multi {m:.5} ({:.1}% removed)",
+        100.0 * (1.0 - s / b),
+        100.0 * (1.0 - m / b)
+    );
+    assert!(m < s, "the multi-exposure pass made the stripes worse: {s} -> {m}");
+}
