@@ -8,6 +8,7 @@
 pub mod fits;
 pub mod hdf5;
 pub mod json;
+pub mod plot;
 
 use std::path::{Path, PathBuf};
 
