@@ -82,7 +82,7 @@ pub struct RawDestripe {
     pub min_mask_frac: f64,
     /// Seed of the Gaussian fill of masked pixels before the high-pass.
     pub seed: u64,
-    /// Write a PNG per exposure (data, model, corrected) under destripe/.
+    /// Write a PNG per exposure (data, model, corrected) under destripe/ and destripe_multi/.
     pub png: bool,
 }
 
@@ -469,7 +469,7 @@ dilate_size = 7
 min_mask_frac = 0.2
 # Seed of the Gaussian fill of masked pixels before the high-pass.
 seed = 0
-# Write a PNG per exposure (data, model, corrected) under destripe/.
+# Write a PNG per exposure (data, model, corrected) under destripe/ and destripe_multi/.
 png = false
 
 [level]

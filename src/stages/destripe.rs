@@ -93,10 +93,11 @@ pub fn applies_to(meta: &CalMeta) -> bool {
     meta.instrument.trim().eq_ignore_ascii_case("NIRCAM")
 }
 
-/// The stripe model of exposure `index` (read whole; `prior` subtracted first).
+/// The stripe model of exposure `index` (read whole; `prior` subtracted first). With
+/// `destripe.png`, also writes `destripe/<file stem>.png` (data, model, corrected).
 ///
 /// # Errors
-/// A failed read (naming file and extension) or a kernel parameter error.
+/// A failed read (naming file and extension), a kernel parameter error or a failed PNG write.
 pub fn exposure_model(meta: &CalMeta, index: usize, cfg: &Config, prior: &Corrections) -> anyhow::Result<StripeModel> {
     let [ny, nx] = meta.shape;
     let mut sci = read_region_f32(&meta.path, "SCI", 0..ny, 0..nx)?;
@@ -104,7 +105,40 @@ pub fn exposure_model(meta: &CalMeta, index: usize, cfg: &Config, prior: &Correc
     let dq = read_region_dq(&meta.path, 0..ny, 0..nx)?;
     let bad = dq.mapv(|v| v & BAD_BITS != 0);
     let p = params_for(cfg, meta.shape, &meta.subarray, index);
-    par_single_tile_model(sci.view(), bad.view(), &p).with_context(|| meta.path.display().to_string())
+    let model = par_single_tile_model(sci.view(), bad.view(), &p).with_context(|| meta.path.display().to_string())?;
+    if cfg.destripe.png {
+        let png = cfg.run.output_dir.join(STAGE).join(format!("{}.png", file_name(meta).trim_end_matches(".fits")));
+        plot_model(&png, &format!("destripe {}", file_name(meta)), &sci, &model.to_array(), "data")?;
+    }
+    Ok(model)
+}
+
+/// The PNG of one exposure's model, like the paper's Figures 4, 6 and 7: `data` (`what`), the
+/// stripe model (symmetric range) and `data - model`, the data panels on one range.
+///
+/// # Errors
+/// A failed directory creation or PNG write, naming the path.
+pub(crate) fn plot_model(
+    png: &std::path::Path,
+    title: &str,
+    data: &ndarray::Array2<f32>,
+    model: &ndarray::Array2<f32>,
+    what: &str,
+) -> anyhow::Result<()> {
+    use crate::io::plot::{display_range, image_panels, Panel};
+    if let Some(dir) = png.parent() {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    let corrected = data - model;
+    let range = display_range(data.view());
+    let a = model.iter().fold(0.0f32, |a, v| if v.is_finite() { a.max(v.abs()) } else { a }).max(1e-6);
+    let panels = [
+        Panel { title: what.to_string(), data: data.view(), range: Some(range) },
+        Panel { title: "stripe model".to_string(), data: model.view(), range: Some((-a, a)) },
+        Panel { title: "corrected".to_string(), data: corrected.view(), range: Some(range) },
+    ];
+    image_panels(png, title, &panels)?;
+    Ok(())
 }
 
 fn file_name(m: &CalMeta) -> String {

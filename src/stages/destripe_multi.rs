@@ -31,7 +31,8 @@ use ndarray::Array2;
 /// The stage name (CLI, TOML section, HDF5 group, output folder).
 pub const STAGE: &str = "destripe_multi";
 
-/// The model of exposure `index` and the number of other exposures it was compared with.
+/// The model of exposure `index` and the number of other exposures it was compared with. With
+/// `destripe.png`, also writes `destripe_multi/<file stem>.png` (difference, model, corrected).
 ///
 /// # Errors
 /// A failed read (naming file and extension) or a kernel parameter error.
@@ -84,6 +85,17 @@ pub fn exposure_model(
         ..MultiTileParams::default()
     };
     let model = par_multi_tile_model(diff.view(), bad.view(), &p).with_context(|| me.path.display().to_string())?;
+    if cfg.destripe.png {
+        let file = me.path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        let png = cfg.run.output_dir.join(STAGE).join(format!("{}.png", file.trim_end_matches(".fits")));
+        super::destripe::plot_model(
+            &png,
+            &format!("destripe_multi {file}"),
+            &diff,
+            &model.to_array(),
+            "exposure - average",
+        )?;
+    }
     Ok((model, used))
 }
 

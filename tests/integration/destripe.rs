@@ -395,3 +395,25 @@ fn multi_exposure_pass_removes_more_of_the_full_band_stripes() {
     );
     assert!(m < s, "the multi-exposure pass made the stripes worse: {s} -> {m}");
 }
+
+#[test]
+fn png_per_exposure_on_request() {
+    let dir = lw_scene();
+    let w = tmp();
+    run(1, dir, w.path(), &["--set", "destripe.png=true", "--set", "outlier.enabled=false"]);
+    for f in crate::common::cal_files(dir) {
+        let stem = f.file_name().unwrap().to_string_lossy().trim_end_matches(".fits").to_string();
+        for stage in ["destripe", "destripe_multi"] {
+            let png = w.path().join(format!("out/{stage}/{stem}.png"));
+            let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", png.display());
+        }
+    }
+    // and none without the flag
+    let w0 = tmp();
+    run(1, dir, w0.path(), &["--set", "outlier.enabled=false"]);
+    let pngs = std::fs::read_dir(w0.path().join("out/destripe"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"));
+    assert_eq!(pngs.count(), 0);
+}
