@@ -113,6 +113,9 @@ pub struct MosaicArgs {
     /// Skip relative alignment between visits, for comparison  [align.enabled = false]
     #[arg(long)]
     pub no_align: bool,
+    /// Skip NIRCam 1/f destriping, for comparison  [destripe.enabled = destripe_multi.enabled = false]
+    #[arg(long)]
+    pub no_destripe: bool,
 }
 
 impl MosaicArgs {
@@ -127,6 +130,10 @@ impl MosaicArgs {
         }
         if self.no_align {
             sets.push("align.enabled=false".to_string());
+        }
+        if self.no_destripe {
+            sets.push("destripe.enabled=false".to_string());
+            sets.push("destripe_multi.enabled=false".to_string());
         }
         sets
     }

@@ -8,6 +8,8 @@ mod common;
 mod align;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/destripe.rs"]
+mod destripe;
 #[path = "integration/fits_io.rs"]
 mod fits_io;
 #[path = "integration/level.rs"]

@@ -13,10 +13,14 @@ pub struct RawConfig {
     pub plan: RawPlan,
     /// The `prep` stage: DQ masks, MIRI Lyot separation, MIRI off-source background subtraction.
     pub prep: RawPrep,
+    /// The `destripe` stage: NIRCam 1/f stripes removed from each exposure alone.
+    pub destripe: RawDestripe,
     /// The `align` stage: relative astrometry, one shift per visit.
     pub align: RawAlign,
     /// The `level` stage: background level matching between exposures and between tiles.
     pub level: RawLevel,
+    /// The `destripe_multi` stage: residual NIRCam stripes against the other exposures.
+    pub destripe_multi: RawDestripeMulti,
     /// The `outlier` stage: cosmic rays and other outliers against the median of the exposures.
     pub outlier: RawOutlier,
     /// The `drizzle` stage: resampling onto the output grid.
@@ -187,6 +191,57 @@ impl Default for RawLevel {
             subtract_sky: true,
             tile_fit: "level".into(),
         }
+    }
+}
+
+/// `[destripe]` (pjpipe single_tile_destripe with the PHANGS settings).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDestripe {
+    /// Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off for one run).
+    pub enabled: bool,
+    /// Median-filter scales of the row-profile cascade, rows, ascending.
+    pub filter_scales: Vec<usize>,
+    /// Cutoff of the Butterworth high-pass, fraction of the sampling frequency (0.005 = ~200 px).
+    pub cutoff_ratio: f64,
+    /// Source-mask and clipping threshold, standard deviations.
+    pub sigma: f64,
+    /// Side of the square dilation of the source mask, pixels.
+    pub dilate_size: usize,
+    /// Amplifier rows with less than this unmasked fraction use the full-row median.
+    pub min_mask_frac: f64,
+    /// Seed of the Gaussian fill of masked pixels before the high-pass.
+    pub seed: u64,
+    /// Write a PNG per exposure (data, model, corrected) under destripe/ and destripe_multi/.
+    pub png: bool,
+}
+
+impl Default for RawDestripe {
+    fn default() -> Self {
+        RawDestripe {
+            enabled: true,
+            filter_scales: vec![3, 7, 15, 31, 63, 127, 255, 511],
+            cutoff_ratio: 0.005,
+            sigma: 3.0,
+            dilate_size: 7,
+            min_mask_frac: 0.2,
+            seed: 0,
+            png: false,
+        }
+    }
+}
+
+/// `[destripe_multi]` (pjpipe multi_tile_destripe pass A; thresholds shared with `[destripe]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDestripeMulti {
+    /// Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).
+    pub enabled: bool,
+}
+
+impl Default for RawDestripeMulti {
+    fn default() -> Self {
+        RawDestripeMulti { enabled: true }
     }
 }
 
@@ -549,6 +604,24 @@ off_inputs = []
 # Clipping threshold of the per-pixel combination of the off exposures, in standard deviations.
 off_sigma = 1.5
 
+[destripe]
+# Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off for one run).
+enabled = true
+# Median-filter scales of the row-profile cascade, rows, ascending.
+filter_scales = [3, 7, 15, 31, 63, 127, 255, 511]
+# Cutoff of the Butterworth high-pass, fraction of the sampling frequency (0.005 = ~200 px).
+cutoff_ratio = 0.005
+# Source-mask and clipping threshold, standard deviations.
+sigma = 3.0
+# Side of the square dilation of the source mask, pixels.
+dilate_size = 7
+# Amplifier rows with less than this unmasked fraction use the full-row median.
+min_mask_frac = 0.2
+# Seed of the Gaussian fill of masked pixels before the high-pass.
+seed = 0
+# Write a PNG per exposure (data, model, corrected) under destripe/ and destripe_multi/.
+png = false
+
 [align]
 # Run the stage (`tessera mosaic --no-align` turns it off for one run).
 enabled = true
@@ -588,6 +661,10 @@ subtract_sky = true
 # What is fitted per tile in the tiles step: "level" (a constant) or "plane" (a constant and
 # two slopes, pjpipe's "level+slope").
 tile_fit = "level"
+
+[destripe_multi]
+# Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).
+enabled = true
 
 [outlier]
 # Run the stage (false = no outlier flags; drizzle uses the DQ as it is).

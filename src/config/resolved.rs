@@ -11,7 +11,9 @@ pub struct Config {
     pub plan: PlanConfig,
     pub prep: PrepConfig,
     pub align: AlignConfig,
+    pub destripe: DestripeConfig,
     pub level: LevelConfig,
+    pub destripe_multi: DestripeMultiConfig,
     pub outlier: OutlierConfig,
     pub drizzle: DrizzleConfig,
     pub assemble: AssembleConfig,
@@ -61,6 +63,25 @@ pub struct AstrometryConfig {
     pub wide_tolerance_arcsec: f64,
     pub strict_tolerance_arcsec: f64,
     pub min_matches: usize,
+}
+
+/// The checked `[destripe]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DestripeConfig {
+    pub enabled: bool,
+    pub filter_scales: Vec<usize>,
+    pub cutoff_ratio: f64,
+    pub sigma: f64,
+    pub dilate_size: usize,
+    pub min_mask_frac: f64,
+    pub seed: u64,
+    pub png: bool,
+}
+
+/// The checked `[destripe_multi]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DestripeMultiConfig {
+    pub enabled: bool,
 }
 
 /// The checked `[level]` section.
@@ -429,6 +450,23 @@ impl RawConfig {
             off_inputs: p.off_inputs.iter().map(std::path::PathBuf::from).collect(),
             off_sigma: positive("prep.off_sigma", p.off_sigma)?,
         };
+        let ds = &self.destripe;
+        if ds.filter_scales.is_empty() || ds.filter_scales.contains(&0) {
+            return Err(invalid("destripe.filter_scales", "needs at least one scale, every scale > 0"));
+        }
+        if !(ds.cutoff_ratio > 0.0 && ds.cutoff_ratio <= 0.5) {
+            return Err(invalid("destripe.cutoff_ratio", format!("must be in (0, 0.5], got {}", ds.cutoff_ratio)));
+        }
+        let destripe = DestripeConfig {
+            enabled: ds.enabled,
+            filter_scales: ds.filter_scales.clone(),
+            cutoff_ratio: ds.cutoff_ratio,
+            sigma: positive("destripe.sigma", ds.sigma)?,
+            dilate_size: ds.dilate_size.max(1),
+            min_mask_frac: frac("destripe.min_mask_frac", ds.min_mask_frac)?,
+            seed: ds.seed,
+            png: ds.png,
+        };
         let l = &self.level;
         if l.maxiters == 0 {
             return Err(invalid("level.maxiters", "must be at least 1"));
@@ -560,7 +598,22 @@ impl RawConfig {
         if astrometry.wide_tolerance_arcsec > astrometry.search_radius_arcsec {
             return Err(invalid("astrometry.wide_tolerance_arcsec", "must not exceed astrometry.search_radius_arcsec"));
         }
-        Ok(Config { run, plan, prep, align, level, outlier, drizzle, assemble, astrometry, simulate, targets })
+        let destripe_multi = DestripeMultiConfig { enabled: self.destripe_multi.enabled };
+        Ok(Config {
+            run,
+            plan,
+            prep,
+            destripe,
+            align,
+            level,
+            destripe_multi,
+            outlier,
+            drizzle,
+            assemble,
+            astrometry,
+            simulate,
+            targets,
+        })
     }
 }
 

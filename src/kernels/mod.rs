@@ -3,6 +3,8 @@
 //!
 //! - `scene`: the simulator's truth sky (analytic Gaussian components) and its rendering into any
 //!   pixel grid, PSF-convolved and pixel-integrated.
+//! - `destripe`: NIRCam 1/f destriping (pjpipe single- and multi-tile): source masks, the
+//!   Butterworth high-pass, per-amplifier median-filter cascades, the factored `StripeModel`.
 //! - `detector`: what a detector adds (1/f stripes, cosmic rays, noise, DQ) and the JWST DQ bits.
 //! - `drizzle`: the drizzle square kernel (Fruchter & Hook 2002) into per-chunk accumulators.
 //! - `outlier`: JWST's outlier test: weight thresholds, median stack, blot interpolation, flags.
@@ -15,6 +17,7 @@
 //!   the weighted least-squares offsets (pjpipe level_match, solved directly).
 
 pub mod background;
+pub mod destripe;
 pub mod detector;
 pub mod drizzle;
 pub mod level;

@@ -178,7 +178,7 @@ pub fn run(
         offset_mjysr: (0..n).map(|k| prior.offset(k) + o1[k]).collect(),
         lyot_offset_mjysr: (0..n).map(|k| prior.lyot(k).map_or(0.0, |(l, _)| l)).collect(),
         lyot_box: lyot_of.clone(),
-        ..Corrections::default()
+        ..prior.clone()
     };
 
     // step "lyot" (MIRI): per dither group, the stack of the Lyot boxes (a separate image) against the

@@ -6,6 +6,8 @@ pub mod align;
 pub mod assemble;
 pub mod astrometry;
 pub mod campaign;
+pub mod destripe;
+pub mod destripe_multi;
 pub mod drizzle;
 pub mod level;
 pub mod mosaic;

@@ -1,9 +1,12 @@
-//! `tessera mosaic`: the single-band entry point, chaining `plan → prep → align → level → outlier →
-//! drizzle → assemble → astrometry` on the given cal files, alone or under `mpirun`.
+//! `tessera mosaic`: the single-band entry point, chaining `plan → prep → destripe → align → level →
+//! destripe_multi → outlier → drizzle → assemble → astrometry` on the given cal files, alone or under
+//! `mpirun`.
 //!
 //! Products under `run.output_dir`:
 //! - `plan/plan.json`
 //! - `prep/prep.json` and, for MIRI with off-source exposures, the background-subtracted copies
+//! - `destripe/destripe.json`, `destripe/<band>.h5`: the stripe models (NIRCam)
+//! - `destripe_multi/destripe_multi.json`, `destripe_multi/<band>.h5`: the residual stripe models
 //! - `level/level.json`, `level/pairs.csv`: every pair and the solved offsets
 //! - `outlier/flags.json`
 //! - `drizzle/<band>.h5`, the band store written with collective MPI-IO
@@ -12,7 +15,7 @@
 //! - with a catalogue: `astrometry/astrometry.json`, `astrometry/matches.csv`,
 //!   `astrometry/*_tweakback.fits`, and the mosaic's WCS corrected
 //!
-//! Stages of SPEC not implemented yet (destripe, destripe_multi) are
+//! Parts of SPEC not implemented yet (destripe_multi's large-scale pass) are
 //! named in a warning, never skipped silently.
 
 use super::outlier::OutlierFlags;
@@ -44,10 +47,13 @@ pub fn run(
         }
     }
     if comm.rank() == 0 {
-        tracing::warn!("stages destripe and destripe_multi are not implemented yet: mosaicking without them");
+        tracing::warn!("destripe_multi's large-scale pass is not implemented yet: mosaicking without it");
     }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
     let mut plan = &planned.plan;
+    let prov = Provenance::new(raw, comm);
+    let root = comm.rank() == 0;
+    let interval = cfg.run.progress_interval_s;
 
     // prep
     let prepped = if cfg.prep.enabled {
@@ -56,6 +62,27 @@ pub fn run(
         planned.metas.clone()
     };
     let mut metas = &prepped;
+
+    // destripe (NIRCam; MIRI exposures are passed through with a note)
+    let corr = if cfg.destripe.enabled {
+        let t = std::time::Instant::now();
+        let (c, report) = super::destripe::run(comm, plan, metas, cfg, &Corrections::none(metas.len()))?;
+        if root {
+            for note in &report.notes {
+                tracing::warn!("[destripe] {note}");
+            }
+            let done = report.exposures.iter().filter(|e| e.status == "destriped").count();
+            tracing::info!(
+                "[destripe] {done} of {} exposures destriped; models in {} ({:.1} s)",
+                metas.len(),
+                cfg.run.output_dir.join(super::destripe::STAGE).display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        c
+    } else {
+        Corrections::none(metas.len())
+    };
 
     // align: the visit shifts correct the exposure WCSs; the plan is rebuilt from the corrected
     // headers (a pure function, the same on every rank), so every later stage sees only them
@@ -85,14 +112,11 @@ pub fn run(
         plan = &aligned.0;
         metas = &aligned.1;
     }
-    let prov = Provenance::new(raw, comm);
-    let root = comm.rank() == 0;
-    let interval = cfg.run.progress_interval_s;
 
     // level
     let corr = if cfg.level.enabled {
         let t = std::time::Instant::now();
-        let (c, report) = super::level::run(comm, plan, metas, cfg, &Corrections::none(metas.len()))?;
+        let (c, report) = super::level::run(comm, plan, metas, cfg, &corr)?;
         if root {
             tracing::info!(
                 "[level] band sky {:.4} MJy/sr subtracted; report in {} ({:.1} s)",
@@ -103,7 +127,26 @@ pub fn run(
         }
         c
     } else {
-        Corrections::none(metas.len())
+        corr
+    };
+
+    // destripe_multi (NIRCam)
+    let corr = if cfg.destripe_multi.enabled {
+        let t = std::time::Instant::now();
+        let (c, report) = super::destripe_multi::run(comm, plan, metas, cfg, &corr)?;
+        if root {
+            for note in &report.notes {
+                tracing::warn!("[destripe_multi] {note}");
+            }
+            tracing::info!(
+                "[destripe_multi] models in {} ({:.1} s)",
+                cfg.run.output_dir.join(super::destripe_multi::STAGE).display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        c
+    } else {
+        corr
     };
 
     // outlier

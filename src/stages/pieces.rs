@@ -7,6 +7,7 @@ use crate::config::WeightType;
 use crate::geom::pixmap::{input_window, pixel_map, DEFAULT_STEP};
 use crate::geom::TanSip;
 use crate::io::fits::{read_region_dq, read_region_f32, FitsError, FitsProblem};
+use crate::kernels::destripe::StripeModel;
 use crate::kernels::dq;
 use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams, InputWindow};
 use crate::plan::CalMeta;
@@ -38,9 +39,9 @@ pub struct Piece {
     pub inner: InputWindow,
 }
 
-/// Additive background corrections found by the `prep` and `level` stages, in MJy/sr per exposure
-/// (indexed like the plan's exposure table). [`read_piece`] subtracts them from SCI, so every stage
-/// after `level` sees corrected pixels and no stage can forget them.
+/// Additive corrections found by the `prep`, `destripe`, `level` and `destripe_multi` stages, in
+/// MJy/sr per exposure (indexed like the plan's exposure table). [`read_piece`] subtracts them from
+/// SCI, so every later stage sees corrected pixels and no stage can forget them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Corrections {
     /// Constant subtracted from each exposure, MJy/sr (empty = none).
@@ -59,12 +60,47 @@ pub struct Corrections {
     /// Output-grid pixel `[x, y]` where the planes' values are given.
     #[serde(default)]
     pub plane_origin_xy: [f64; 2],
+    /// Stripe models subtracted from each exposure (`destripe`, then `destripe_multi`, in that
+    /// order), in the kernels' factored form (empty or `[]` = none).
+    #[serde(default)]
+    pub stripes: Vec<Vec<StripeModel>>,
 }
 
 impl Corrections {
     /// No correction for `n` exposures.
     pub fn none(n: usize) -> Self {
         Self { offset_mjysr: vec![0.0; n], ..Self::default() }
+    }
+
+    /// This table with `models` (one per exposure, `None` = none) added after the stripe models
+    /// already held.
+    pub fn with_stripes(&self, models: Vec<Option<StripeModel>>) -> Self {
+        let mut c = self.clone();
+        c.stripes.resize(models.len().max(c.stripes.len()), vec![]);
+        for (k, m) in models.into_iter().enumerate() {
+            if let Some(m) = m.filter(|m| !m.is_zero()) {
+                c.stripes[k].push(m);
+            }
+        }
+        c
+    }
+
+    /// Subtract the exposure's corrections from `sci`, the exposure's pixels `rows` x `cols`:
+    /// the stripe models (f32 arithmetic, exact zeros and NaN kept, as pjpipe restores them),
+    /// then the constant.
+    pub fn apply_window(&self, index: usize, rows: Range<usize>, cols: Range<usize>, sci: &mut Array2<f32>) {
+        for m in self.stripes.get(index).into_iter().flatten() {
+            if m.ny < rows.end || m.nx < cols.end {
+                continue; // a model of another shape cannot be this exposure's
+            }
+            let w = m.window(rows.clone(), cols.clone());
+            ndarray::Zip::from(&mut *sci).and(&w).for_each(|v, &s| {
+                if *v != 0.0 {
+                    *v -= s;
+                }
+            });
+        }
+        self.apply(index, sci, rows, cols);
     }
 
     /// The constant of exposure `index` (0 when none is known).
@@ -176,7 +212,7 @@ pub fn read_piece(
     };
     let p = &meta.path;
     let mut sci = read_region_f32(p, "SCI", rows.clone(), cols.clone())?;
-    corrections.apply(index, &mut sci, rows.clone(), cols.clone());
+    corrections.apply_window(index, rows.clone(), cols.clone(), &mut sci);
     let err = read_region_f32(p, "ERR", rows.clone(), cols.clone())?;
     let dqa = read_region_dq(p, rows.clone(), cols.clone())?;
     let read_var = |name: &str| read_region_f32(p, name, rows.clone(), cols.clone());
