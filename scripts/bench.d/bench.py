@@ -797,7 +797,7 @@ def write_report(args, facts, results, json_path, quality=None, quality_json=Non
         "JWST steps: the inputs carry a gwcs built from the header TAN-SIP and synthesized wcsinfo "
         "(roll_ref from the CD matrix, v3yangle 0, vparity -1; the simulated files have no V2/V3 reference "
         "information). OutlierDetectionStep builds its median on its own default grid; ResampleStep writes "
-        "tessera's grid. No SkyMatchStep runs before it (tessera's chain has no level matching yet either), so "
+        "tessera's grid. No SkyMatchStep runs before it (tessera runs with level.enabled=false here, like with like), so "
         "the simulated per-exposure background offsets and 1/f stripes make the JWST step flag more pixels "
         "than it would on sky-matched data.",
         "On the small scene process start-up (mpirun, Python imports of 1.5-2.5 s) is a sizeable part of every "

@@ -62,46 +62,45 @@ pub fn simulate(out: &Path, sets: &[&str]) -> RawConfig {
     raw
 }
 
+/// A survey simulated once per test run with the `--set` overrides `sets`, kept in `cell`.
+pub fn cached(cell: &'static OnceLock<PathBuf>, sets: &[&str]) -> &'static Path {
+    cell.get_or_init(|| {
+        let d = tmp().keep();
+        simulate(&d, sets);
+        d
+    })
+}
+
+/// The simulator's truth file of the survey in `dir`.
+pub fn truth(dir: &Path) -> tessera::stages::simulate::Truth {
+    tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap()
+}
+
 /// A cached tiny NIRCam LW survey (2x2 tiles x 4 dithers, 2 detectors: 32 files of 64x64).
 pub fn tiny_lw() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(&d, &["simulate.instrument=\"nircam_lw\"", "simulate.size=\"tiny\"", "simulate.seed=7"]);
-        d
-    })
+    cached(&DIR, &["simulate.instrument=\"nircam_lw\"", "simulate.size=\"tiny\"", "simulate.seed=7"])
 }
 
 /// A cached small NIRCam LW survey with noise, 1x1 tile x 2 dithers (4 files of 256x256).
 pub fn small_lw() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(
-            &d,
-            &[
-                "simulate.instrument=\"nircam_lw\"",
-                "simulate.size=\"small\"",
-                "simulate.tiles=\"1x1\"",
-                "simulate.dithers=2",
-                "simulate.seed=11",
-            ],
-        );
-        d
-    })
+    cached(
+        &DIR,
+        &[
+            "simulate.instrument=\"nircam_lw\"",
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"1x1\"",
+            "simulate.dithers=2",
+            "simulate.seed=11",
+        ],
+    )
 }
 
 /// A cached tiny MIRI survey (1x2 tiles x 2 dithers + off exposures).
 pub fn tiny_miri() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(
-            &d,
-            &["simulate.instrument=\"miri\"", "simulate.tiles=\"1x2\"", "simulate.dithers=2", "simulate.seed=3"],
-        );
-        d
-    })
+    cached(&DIR, &["simulate.instrument=\"miri\"", "simulate.tiles=\"1x2\"", "simulate.dithers=2", "simulate.seed=3"])
 }
 
 /// The `*_cal.fits` files directly in a folder, sorted.

@@ -4,7 +4,7 @@
 //! positions and rotation of the tweakback exposures and of the mosaic against the truth, and
 //! catalogues that do not overlap or are wrong.
 
-use crate::common::{cal_files, mpirun, ok, simulate, tessera, tmp};
+use crate::common::{cached, cal_files, mpirun, ok, simulate, tessera, tmp, truth};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,28 +16,20 @@ use tessera::stages::align::AlignFile;
 use tessera::stages::astrometry::AstrometryFile;
 use tessera::stages::simulate::Truth;
 
-fn truth(dir: &Path) -> Truth {
-    tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap()
-}
-
 /// Small LW scene: 2x2 tiles x 2 dithers of 256^2 px detectors, per-visit pointing errors of
 /// 0.15" rms (|error| 0.05-0.42" for this seed), global offset 0.25" and rotation 0.01 deg.
 fn scene() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(
-            &d,
-            &[
-                "simulate.size=\"small\"",
-                "simulate.tiles=\"2x2\"",
-                "simulate.dithers=2",
-                "simulate.pointing_error_arcsec=0.15",
-                "simulate.seed=5",
-            ],
-        );
-        d
-    })
+    cached(
+        &D,
+        &[
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"2x2\"",
+            "simulate.dithers=2",
+            "simulate.pointing_error_arcsec=0.15",
+            "simulate.seed=5",
+        ],
+    )
 }
 
 fn run_mosaic(dir: &Path, work: &Path, extra: &[&str]) -> PathBuf {
@@ -474,21 +466,17 @@ fn another_band_applies_the_reference_band_solutions_or_solves_with_a_note() {
 /// stars in the tile overlaps to align on), the same pointing errors as the NIRCam scene's design.
 fn miri_scene() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(
-            &d,
-            &[
-                "simulate.instrument=\"miri\"",
-                "simulate.size=\"medium\"",
-                "simulate.tiles=\"2x2\"",
-                "simulate.dithers=4",
-                "simulate.pointing_error_arcsec=0.15",
-                "simulate.seed=5",
-            ],
-        );
-        d
-    })
+    cached(
+        &D,
+        &[
+            "simulate.instrument=\"miri\"",
+            "simulate.size=\"medium\"",
+            "simulate.tiles=\"2x2\"",
+            "simulate.dithers=4",
+            "simulate.pointing_error_arcsec=0.15",
+            "simulate.seed=5",
+        ],
+    )
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! 0.001 MJy/sr without an imprint of the galaxy, the same models for 1 to 4 ranks, and the bad
 //! inputs (MIRI passed through, subarrays, every pixel masked).
 
-use crate::common::{mpirun, ok, simulate, tmp};
+use crate::common::{cached, mpirun, ok, simulate, tmp};
 use ndarray::Array2;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -32,21 +32,17 @@ fn lw_scene() -> &'static Path {
 /// paper's 0.001 target, whatever the method does.
 fn clean_scene() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(
-            &d,
-            &[
-                "simulate.instrument=\"nircam_lw\"",
-                "simulate.size=\"medium\"",
-                "simulate.tiles=\"1x1\"",
-                "simulate.dithers=1",
-                "simulate.seed=11",
-                "simulate.stripe_rms_mjysr=0.0",
-            ],
-        );
-        d
-    })
+    cached(
+        &D,
+        &[
+            "simulate.instrument=\"nircam_lw\"",
+            "simulate.size=\"medium\"",
+            "simulate.tiles=\"1x1\"",
+            "simulate.dithers=1",
+            "simulate.seed=11",
+            "simulate.stripe_rms_mjysr=0.0",
+        ],
+    )
 }
 
 /// `tessera mosaic` under `mpirun -n n`: `flags` are `--set` pairs (given before the subcommand)

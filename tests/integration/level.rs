@@ -1,7 +1,7 @@
 //! Background level matching end to end: solved offsets against the simulated truth, the same offsets
 //! for 1 to 4 ranks, and no seams between tiles in the final mosaic (with `--no-level` as the control).
 
-use crate::common::{mpirun, ok, simulate, tmp};
+use crate::common::{cached, mpirun, ok, simulate, tmp};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -12,22 +12,18 @@ use tessera::stages::simulate::Truth;
 /// rms and no stripes or pointing errors (those are other stages' work).
 fn offsets_scene() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(
-            &d,
-            &[
-                "simulate.size=\"small\"",
-                "simulate.tiles=\"2x2\"",
-                "simulate.dithers=4",
-                "simulate.stripe_rms_mjysr=0.0",
-                "simulate.background_offset_mjysr=0.1",
-                "simulate.pointing_error_arcsec=0.0",
-                "simulate.seed=5",
-            ],
-        );
-        d
-    })
+    cached(
+        &D,
+        &[
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"2x2\"",
+            "simulate.dithers=4",
+            "simulate.stripe_rms_mjysr=0.0",
+            "simulate.background_offset_mjysr=0.1",
+            "simulate.pointing_error_arcsec=0.0",
+            "simulate.seed=5",
+        ],
+    )
 }
 
 pub(crate) fn run(n: usize, dir: &Path, work: &Path, extra: &[&str], flags: &[&str]) -> PathBuf {

@@ -4,7 +4,7 @@
 //! matched and recombined, the offsets match the truth and the mosaic has no seams.
 
 use super::level::{run, tile_residuals};
-use crate::common::{simulate, tmp};
+use crate::common::{cached, simulate, tmp, truth};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -24,15 +24,7 @@ const SCENE: [&str; 8] = [
 /// The scene with two off-source exposures per tile (written to `off/`).
 fn with_offs() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(&d, &SCENE);
-        d
-    })
-}
-
-fn truth(dir: &Path) -> Truth {
-    tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap()
+    cached(&D, &SCENE)
 }
 
 fn json(path: &Path) -> serde_json::Value {

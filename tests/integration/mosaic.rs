@@ -2,54 +2,39 @@
 //! thread independence (bit for bit), chunk-layout independence, outlier statistics against the
 //! simulated cosmic rays, and the FITS product.
 
-use crate::common::{cal_files, mpirun, ok, simulate, tessera, tmp};
+use crate::common::{cached, cal_files, mpirun, ok, simulate, tessera, tmp, truth};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tessera::io::fits::{read_cal, read_ext_f32, read_ext_u32, read_image};
 use tessera::stages::simulate::Truth;
 
-fn truth(dir: &Path) -> Truth {
-    tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap()
-}
-
 /// Noise-free LW scene without any corruption: 1x2 tiles x 4 dithers, 256 px detectors.
 fn clean_scene() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(
-            &d,
-            &[
-                "simulate.size=\"small\"",
-                "simulate.tiles=\"1x2\"",
-                "simulate.dithers=4",
-                "simulate.noise=false",
-                "simulate.cosmic_rays=false",
-                "simulate.saturate=false",
-                "simulate.stripe_rms_mjysr=0.0",
-                "simulate.background_offset_mjysr=0.0",
-                "simulate.pointing_error_arcsec=0.0",
-                "simulate.absolute_offset_arcsec=0.0",
-                "simulate.absolute_rotation_deg=0.0",
-                "simulate.seed=21",
-            ],
-        );
-        d
-    })
+    cached(
+        &D,
+        &[
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"1x2\"",
+            "simulate.dithers=4",
+            "simulate.noise=false",
+            "simulate.cosmic_rays=false",
+            "simulate.saturate=false",
+            "simulate.stripe_rms_mjysr=0.0",
+            "simulate.background_offset_mjysr=0.0",
+            "simulate.pointing_error_arcsec=0.0",
+            "simulate.absolute_offset_arcsec=0.0",
+            "simulate.absolute_rotation_deg=0.0",
+            "simulate.seed=21",
+        ],
+    )
 }
 
 /// Noise-realistic tiny LW scene with cosmic rays (1x1 tile x 4 dithers), for the MPI tests.
 fn cr_scene() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = tmp().keep();
-        simulate(
-            &d,
-            &["simulate.tiles=\"1x1\"", "simulate.dithers=4", "simulate.cosmic_ray_rate=0.003", "simulate.seed=31"],
-        );
-        d
-    })
+    cached(&D, &["simulate.tiles=\"1x1\"", "simulate.dithers=4", "simulate.cosmic_ray_rate=0.003", "simulate.seed=31"])
 }
 
 fn mosaic_in(dir: &Path, work: &Path, extra: &[&str]) -> PathBuf {

@@ -2,17 +2,13 @@
 //! pixels against the truth sky (backgrounds, pointing shifts, stripes, cosmic rays, saturation),
 //! and the same seed gives the same bytes for any thread count.
 
-use crate::common::{cal_files, simulate, small_lw, tiny_lw, tiny_miri, tmp};
+use crate::common::{cal_files, simulate, small_lw, tiny_lw, tiny_miri, tmp, truth};
 use ndarray::Array2;
 use std::path::Path;
 use tessera::geom::{OutputGrid, TanSip};
 use tessera::io::fits::{read_cal, read_image};
 use tessera::kernels::dq;
 use tessera::stages::simulate::{ExposureTruth, Truth};
-
-fn truth(dir: &Path) -> Truth {
-    tessera::io::json::read_json(&dir.join("truth/truth.json")).expect("truth.json")
-}
 
 /// Bilinear sample of the truth sky at a sky position.
 struct TruthSky {
