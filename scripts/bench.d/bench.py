@@ -310,9 +310,10 @@ def tessera_runs(args, scene, sim, runs_dir):
             if rd.exists():
                 shutil.rmtree(rd)
             rd.mkdir(parents=True)
-            # like with like: no peer matches background levels, so neither does tessera here
-            sets = ["--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", f"run.threads={threads}",
-                    "--set", "level.enabled=false"]
+            # like with like: no peer matches levels, destripes or aligns, so neither does tessera here
+            sets = ["--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", f"run.threads={threads}"]
+            for stage in ("prep", "destripe", "align", "level", "destripe_multi"):
+                sets += ["--set", f"{stage}.enabled=false"]
             if chain == "drizzle":
                 sets += ["--set", "outlier.enabled=false"]
             if args.mem_budget_mb:
@@ -713,7 +714,8 @@ def write_report(args, facts, results, json_path, quality=None, quality_json=Non
          "- Input Mpix/s = input detector pixels of the scene / wall seconds. `tessera R r / peer` = tessera's "
          "throughput with R ranks over the peer's, for the tessera chain in the same row (drizzle-only, "
          "`--set outlier.enabled=false`, for SWarp, Montage, drizzle and reproject; outlier + drizzle for the "
-         "JWST steps; `level.enabled=false` in both, since no peer matches levels). Above 1 means tessera is faster.",
+         "JWST steps; prep, destripe, align, level and destripe_multi off in both, since no peer does them). "
+         "Above 1 means tessera is faster.",
          f"- tessera's memory budget: run.mem_budget_mb = {args.mem_budget_mb or args.default_budget_mb} MiB per rank"
          + (" (tessera's default)" if not args.mem_budget_mb else "")
          + (f"; extra settings: {', '.join('`' + kv + '`' for kv in args.tessera_sets)}." if args.tessera_sets else "."),

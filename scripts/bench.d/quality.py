@@ -234,7 +234,8 @@ def run_tools(args, scene, truth):
             cal = scene["sim"] if tool == "tessera" else oracle_inputs(scene, truth)
             cmd = ["mpirun", "-n", "2", "--bind-to", "none", HERE / "rank-time", rd / "rss", args.tessera,
                    "--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", f"run.threads={threads}",
-                   "--set", "outlier.enabled=false", "mosaic", cal, "-o", out]
+                   "--set", "outlier.enabled=false", "--set", "destripe.enabled=false",
+                   "--set", "destripe_multi.enabled=false", "--set", "align.enabled=false", "mosaic", cal, "-o", out]
             if tool == "oracle":
                 cmd.append("--no-level")
             prefix = rd / "rss"
