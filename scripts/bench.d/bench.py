@@ -76,21 +76,14 @@ def parse_gnu_time(path):
         for part in m.group(1).split(":"):
             secs = secs * 60 + float(part)
         out["wall_s"] = secs
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    if m:
-        out["max_rss_kib"] = int(m.group(1))
-    m = re.search(r"User time \(seconds\): ([\d.]+)", text)
-    if m:
-        out["user_s"] = float(m.group(1))
-    m = re.search(r"System time \(seconds\): ([\d.]+)", text)
-    if m:
-        out["sys_s"] = float(m.group(1))
-    m = re.search(r"Percent of CPU this job got: (\d+)%", text)
-    if m:
-        out["cpu_pct"] = int(m.group(1))
-    m = re.search(r"Exit status: (-?\d+)", text)
-    if m:
-        out["exit_status"] = int(m.group(1))
+    for key, pattern, conv in (("max_rss_kib", r"Maximum resident set size \(kbytes\): (\d+)", int),
+                               ("user_s", r"User time \(seconds\): ([\d.]+)", float),
+                               ("sys_s", r"System time \(seconds\): ([\d.]+)", float),
+                               ("cpu_pct", r"Percent of CPU this job got: (\d+)%", int),
+                               ("exit_status", r"Exit status: (-?\d+)", int)):
+        m = re.search(pattern, text)
+        if m:
+            out[key] = conv(m.group(1))
     return out
 
 

@@ -665,44 +665,8 @@ fn source_mask_impl(data: ArrayView2<f64>, exclude: ArrayView2<bool>, p: &Source
     }
     let thr = st.median + p.nsigma * st.std;
     let above = Zip::from(&data).and(&exclude).map_collect(|&d, &e| !e && d > thr);
-    let seg = connected_at_least(&above, p.npixels.max(1));
+    let seg = super::sources::connected_at_least(&above, p.npixels.max(1));
     dilate_square(&seg, p.dilate_size.max(1), par)
-}
-
-/// Pixels of `above` belonging to 8-connected components of at least `min_px` pixels.
-fn connected_at_least(above: &Array2<bool>, min_px: usize) -> Array2<bool> {
-    let (ny, nx) = above.dim();
-    let mut out = Array2::from_elem((ny, nx), false);
-    let mut seen = Array2::from_elem((ny, nx), false);
-    let mut stack = Vec::new();
-    let mut comp = Vec::new();
-    for y0 in 0..ny {
-        for x0 in 0..nx {
-            if !above[[y0, x0]] || seen[[y0, x0]] {
-                continue;
-            }
-            comp.clear();
-            stack.push((y0, x0));
-            seen[[y0, x0]] = true;
-            while let Some((y, x)) = stack.pop() {
-                comp.push((y, x));
-                for yy in y.saturating_sub(1)..(y + 2).min(ny) {
-                    for xx in x.saturating_sub(1)..(x + 2).min(nx) {
-                        if above[[yy, xx]] && !seen[[yy, xx]] {
-                            seen[[yy, xx]] = true;
-                            stack.push((yy, xx));
-                        }
-                    }
-                }
-            }
-            if comp.len() >= min_px {
-                for &(y, x) in &comp {
-                    out[[y, x]] = true;
-                }
-            }
-        }
-    }
-    out
 }
 
 /// Binary dilation with a `size` x `size` square (offsets `-size/2 ..= size - 1 - size/2`), via

@@ -711,10 +711,10 @@ pub fn match_groups(exposures: &[ExposureSources], reference: &[[f64; 2]], p: &M
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::sources::{find_sources, FindParams, FWHM_PER_SIGMA};
+    use crate::kernels::sources::{find_sources, FindParams};
     use ndarray::Array2;
 
-    use crate::kernels::test_rng::Rng;
+    use crate::kernels::test_rng::{add_star, Rng};
 
     fn inverse(t: &Transform) -> Transform {
         // p = c + R(q - c) + d  <=>  q = c + R^-1 (p - c - d) = c + R^-1 (p - c) - R^-1 d
@@ -905,30 +905,6 @@ mod tests {
     }
 
     // ------------------------------------------------------------- end to end on rendered images
-
-    fn add_star(img: &mut Array2<f64>, x0: f64, y0: f64, flux: f64, fwhm: f64) {
-        let s = fwhm / FWHM_PER_SIGMA;
-        let h = (6.0 * s).ceil() as isize + 1;
-        let (ny, nx) = img.dim();
-        let ns = 5;
-        let norm = flux / (2.0 * std::f64::consts::PI * s * s) / (ns * ns) as f64;
-        for y in (y0.round() as isize - h)..=(y0.round() as isize + h) {
-            for x in (x0.round() as isize - h)..=(x0.round() as isize + h) {
-                if y < 0 || x < 0 || y >= ny as isize || x >= nx as isize {
-                    continue;
-                }
-                let mut v = 0.0;
-                for a in 0..ns {
-                    for b in 0..ns {
-                        let sy = y as f64 - 0.5 + (a as f64 + 0.5) / ns as f64 - y0;
-                        let sx = x as f64 - 0.5 + (b as f64 + 0.5) / ns as f64 - x0;
-                        v += (-(sx * sx + sy * sy) / (2.0 * s * s)).exp();
-                    }
-                }
-                img[[y as usize, x as usize]] += norm * v;
-            }
-        }
-    }
 
     /// Render the sky stars `stars` (pixel positions in frame A, fluxes) through `to_img` (frame A
     /// pixels -> this image's pixels) on 100 counts/px of sky, a galaxy (sigma 80 px, peak 600 at

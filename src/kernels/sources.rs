@@ -705,36 +705,7 @@ fn find_impl(
     });
 
     // 8-connected components with the minimum area; local maxima inside them.
-    let mut keep = Array2::from_elem((ny, nx), false);
-    let mut seen = Array2::from_elem((ny, nx), false);
-    let mut stack = Vec::new();
-    let mut comp = Vec::new();
-    for y0 in 0..ny {
-        for x0 in 0..nx {
-            if !above[[y0, x0]] || seen[[y0, x0]] {
-                continue;
-            }
-            seen[[y0, x0]] = true;
-            stack.push((y0, x0));
-            comp.clear();
-            while let Some((y, x)) = stack.pop() {
-                comp.push((y, x));
-                for yy in y.saturating_sub(1)..(y + 2).min(ny) {
-                    for xx in x.saturating_sub(1)..(x + 2).min(nx) {
-                        if above[[yy, xx]] && !seen[[yy, xx]] {
-                            seen[[yy, xx]] = true;
-                            stack.push((yy, xx));
-                        }
-                    }
-                }
-            }
-            if comp.len() >= p.min_area_px {
-                for &(y, x) in &comp {
-                    keep[[y, x]] = true;
-                }
-            }
-        }
-    }
+    let keep = connected_at_least(&above, p.min_area_px);
     let sep = if p.min_separation_px > 0.0 { p.min_separation_px } else { p.fwhm_px.max(1.5) };
     let hs = sep.floor() as isize;
     let mut peaks = Vec::new();
@@ -1101,37 +1072,47 @@ fn gauss_fit(
     ok.then_some((q[1], q[2]))
 }
 
+/// Pixels of `above` belonging to 8-connected components of at least `min_px` pixels.
+pub(crate) fn connected_at_least(above: &Array2<bool>, min_px: usize) -> Array2<bool> {
+    let (ny, nx) = above.dim();
+    let mut out = Array2::from_elem((ny, nx), false);
+    let mut seen = Array2::from_elem((ny, nx), false);
+    let mut stack = Vec::new();
+    let mut comp = Vec::new();
+    for y0 in 0..ny {
+        for x0 in 0..nx {
+            if !above[[y0, x0]] || seen[[y0, x0]] {
+                continue;
+            }
+            comp.clear();
+            stack.push((y0, x0));
+            seen[[y0, x0]] = true;
+            while let Some((y, x)) = stack.pop() {
+                comp.push((y, x));
+                for yy in y.saturating_sub(1)..(y + 2).min(ny) {
+                    for xx in x.saturating_sub(1)..(x + 2).min(nx) {
+                        if above[[yy, xx]] && !seen[[yy, xx]] {
+                            seen[[yy, xx]] = true;
+                            stack.push((yy, xx));
+                        }
+                    }
+                }
+            }
+            if comp.len() >= min_px {
+                for &(y, x) in &comp {
+                    out[[y, x]] = true;
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::kernels::test_rng::Rng;
-
-    /// Add a pixel-integrated circular Gaussian of total `flux` (counts) centred at `(x0, y0)`,
-    /// integrated by 7x7 sub-pixel sampling.
-    fn add_star(img: &mut Array2<f64>, x0: f64, y0: f64, flux: f64, fwhm: f64) {
-        let s = fwhm / FWHM_PER_SIGMA;
-        let h = (6.0 * s).ceil() as isize + 1;
-        let (ny, nx) = img.dim();
-        let ns = 7;
-        let norm = flux / (2.0 * std::f64::consts::PI * s * s) / (ns * ns) as f64;
-        for y in (y0.round() as isize - h)..=(y0.round() as isize + h) {
-            for x in (x0.round() as isize - h)..=(x0.round() as isize + h) {
-                if y < 0 || x < 0 || y >= ny as isize || x >= nx as isize {
-                    continue;
-                }
-                let mut v = 0.0;
-                for a in 0..ns {
-                    for b in 0..ns {
-                        let sy = y as f64 - 0.5 + (a as f64 + 0.5) / ns as f64 - y0;
-                        let sx = x as f64 - 0.5 + (b as f64 + 0.5) / ns as f64 - x0;
-                        v += (-(sx * sx + sy * sy) / (2.0 * s * s)).exp();
-                    }
-                }
-                img[[y as usize, x as usize]] += norm * v;
-            }
-        }
-    }
+    use crate::kernels::test_rng::{add_star, Rng};
 
     /// Add an elliptical-free extended Gaussian blob of peak `amp` and sigma `sig` pixels.
     fn add_blob(img: &mut Array2<f64>, x0: f64, y0: f64, amp: f64, sig: f64) {

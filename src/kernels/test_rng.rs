@@ -1,6 +1,9 @@
-//! The unit tests' seeded generator: SplitMix64 with Box-Muller normals, small and dependency-free,
-//! so synthetic test data is the same on every platform. Compiled for tests only; the simulator
-//! draws from ChaCha streams instead (`stages::simulate`).
+//! The unit tests' seeded generator (SplitMix64 with Box-Muller normals, small and dependency-free,
+//! so synthetic test data is the same on every platform) and synthetic stars. Compiled for tests
+//! only; the simulator draws from ChaCha streams instead (`stages::simulate`).
+
+use super::sources::FWHM_PER_SIGMA;
+use ndarray::Array2;
 
 /// Deterministic pseudo-random numbers (SplitMix64).
 pub(crate) struct Rng(pub(crate) u64);
@@ -24,5 +27,31 @@ impl Rng {
         let u1 = self.uniform().max(1e-300);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// Add a pixel-integrated circular Gaussian of total `flux` (counts) centred at `(x0, y0)`,
+/// integrated by 7x7 sub-pixel sampling.
+pub(crate) fn add_star(img: &mut Array2<f64>, x0: f64, y0: f64, flux: f64, fwhm: f64) {
+    let s = fwhm / FWHM_PER_SIGMA;
+    let h = (6.0 * s).ceil() as isize + 1;
+    let (ny, nx) = img.dim();
+    let ns = 7;
+    let norm = flux / (2.0 * std::f64::consts::PI * s * s) / (ns * ns) as f64;
+    for y in (y0.round() as isize - h)..=(y0.round() as isize + h) {
+        for x in (x0.round() as isize - h)..=(x0.round() as isize + h) {
+            if y < 0 || x < 0 || y >= ny as isize || x >= nx as isize {
+                continue;
+            }
+            let mut v = 0.0;
+            for a in 0..ns {
+                for b in 0..ns {
+                    let sy = y as f64 - 0.5 + (a as f64 + 0.5) / ns as f64 - y0;
+                    let sx = x as f64 - 0.5 + (b as f64 + 0.5) / ns as f64 - x0;
+                    v += (-(sx * sx + sy * sy) / (2.0 * s * s)).exp();
+                }
+            }
+            img[[y as usize, x as usize]] += norm * v;
+        }
     }
 }

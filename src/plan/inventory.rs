@@ -71,6 +71,11 @@ impl CalMeta {
         }
     }
 
+    /// The file name of the exposure (`jw..._cal.fits`), for reports and messages.
+    pub fn file_name(&self) -> String {
+        self.path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned())
+    }
+
     /// The MIRI Lyot-coronagraph box `[y0, y1, x0, x1]` (0-based, half-open) of a full-frame MIRI
     /// imager exposure: rows 735-1023 and columns 0-289 of the 1024 x 1032 frame (scaled to the frame
     /// when the frame is smaller, as in simulated small scenes). `None` for other instruments and for

@@ -380,7 +380,7 @@ fn exposure_rows(plan: &Plan, metas: &[CalMeta], f: &AlignFile, counts: &[Option
         .zip(metas)
         .zip(counts)
         .map(|((e, m), n)| ExposureShift {
-            file: m.path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: m.file_name(),
             visit: e.visit.clone(),
             n_sources: *n,
             crval_before_deg: m.wcs.crval_deg,

@@ -57,10 +57,7 @@ pub fn run(
     let mut history = prov.history();
     history.push(format!("inputs: {} exposures", metas.len()));
     for m in metas {
-        history.push(format!(
-            "input {}",
-            m.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
-        ));
+        history.push(format!("input {}", m.file_name()));
     }
     let mut w = MosaicWriter::create(out, ny, nx, &primary, &history, exts)
         .with_context(|| format!("creating {}", out.display()))?;

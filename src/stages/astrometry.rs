@@ -192,7 +192,7 @@ pub fn run(
 
 /// `<dir>/<cal name without _cal.fits>_tweakback.fits`.
 pub fn tweakback_name(dir: &Path, m: &CalMeta) -> PathBuf {
-    let name = m.path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = m.file_name();
     let stem = name.strip_suffix("_cal.fits").or_else(|| name.strip_suffix(".fits")).unwrap_or(&name);
     dir.join(format!("{stem}_tweakback.fits"))
 }

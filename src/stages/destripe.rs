@@ -107,8 +107,8 @@ pub fn exposure_model(meta: &CalMeta, index: usize, cfg: &Config, prior: &Correc
     let p = params_for(cfg, meta.shape, &meta.subarray, index);
     let model = par_single_tile_model(sci.view(), bad.view(), &p).with_context(|| meta.path.display().to_string())?;
     if cfg.destripe.png {
-        let png = cfg.run.output_dir.join(STAGE).join(format!("{}.png", file_name(meta).trim_end_matches(".fits")));
-        plot_model(&png, &format!("destripe {}", file_name(meta)), &sci, &model.to_array(), "data")?;
+        let png = cfg.run.output_dir.join(STAGE).join(format!("{}.png", meta.file_name().trim_end_matches(".fits")));
+        plot_model(&png, &format!("destripe {}", meta.file_name()), &sci, &model.to_array(), "data")?;
     }
     Ok(model)
 }
@@ -141,11 +141,7 @@ pub(crate) fn plot_model(
     Ok(())
 }
 
-fn file_name(m: &CalMeta) -> String {
-    m.path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned())
-}
-
-fn rms(a: &ndarray::Array2<f32>) -> f64 {
+pub(crate) fn rms(a: &ndarray::Array2<f32>) -> f64 {
     if a.is_empty() {
         return 0.0;
     }
@@ -164,29 +160,14 @@ pub fn run(
     cfg: &Config,
     prior: &Corrections,
 ) -> anyhow::Result<(Corrections, DestripeReport)> {
-    let n = metas.len();
-    let me = comm.rank();
     // owners compute their exposures' models
-    let mine: Vec<(usize, Result<StripeModel, String>)> = (0..n)
-        .filter(|&k| plan.exposures[k].owner == me && applies_to(&metas[k]))
-        .map(|k| (k, exposure_model(&metas[k], k, cfg, prior).map_err(|e| format!("{e:#}"))))
-        .collect();
-    let bytes = serde_json::to_vec(&mine).expect("models serialise");
-    let mut models: Vec<Option<StripeModel>> = vec![None; n];
-    let mut errors = vec![];
-    for (rank, part) in comm.all_gather_bytes(&bytes).iter().enumerate() {
-        let got: Vec<(usize, Result<StripeModel, String>)> =
-            serde_json::from_slice(part).with_context(|| format!("destripe: decoding the models of rank {rank}"))?;
-        for (k, r) in got {
-            match r {
-                Ok(m) => models[k] = Some(m),
-                Err(e) => errors.push(e),
-            }
-        }
-    }
-    if !errors.is_empty() {
-        anyhow::bail!("destripe: {}", errors.join("; "));
-    }
+    let models = super::on_exposure_owners(
+        comm,
+        plan,
+        STAGE,
+        |k| applies_to(&metas[k]),
+        |k| exposure_model(&metas[k], k, cfg, prior),
+    )?;
 
     let mut report = DestripeReport::default();
     for (k, m) in metas.iter().enumerate() {
@@ -194,11 +175,11 @@ pub fn run(
             Some(s) => ("destriped".to_string(), rms(&s.to_array()), s.amps.len()),
             None => {
                 let why = format!("passed through: {} is not NIRCam (1/f destriping is for NIRCam)", m.instrument);
-                report.notes.push(format!("{}: {why}", file_name(m)));
+                report.notes.push(format!("{}: {why}", m.file_name()));
                 (why, 0.0, 0)
             }
         };
-        report.exposures.push(ExposureReport { file: file_name(m), status, model_rms_mjysr, amps });
+        report.exposures.push(ExposureReport { file: m.file_name(), status, model_rms_mjysr, amps });
     }
     let out = cfg.run.output_dir.join(STAGE);
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
@@ -222,7 +203,7 @@ pub(crate) fn write_store(
         .iter()
         .zip(models)
         .filter_map(|(m, s)| {
-            let stem = file_name(m).trim_end_matches(".fits").to_string();
+            let stem = m.file_name().trim_end_matches(".fits").to_string();
             s.as_ref().map(|s| (stem, s))
         })
         .collect();

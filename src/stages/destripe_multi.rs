@@ -18,7 +18,7 @@
 //! common to all exposures, found on the average with a median filter of ~rows/10 across the stripe
 //! direction); the kernels for it exist (`large_scale_smooth`, `stripe_direction`).
 
-use super::destripe::{applies_to, write_store, DestripeReport, ExposureReport};
+use super::destripe::{applies_to, rms, write_store, DestripeReport, ExposureReport};
 use super::pieces::{resample_alone, Corrections, Part, BAD_BITS};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
@@ -90,7 +90,7 @@ pub fn exposure_model(
     };
     let model = par_multi_tile_model(diff.view(), bad.view(), &p).with_context(|| me.path.display().to_string())?;
     if cfg.destripe.png {
-        let file = me.path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        let file = me.file_name();
         let png = cfg.run.output_dir.join(STAGE).join(format!("{}.png", file.trim_end_matches(".fits")));
         super::destripe::plot_model(
             &png,
@@ -114,41 +114,21 @@ pub fn run(
     cfg: &Config,
     prior: &Corrections,
 ) -> anyhow::Result<(Corrections, DestripeReport)> {
-    let n = metas.len();
-    let rank = comm.rank();
-    type Part = Vec<(usize, Result<(StripeModel, usize), String>)>;
-    let mine: Part = (0..n)
-        .filter(|&k| plan.exposures[k].owner == rank && applies_to(&metas[k]))
-        .map(|k| (k, exposure_model(metas, k, cfg, prior).map_err(|e| format!("{e:#}"))))
-        .collect();
-    let bytes = serde_json::to_vec(&mine).expect("models serialise");
-    let mut models: Vec<Option<StripeModel>> = vec![None; n];
-    let mut others = vec![0usize; n];
-    let mut errors = vec![];
-    for (r, part) in comm.all_gather_bytes(&bytes).iter().enumerate() {
-        let got: Part =
-            serde_json::from_slice(part).with_context(|| format!("destripe_multi: decoding the models of rank {r}"))?;
-        for (k, res) in got {
-            match res {
-                Ok((m, u)) => {
-                    models[k] = Some(m);
-                    others[k] = u;
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-    }
-    if !errors.is_empty() {
-        anyhow::bail!("destripe_multi: {}", errors.join("; "));
-    }
+    let results = super::on_exposure_owners(
+        comm,
+        plan,
+        STAGE,
+        |k| applies_to(&metas[k]),
+        |k| exposure_model(metas, k, cfg, prior),
+    )?;
+    let (models, others): (Vec<Option<StripeModel>>, Vec<usize>) =
+        results.into_iter().map(|r| r.map_or((None, 0), |(m, u)| (Some(m), u))).unzip();
     let mut report = DestripeReport::default();
     for (k, m) in metas.iter().enumerate() {
-        let file = m.path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+        let file = m.file_name();
         let (status, rms, amps) = match &models[k] {
             Some(s) if others[k] > 0 => {
-                let a = s.to_array();
-                let rms = (a.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / a.len().max(1) as f64).sqrt();
-                (format!("destriped against {} other exposures", others[k]), rms, s.amps.len())
+                (format!("destriped against {} other exposures", others[k]), rms(&s.to_array()), s.amps.len())
             }
             Some(_) => {
                 report.notes.push(format!("{file}: no other exposure overlaps it; no multi-exposure model"));

@@ -138,7 +138,7 @@ pub fn run(
         min_linear_frac: cfg.level.min_linear_frac,
         rms_sig_limit: cfg.level.rms_sig_limit,
     };
-    let file = |k: usize| metas[k].path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    let file = |k: usize| metas[k].file_name();
     // groups: dither group and detector
     let gkey = |m: &CalMeta| format!("{}_{}", m.id.dither_group_key(), m.detector.to_ascii_lowercase());
     let keys: BTreeSet<String> = metas.iter().map(gkey).collect();
@@ -403,7 +403,7 @@ fn match_step(
         problems.entry((step.problem_of)(a)).or_default().push(p);
     }
     for members in problems.values() {
-        let m: Vec<PairMeasure> = members.iter().map(|&p| measures[p].clone()).collect();
+        let m: Vec<PairMeasure> = members.iter().map(|&p| measures[p]).collect();
         for (&p, st) in members.iter().zip(reject_pairs(&m, rej)) {
             status[p] = st;
         }

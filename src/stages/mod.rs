@@ -79,6 +79,45 @@ impl Stage {
     }
 }
 
+/// Per-exposure work done by the exposures' owners: `f(k)` for every exposure `k` of the plan this
+/// rank owns and `wanted` selects (in plan order), then all-gathered so that every rank holds every
+/// result (`None` where not wanted). An error on any rank is returned on every rank, naming the
+/// stage, so no rank is left waiting in a later collective.
+///
+/// # Errors
+/// The errors of `f` on any rank (joined), or a result that does not decode.
+pub(crate) fn on_exposure_owners<T: Serialize + serde::de::DeserializeOwned>(
+    comm: &dyn Comm,
+    plan: &crate::plan::Plan,
+    stage: &str,
+    wanted: impl Fn(usize) -> bool,
+    mut f: impl FnMut(usize) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<Option<T>>> {
+    let mine: Vec<(usize, Result<T, String>)> = plan
+        .exposures_of(comm.rank())
+        .map(|e| e.index)
+        .filter(|&k| wanted(k))
+        .map(|k| (k, f(k).map_err(|e| format!("{e:#}"))))
+        .collect();
+    let bytes = serde_json::to_vec(&mine).map_err(|e| anyhow::anyhow!("{stage}: encoding the results: {e}"))?;
+    let mut all: Vec<Option<T>> = (0..plan.exposures.len()).map(|_| None).collect();
+    let mut errors = vec![];
+    for (rank, part) in comm.all_gather_bytes(&bytes).iter().enumerate() {
+        let got: Vec<(usize, Result<T, String>)> = serde_json::from_slice(part)
+            .map_err(|e| anyhow::anyhow!("{stage}: decoding the results of rank {rank}: {e}"))?;
+        for (k, r) in got {
+            match r {
+                Ok(v) => all[k] = Some(v),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{stage}: {}", errors.join("; "));
+    }
+    Ok(all)
+}
+
 /// How a stage run ended (errors are `Err`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -250,7 +250,7 @@ fn flags_report(f: &OutlierFlags, metas: &[crate::plan::CalMeta]) -> serde_json:
         .zip(metas)
         .map(|(v, m)| {
             serde_json::json!({
-                "file": m.path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "file": m.file_name(),
                 "nx": m.shape[1],
                 "n_flagged": v.len(),
                 "pixels": v,

@@ -15,7 +15,6 @@
 //! Each science exposure is handled by its owner rank; the results are all-gathered so every rank
 //! ends with the same exposure table. The report is `<output_dir>/prep/prep.json`.
 
-use super::outlier::agree;
 use crate::config::Config;
 use crate::dist::Comm;
 use crate::io::fits::{card_real, card_text, read_region_dq, read_region_f32, write_corrected_copy};
@@ -91,10 +90,6 @@ fn closest_group(m: &CalMeta, groups: &[OffGroup]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-fn file_name(p: &std::path::Path) -> String {
-    p.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned())
-}
-
 /// Combine the members of an off group: per-pixel clipped mean of their good pixels.
 fn combine(g: &OffGroup, clip: &ClipParams) -> anyhow::Result<Array2<f32>> {
     let mut sci = vec![];
@@ -149,19 +144,21 @@ pub fn run(
     }
     let clip = ClipParams { sigma: pc.off_sigma, maxiters: None };
 
-    // per owned exposure
-    let mine: Vec<usize> = plan.exposures_of(comm.rank()).map(|e| e.index).collect();
-    let rows: Vec<(usize, PrepRow)> = agree(comm, || -> anyhow::Result<Vec<(usize, PrepRow)>> {
-        let mut combined: BTreeMap<usize, Array2<f32>> = BTreeMap::new();
-        let mut out = vec![];
-        for k in mine {
+    // per owned exposure; each rank combines an off group once, when one of its exposures needs it
+    let mut combined: BTreeMap<usize, Array2<f32>> = BTreeMap::new();
+    let rows = super::on_exposure_owners(
+        comm,
+        plan,
+        STAGE,
+        |_| true,
+        |k| -> anyhow::Result<PrepRow> {
             let m = &metas[k];
             let [ny, nx] = m.shape;
             let dqa = read_region_dq(&m.path, 0..ny, 0..nx)?;
             let masked_px = dqa.iter().filter(|&&v| v & super::pieces::BAD_BITS != 0).count() as u64;
             let lyot_box = if pc.lyot_separate { m.lyot_box() } else { None };
             let mut row = PrepRow {
-                file: file_name(&m.path),
+                file: m.file_name(),
                 masked_px,
                 lyot_box,
                 off_group: None,
@@ -172,10 +169,11 @@ pub fn run(
             };
             let full = m.subarray.trim().eq_ignore_ascii_case("FULL");
             if let (true, Some(g)) = (full, closest_group(m, &groups)) {
-                if !combined.contains_key(&g) {
-                    let b = combine(&groups[g], &clip)
-                        .with_context(|| format!("prep: combining the off-source group {}", groups[g].key))?;
-                    combined.insert(g, b);
+                if let std::collections::btree_map::Entry::Vacant(e) = combined.entry(g) {
+                    e.insert(
+                        combine(&groups[g], &clip)
+                            .with_context(|| format!("prep: combining the off-source group {}", groups[g].key))?,
+                    );
                 }
                 let bg = &combined[&g];
                 let mut sci = read_region_f32(&m.path, "SCI", 0..ny, 0..nx)?;
@@ -190,8 +188,8 @@ pub fn run(
                 });
                 let group = &groups[g];
                 let dt = m.expmid_mjd - group.t_mjd;
-                let dst = dir.join(file_name(&m.path));
-                let names: Vec<String> = group.members.iter().map(|o| file_name(&o.path)).collect();
+                let dst = dir.join(m.file_name());
+                let names: Vec<String> = group.members.iter().map(|o| o.file_name()).collect();
                 let cards = [
                     card_real("DT_BGR", dt, "[d] science minus background mid-time (tessera prep)"),
                     card_text("BKGSUB", "T", "off-source background subtracted (tessera prep)"),
@@ -209,15 +207,11 @@ pub fn run(
                 row.background_median_mjysr = median_finite(bg);
                 row.written = Some(dst);
             }
-            out.push((k, row));
-        }
-        Ok(out)
-    })?;
-    let mut all: Vec<(usize, PrepRow)> = vec![];
-    for part in comm.all_gather_bytes(&serde_json::to_vec(&rows)?) {
-        all.extend(serde_json::from_slice::<Vec<(usize, PrepRow)>>(&part)?);
-    }
-    all.sort_by_key(|(k, _)| *k);
+            Ok(row)
+        },
+    )?;
+    let all: Vec<(usize, PrepRow)> =
+        rows.into_iter().enumerate().map(|(k, r)| (k, r.expect("every exposure has an owner"))).collect();
     let mut new_metas = metas.to_vec();
     for (k, r) in &all {
         if let Some(p) = &r.written {

@@ -14,7 +14,6 @@ use tessera::kernels::matching::{fit_transform, FitGeometry};
 use tessera::plan::Plan;
 use tessera::stages::align::AlignFile;
 use tessera::stages::astrometry::AstrometryFile;
-use tessera::stages::simulate::Truth;
 
 /// Small LW scene: 2x2 tiles x 2 dithers of 256^2 px detectors, per-visit pointing errors of
 /// 0.15" rms (|error| 0.05-0.42" for this seed), global offset 0.25" and rotation 0.01 deg.

@@ -8,7 +8,6 @@ use crate::common::{cached, simulate, tmp, truth};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use tessera::stages::simulate::Truth;
 
 const SCENE: [&str; 8] = [
     "simulate.instrument=\"miri\"",

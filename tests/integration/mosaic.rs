@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tessera::io::fits::{read_cal, read_ext_f32, read_ext_u32, read_image};
-use tessera::stages::simulate::Truth;
 
 /// Noise-free LW scene without any corruption: 1x2 tiles x 4 dithers, 256 px detectors.
 fn clean_scene() -> &'static Path {

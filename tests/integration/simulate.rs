@@ -8,7 +8,7 @@ use std::path::Path;
 use tessera::geom::{OutputGrid, TanSip};
 use tessera::io::fits::{read_cal, read_image};
 use tessera::kernels::dq;
-use tessera::stages::simulate::{ExposureTruth, Truth};
+use tessera::stages::simulate::ExposureTruth;
 
 /// Bilinear sample of the truth sky at a sky position.
 struct TruthSky {
