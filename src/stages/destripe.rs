@@ -42,6 +42,10 @@ pub struct ExposureReport {
     pub model_rms_mjysr: f64,
     /// Amplifiers used (4 on full frames, 1 on subarrays).
     pub amps: usize,
+    /// `destripe_multi` only: rms of the large-scale pass's model, MJy/sr (`model_rms_mjysr` is
+    /// pass A's); absent when the pass did not run on this exposure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_scale_rms_mjysr: Option<f64>,
 }
 
 /// The stage's report (`destripe/destripe.json`).
@@ -179,27 +183,35 @@ pub fn run(
                 (why, 0.0, 0)
             }
         };
-        report.exposures.push(ExposureReport { file: m.file_name(), status, model_rms_mjysr, amps });
+        report.exposures.push(ExposureReport {
+            file: m.file_name(),
+            status,
+            model_rms_mjysr,
+            amps,
+            large_scale_rms_mjysr: None,
+        });
     }
     let out = cfg.run.output_dir.join(STAGE);
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
         std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
         crate::io::json::write_json(&out.join("destripe.json"), &report)?;
-        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &models)?;
+        let dense: Vec<Option<ndarray::Array2<f32>>> =
+            models.iter().map(|m| m.as_ref().map(StripeModel::to_array)).collect();
+        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &dense)?;
         Ok(())
     })?;
     Ok((prior.with_stripes(models), report))
 }
 
-/// The dense models into `path`, group `group` (serial HDF5 on the calling rank), written under a
-/// temporary name.
+/// The dense models `[y, x]` into `path`, group `group` (serial HDF5 on the calling rank), written
+/// under a temporary name.
 pub(crate) fn write_store(
     path: &std::path::Path,
     group: &str,
     metas: &[CalMeta],
-    models: &[Option<StripeModel>],
+    models: &[Option<ndarray::Array2<f32>>],
 ) -> anyhow::Result<()> {
-    let present: Vec<(String, &StripeModel)> = metas
+    let present: Vec<(String, &ndarray::Array2<f32>)> = metas
         .iter()
         .zip(models)
         .filter_map(|(m, s)| {
@@ -210,13 +222,12 @@ pub(crate) fn write_store(
     if present.is_empty() {
         return Ok(());
     }
-    let ny = present.iter().map(|(_, s)| s.ny).max().unwrap_or(1).max(1);
-    let nx = present.iter().map(|(_, s)| s.nx).max().unwrap_or(1).max(1);
+    let ny = present.iter().map(|(_, s)| s.nrows()).max().unwrap_or(1).max(1);
+    let nx = present.iter().map(|(_, s)| s.ncols()).max().unwrap_or(1).max(1);
     let specs: Vec<ProductSpec> = present.iter().map(|(name, _)| ProductSpec::f32_image(name)).collect();
     let tmp = crate::io::temp_path(path);
     let store = BandStore::create(&tmp, None, group, ny, nx, 256, &specs, &[("units", "MJy/sr".to_string())])?;
-    for (name, s) in &present {
-        let a = s.to_array();
+    for (name, a) in &present {
         store.write_block_f32(name, Some((0, 0, a.view())))?;
     }
     store.close()?;
