@@ -195,39 +195,41 @@ pub fn run(
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
         std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
         crate::io::json::write_json(&out.join("destripe.json"), &report)?;
-        let dense: Vec<Option<ndarray::Array2<f32>>> =
-            models.iter().map(|m| m.as_ref().map(StripeModel::to_array)).collect();
-        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &dense)?;
+        let parts: Vec<Vec<&StripeModel>> = models.iter().map(|m| m.iter().collect()).collect();
+        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &parts)?;
         Ok(())
     })?;
     Ok((prior.with_stripes(models), report))
 }
 
-/// The dense models `[y, x]` into `path`, group `group` (serial HDF5 on the calling rank), written
-/// under a temporary name.
+/// The models into `path`, group `group` (serial HDF5 on the calling rank), written under a temporary
+/// name: per exposure the dense sum `[y, x]` of its `models` (none: no dataset), built one exposure at
+/// a time so that only one dense model is held.
 pub(crate) fn write_store(
     path: &std::path::Path,
     group: &str,
     metas: &[CalMeta],
-    models: &[Option<ndarray::Array2<f32>>],
+    models: &[Vec<&StripeModel>],
 ) -> anyhow::Result<()> {
-    let present: Vec<(String, &ndarray::Array2<f32>)> = metas
+    let present: Vec<(String, &Vec<&StripeModel>)> = metas
         .iter()
         .zip(models)
-        .filter_map(|(m, s)| {
-            let stem = m.file_name().trim_end_matches(".fits").to_string();
-            s.as_ref().map(|s| (stem, s))
-        })
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(m, s)| (m.file_name().trim_end_matches(".fits").to_string(), s))
         .collect();
     if present.is_empty() {
         return Ok(());
     }
-    let ny = present.iter().map(|(_, s)| s.nrows()).max().unwrap_or(1).max(1);
-    let nx = present.iter().map(|(_, s)| s.ncols()).max().unwrap_or(1).max(1);
+    let ny = present.iter().flat_map(|(_, s)| s.iter().map(|m| m.ny)).max().unwrap_or(1).max(1);
+    let nx = present.iter().flat_map(|(_, s)| s.iter().map(|m| m.nx)).max().unwrap_or(1).max(1);
     let specs: Vec<ProductSpec> = present.iter().map(|(name, _)| ProductSpec::f32_image(name)).collect();
     let tmp = crate::io::temp_path(path);
     let store = BandStore::create(&tmp, None, group, ny, nx, 256, &specs, &[("units", "MJy/sr".to_string())])?;
-    for (name, a) in &present {
+    for (name, parts) in &present {
+        let mut a = parts[0].to_array();
+        for m in &parts[1..] {
+            a += &m.to_array();
+        }
         store.write_block_f32(name, Some((0, 0, a.view())))?;
     }
     store.close()?;

@@ -230,20 +230,13 @@ pub fn run(
         report.exposures.push(ExposureReport { file, status, model_rms_mjysr: rms_a, amps, large_scale_rms_mjysr });
     }
     // the store holds, per exposure, everything this stage subtracts
-    let dense: Vec<Option<Array2<f32>>> = models
-        .iter()
-        .zip(&large)
-        .map(|(a, b)| match (a, b) {
-            (Some(a), Some(b)) => Some(a.plus(b)),
-            (Some(a), None) => Some(a.to_array()),
-            _ => None,
-        })
-        .collect();
+    let parts: Vec<Vec<&StripeModel>> =
+        models.iter().zip(&large).map(|(a, b)| a.iter().chain(b.iter()).collect()).collect();
     let out = cfg.run.output_dir.join(STAGE);
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
         std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
         crate::io::json::write_json(&out.join("destripe_multi.json"), &report)?;
-        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &dense)?;
+        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &parts)?;
         Ok(())
     })?;
     Ok((after_a.with_stripes(large), report))
