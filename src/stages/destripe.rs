@@ -129,12 +129,14 @@ pub(crate) fn plot_model(
     model: &ndarray::Array2<f32>,
     what: &str,
 ) -> anyhow::Result<()> {
-    use crate::io::plot::{display_range, image_panels, Panel};
+    use crate::io::plot::{display_range, image_panels, robust_range, Panel};
     if let Some(dir) = png.parent() {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     }
     let corrected = data - model;
-    let range = display_range(data.view());
+    // a difference against the other exposures is noise, stripes and a few residuals: a symmetric
+    // robust range shows the stripes; a plain exposure gets its 1-99% range
+    let range = if what == "data" { display_range(data.view()) } else { robust_range(data.view(), 4.0) };
     let a = model.iter().fold(0.0f32, |a, v| if v.is_finite() { a.max(v.abs()) } else { a }).max(1e-6);
     let panels = [
         Panel { title: what.to_string(), data: data.view(), range: Some(range) },

@@ -398,8 +398,8 @@ fn png_per_exposure_on_request() {
     run(1, dir, w.path(), &["--set", "destripe.png=true", "--set", "outlier.enabled=false"]);
     for f in crate::common::cal_files(dir) {
         let stem = f.file_name().unwrap().to_string_lossy().trim_end_matches(".fits").to_string();
-        for stage in ["destripe", "destripe_multi"] {
-            let png = w.path().join(format!("out/{stage}/{stem}.png"));
+        for (stage, suffix) in [("destripe", ""), ("destripe_multi", ""), ("destripe_multi", "_large_scale")] {
+            let png = w.path().join(format!("out/{stage}/{stem}{suffix}.png"));
             let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", png.display());
         }
