@@ -171,6 +171,7 @@ pub fn run(
         comm,
         plan,
         STAGE,
+        cfg.run.progress_interval_s,
         |k| applies_to(&metas[k]),
         |k| exposure_model(&metas[k], k, cfg, prior),
     )?;

@@ -204,6 +204,7 @@ pub fn run(
             comm,
             plan,
             STAGE,
+            cfg.run.progress_interval_s,
             |k| applies_to(&metas[k]),
             |k| exposure_model(metas, k, cfg, prior, pass),
         )?;
