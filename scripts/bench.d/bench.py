@@ -693,7 +693,8 @@ def destripe_run(args, scene):
            "mosaic", sim, "-o", rd / "unused.fits", "--no-prep", "--no-align", "--no-level",
            "--stop-after", "destripe_multi"]
     log(f"[{scene}] tessera destriping, {ranks} ranks ...")
-    rec = {"scene": scene, "ranks": ranks, "threads": 1, "exposures": len(files)}
+    rec = {"scene": scene, "ranks": ranks, "threads": 1, "exposures": len(files),
+           "load_avg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     rec.update(run_timed(cmd, rd, args.timeout, rank_prefix=rd / "rss"))
     err = (rd / "stderr.log").read_text(errors="replace")
     for stage in ("destripe", "destripe_multi"):
@@ -720,13 +721,18 @@ def destripe_section(runs):
          "(one core), scaled to a 2048^2 frame by pixel count on the smaller scenes. No peer is timed: of the "
          "tools installed here, none destripes calibrated images (the JWST pipeline's clean_flicker_noise works "
          "on ramps and rate files, before flat fielding).", "",
-         "| scene | exposures | px | whole run wall s | peak RSS MiB (max rank) | destripe s | destripe_multi s (passes A + B) "
-         "| single-tile s per exposure (1 core) | per 2048^2 exposure | status |",
-         "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+         "The CPU column (user + system over all ranks, from GNU time) does not depend on what else runs on "
+         "the machine; the wall times do (the load average when each run started is given).", "",
+         "| scene | exposures | px | whole run wall s | CPU s, all ranks | load at start | peak RSS MiB (max rank) "
+         "| destripe s | destripe_multi s (passes A + B) | single-tile s per exposure (1 core) | per 2048^2 exposure "
+         "| status |",
+         "|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|---|"]
     for r in runs:
         rss = r.get("max_rank_rss_kib") or r.get("max_rss_kib")
         L.append(f"| {r['scene']}{' *(earlier run)*' if r.get('reused_from') else ''} | {r.get('exposures')} | "
-                 f"{r.get('side_px')}^2 | {fmt(r.get('wall_s'))} | {fmt(mib(rss), 0)} | {fmt(r.get('destripe_s'))} | "
+                 f"{r.get('side_px')}^2 | {fmt(r.get('wall_s'))} | "
+                 f"{fmt((r.get('user_s') or 0) + (r.get('sys_s') or 0) or None)} | {r.get('load_avg_at_start', '')} | "
+                 f"{fmt(mib(rss), 0)} | {fmt(r.get('destripe_s'))} | "
                  f"{fmt(r.get('destripe_multi_s'))} | {fmt(r.get('single_tile_s_per_exposure'), 2)} | "
                  f"{fmt(r.get('single_tile_s_per_2048sq'), 2)} | {r.get('status')} |")
     L.append("")
