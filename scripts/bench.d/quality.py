@@ -128,6 +128,7 @@ LABELS = {
     "jwst-global+match": "JWST SkyMatchStep global+match + ResampleStep",
     "reproject": "reproject_and_coadd(match_background=True)",
 }
+SHORT = {"tessera": "tessera with tile constants", "tessera-plane": "tessera with tile planes"}
 DILATE_PX = 2
 # Source mask: grid pixels within this many px (plus the simulated absolute pointing offset) of a
 # truth-sky pixel brighter than FAINT_MJYSR are left out of the medians.
@@ -555,11 +556,13 @@ def summary_lines(summ):
         for tool, v in e["rows"].items():
             if tool == "oracle":
                 continue
-            parts.append(f"{LABELS[tool].split(',')[0]}: {v['ratio']:.1f}x ({'met' if v['met'] else 'NOT met'})")
+            parts.append(f"{SHORT[tool]}: {v['ratio']:.1f}x ({'met' if v['met'] else 'NOT met'})")
         fl = e["rows"].get("oracle")
         out.append(f"- {name}, best peer ({e['best_peer']}, {e['best_peer_value']:.5f}) over tessera's (target >= 5x): "
                    + "; ".join(parts)
-                   + (f"; over the floor's: {fl['ratio']:.1f}x (the most any level matching could show)" if fl else "")
+                   + (f"; over the floor's: {fl['ratio']:.1f}x (the most any level matching could show"
+                      + (": below 5x, so this metric cannot show the target on this scene)" if fl["ratio"] < 5.0 else ")")
+                      if fl else "")
                    + ".")
     return out
 
