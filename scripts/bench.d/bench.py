@@ -664,7 +664,7 @@ def quality_section(q, json_name):
         f"pixels within the simulated absolute pointing offset (+1 px) of a truth pixel above {m.get('faint_mjysr')} "
         "MJy/sr are left out (the mosaics sit that offset from the truth; misaligned sources alone give a spread "
         "of ~1e-3, the 'sources kept' column). `compact` mask (MIRI, whose emission fills the field, so a "
-        "brightness cut would leave nothing): pixels within 3 px of compact structure (truth minus its 9 x 9 px "
+        "brightness cut would keep few pixels, far from the galaxy): pixels within 3 px of compact structure (truth minus its 9 x 9 px "
         "median above 0.01 MJy/sr) are left out; the MIRI scenes have no absolute offset.",
         "- Seam spread: for every tile, the median of r over the pixels covered by that tile only; max - min over "
         "the tiles (the issue's 'spread of the median residual across tiles'). It sees only a tile's mean level, "
@@ -694,8 +694,11 @@ def quality_section(q, json_name):
         "peer's value over the row's; the target is tessera >= 5x.",
         "- JWST SkyMatchStep: default parameters except skymethod (subtract=False, so ResampleStep subtracts "
         "`meta.background.level`); `global+match` adds one constant to every level, so its seams equal "
-        "`match`'s. reproject: `reproject_interp`, weighted mean (as in the timing table), "
-        "`match_background=True`.",
+        "`match`'s. It takes a sky statistic (the mode by default) of each image over each overlap and matches "
+        "their differences. reproject: `reproject_interp`, weighted mean (as in the timing table), "
+        "`match_background=True`: the median of the pixel differences per overlapping pair, no pair "
+        "rejection or weights, solved by stochastic gradient descent. Neither separates the MIRI Lyot box or "
+        "fits planes; tessera does both (prep, level).",
         "- Wall time: the whole process under GNU time, as in the timing table (tessera under `mpirun -n 2`; "
         "the others one process); on these small scenes start-up dominates.",
         ""]

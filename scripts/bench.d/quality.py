@@ -87,8 +87,8 @@ SCENES = {
         "sets": ["simulate.background_offset_mjysr=0.1", "simulate.stripe_rms_mjysr=0.0",
                  "simulate.pointing_error_arcsec=0.0"],
         "mask": "faint",
-        "why": "the easy case: constant per-exposure offsets (0.1 MJy/sr rms, the NIRCam level of PHANGS' "
-               "worst fields) and a galaxy filling the field, nothing else.",
+        "why": "the easy case, the scene of the first quality table: constant per-exposure offsets of 0.1 MJy/sr "
+               "rms (five times the simulator's NIRCam default) under the simulated galaxy, nothing else.",
     },
     "miri": {
         "title": "MIRI F770W, offsets 0.1-1 MJy/sr, Lyot level, drifting background, tile planes",
@@ -101,10 +101,10 @@ SCENES = {
                "(per-exposure offsets of 0.4 MJy/sr rms, so 0.1 to 1 MJy/sr between exposures; the Lyot "
                "box 0.3 MJy/sr above the imager field; the thermal background drifting 2 % a day, with two "
                "off-source exposures per tile) plus a background plane per tile rising 0.05 MJy/sr across "
-               "the tile in a random direction (the plane of the issue's plane-fitting target; PHANGS "
-               "MIRI tiles show gradients of this order). No stripes, no pointing errors, and no absolute "
-               "astrometric offset: no tool here corrects it, and on MIRI's bright extended emission a 0.35\" "
-               "offset from the truth leaves residuals of ~0.1 MJy/sr that would swamp every metric.",
+               "the tile in a random direction (the plane of the issue's plane-fitting target). No stripes, "
+               "no pointing errors, and no absolute astrometric offset: no tool here corrects it, and on "
+               "MIRI's bright extended emission an offset from the truth leaves residuals that have nothing "
+               "to do with level matching.",
     },
     "miri-const": {
         "title": "MIRI F770W, offsets 0.1-1 MJy/sr, Lyot level, drifting background, no planes",
