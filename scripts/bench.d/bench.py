@@ -629,46 +629,78 @@ def quality_section(q, json_name):
     L = ["## Level matching quality", ""]
     if q.get("error"):
         return L + [f"Not measured: {q['error']}.", ""]
-    sc = q["scene"]
-    sim = " ".join(str(x) for x in sc["simulate"])
-    L += [f"Scene: `tessera simulate {sim}`: {sc['n_exposures']} NIRCam LW cal files (4 tiles x 4 dithers x "
-          f"2 detectors) whose backgrounds carry per-exposure offsets ({sc['injected_offset_rms_mjysr']:.3f} MJy/sr "
-          f"rms, {sc['injected_offset_spread_mjysr']:.3f} max - min) and nothing else to correct (no stripes, no "
-          "pointing errors). Every tool gets the same inputs and writes the same grid as in the timing runs; "
-          "no outlier rejection anywhere (`outlier.enabled=false` for tessera, no OutlierDetectionStep), so only "
-          f"level matching differs. Raw numbers: `{json_name}`.",
-          "",
-          q["table_md"], ""]
-    s = q.get("summary")
-    if s:
-        L.append(f"- **tessera's seam spread at least 5x smaller than the best peer's** ({s['best_peer']}): "
-                 f"{s['ratio']:.1f}x ({'met' if s['met'] else 'NOT met'})."
-                 + (f" The floor row (true levels) is {s['floor_ratio']:.1f}x below that peer: no level matching "
-                    "can do better than that on this scene and metric." if s.get("floor_ratio") else ""))
+    m = q.get("metrics", {})
+    L += [f"Every tool gets the same inputs and writes the same grid as in the timing runs; no outlier "
+          "rejection anywhere (`outlier.enabled=false` for tessera, no OutlierDetectionStep), so only level "
+          "matching differs. No scene has stripes or pointing errors (destripe and align are off in tessera's "
+          f"runs). Raw numbers: `{json_name}`; metrics defined below and in `scripts/bench.d/quality.py`.", ""]
+    for sc in q["scenes"]:
+        i = sc["scene"]
+        sim = " ".join(str(x) for x in i["simulate"])
+        what = (f"{i['n_exposures']} {i['instrument']} cal files ({i['detectors_per_exposure']} detector(s) per "
+                "exposure, 4 tiles x 4 dithers)"
+                + (f" and {i['n_off_exposures']} off-source exposures" if i.get("n_off_exposures") else "")
+                + f"; per-exposure offsets {i['injected_offset_rms_mjysr']:.3f} MJy/sr rms "
+                f"({i['injected_offset_spread_mjysr']:.3f} max - min), total backgrounds "
+                f"{i['background_mjysr'][0]:.2f} to {i['background_mjysr'][1]:.2f} MJy/sr"
+                + (f", Lyot box +{i['lyot_offset_mjysr']:.2f} MJy/sr" if i.get("lyot_offset_mjysr") else "")
+                + (f", tile planes of {i['tile_plane_gradient_mjysr_per_arcsec']:.4f} MJy/sr per arcsec"
+                   if i.get("tile_plane_gradient_mjysr_per_arcsec") else ""))
+        L += [f"### Scene {i['name']}: {i['title']}", "",
+              f"`tessera simulate {sim}`: {what}. Why this scene: {i['why']}",
+              f"Grid {i['grid_shape'][1]} x {i['grid_shape'][0]} px at {i['grid_pixscale_arcsec']}\"; "
+              f"{i['faint_pixels']} of {i['covered_pixels']} covered pixels kept by the `{i['mask']}` source mask; "
+              f"single-tile kept pixels per tile: {', '.join(str(x) for x in i['faint_single_tile_pixels'])}; "
+              f"{i['boxes']} boxes of {i['box_px']} px, {i['boundary_boxes']} of them on tile boundaries.",
+              "", sc["table_md"], ""]
+        L += sc.get("summary_md") or []
+        L.append("")
     L += [
-        "- Seam spread: for every tile, the median of (mosaic - truth sky, bilinearly resampled onto the grid) "
-        "over the grid pixels covered by that tile only; max - min over the 4 tiles. Per-tile rms: the rms of "
-        "those medians about their mean. Both are relative, as every tool sets its own absolute level. One "
-        "function (`score` in `scripts/bench.d/quality.py`) scores every mosaic, on one pixel set: tile coverage "
-        "is computed once from the inputs' usable pixels reprojected onto the grid (dilated by "
-        f"{sc['coverage_dilation_px']} px, so pixels next to another tile's edge count as shared), and pixels "
-        f"within the simulated absolute pointing offset (+1 px) of a truth pixel above {sc['faint_mjysr']} MJy/sr "
-        "are left out: the mosaics sit that offset away from the truth, and the misaligned sources alone give "
-        "a spread of ~1e-3 MJy/sr (the 'sources kept' column, about the same for every tool). Single-tile faint "
-        f"pixels per tile: {', '.join(str(x) for x in sc['faint_single_tile_pixels'])}.",
-        "- Per-exposure level rms: the rms about its mean of (level the tool subtracts - truth "
-        "`background_mjysr`) over the exposures: tessera's `level.json` (exposure + tile offset + band sky), "
-        "SkyMatch's `meta.background.level`. SkyMatch gives both detectors of an exposure one level (they are "
-        "one sky group to it), while the simulated offsets differ per detector. reproject_and_coadd does not "
-        "return its offsets.",
-        "- The floor row is the best any level matching can do with this metric: the cal files with every "
-        "exposure's true background subtracted, mosaicked by tessera without level matching; what is left is "
-        "noise (and resampling residue) in the per-tile medians. The ratio column is the best peer's seam spread over each row's.",
+        "Metrics (MJy/sr; r = mosaic - truth sky bilinearly resampled onto the grid; one function, `score` in "
+        "`scripts/bench.d/quality.py`, scores every mosaic on one pixel set):",
+        "",
+        "- Pixel set: grid pixels covered by the inputs' usable pixels (reprojected onto the grid once, OR-ed per "
+        f"tile, dilated by {m.get('coverage_dilation_px', 2)} px), minus a source mask. `faint` mask (nircam): "
+        f"pixels within the simulated absolute pointing offset (+1 px) of a truth pixel above {m.get('faint_mjysr')} "
+        "MJy/sr are left out (the mosaics sit that offset from the truth; misaligned sources alone give a spread "
+        "of ~1e-3, the 'sources kept' column). `compact` mask (MIRI, whose emission fills the field, so a "
+        "brightness cut would keep few pixels, far from the galaxy): pixels within 3 px of compact structure (truth minus its 9 x 9 px "
+        "median above 0.01 MJy/sr) are left out; the MIRI scenes have no absolute offset.",
+        "- Seam spread: for every tile, the median of r over the pixels covered by that tile only; max - min over "
+        "the tiles (the issue's 'spread of the median residual across tiles'). It sees only a tile's mean level, "
+        "and a gradient across the whole mosaic enters it fully.",
+        "- Band plane: one plane (least squares in grid x, y) through the medians of r in every "
+        f"{m.get('box_px', 32)} x {m.get('box_px', 32)} px box with at least a quarter of its pixels kept. Relative "
+        "level matching cannot know it (with tile planes, the reference tile's plane is the gauge and spreads "
+        "over the mosaic), so the next metrics remove it, for every tool alike. 'Seam spread, band plane "
+        "removed' is the seam spread of r minus that plane.",
+        "- Boundary boxes: the boxes whose kept pixels have two or more tile coverage sets (which tiles cover a "
+        "pixel), each on at least 10 % of them: the boxes along the seams. Boundary-box rms: the rms about their "
+        "mean of the boxes' medians of r minus the band plane; max - min also given. Unlike the seam spread, it "
+        "sees a gradient left across a tile whose median is right, and steps that vary along a seam.",
+        "- Per-exposure level rms ('background error'): where the tool reports per-exposure levels, the rms of "
+        "(level at the exposure's centre - true background there: offset + sky + tile plane) over the exposures, "
+        "about a band-wide plane in the exposure centres' positions. tessera: prep's off-source background median "
+        "+ level.json's exposure offset + tile offset or plane + band sky; SkyMatch: `meta.background.level`; "
+        "reproject: the corrections its `solve_corrections_sgd` returned (recorded by a pass-through wrapper in "
+        "`run_reproject.py`, not recomputed). The floor subtracts the truth: 0 by construction.",
+        "- Absolute level: the median of r over all kept pixels, the background left in the mosaic. "
+        "reproject and SkyMatch `match` subtract no absolute sky, so the mean background stays; tessera's band "
+        "sky and SkyMatch's `global` are taken from the data, where emission fills the field, so they remove "
+        "some emission too (PHANGS anchors the absolute level to external data afterwards).",
+        "- Floor: the cal files with every exposure's true background (offset, sky, tile plane through the true "
+        "WCS, Lyot level) subtracted, mosaicked by tessera with prep and level off: what is left is noise and "
+        "resampling residue, the best any level matching can do on the metric. 'best peer / this' is the best "
+        "peer's value over the row's; the target is tessera >= 5x.",
         "- JWST SkyMatchStep: default parameters except skymethod (subtract=False, so ResampleStep subtracts "
-        "`meta.background.level`); `global+match` adds one constant to every level, so its seams equal `match`'s. "
-        "reproject: `reproject_interp`, weighted mean (as in the timing table), `match_background=True`.",
+        "`meta.background.level`); `global+match` adds one constant to every level, so its seams equal "
+        "`match`'s. It takes a sky statistic (the mode by default) of each image over each overlap and matches "
+        "their differences. reproject: `reproject_interp`, weighted mean (as in the timing table), "
+        "`match_background=True`: the median of the pixel differences per overlapping pair, no pair "
+        "rejection or weights, solved by stochastic gradient descent. Neither separates the MIRI Lyot box or "
+        "fits planes; tessera does both (prep, level).",
         "- Wall time: the whole process under GNU time, as in the timing table (tessera under `mpirun -n 2`; "
-        "the others one process); on this small scene start-up dominates.",
+        "the others one process); on these small scenes start-up dominates.",
         ""]
     return L
 
@@ -897,6 +929,8 @@ def main():
     ap.add_argument("--reproject-match-background", action="store_true")
     ap.add_argument("--quality", action="store_true",
                     help="also run the level matching quality table (scripts/bench.d/quality.py)")
+    ap.add_argument("--quality-from", default="",
+                    help="an earlier bench-results/*-quality.json: its quality tables, not rerun")
     ap.add_argument("--destripe", default="",
                     help="comma-separated scenes on which to time tessera's destriping alone (e.g. large)")
     ap.add_argument("--timeout", type=float, default=3 * 3600)
@@ -942,7 +976,11 @@ def main():
                 results.append(res)
     results.sort(key=lambda r: SCENES.index(r["scene"]))
     quality = None
-    if args.quality:
+    if args.quality_from:
+        quality = json.loads(Path(args.quality_from).read_text())
+        if "scenes" not in quality:
+            ap.error(f"{args.quality_from}: not a quality JSON of this version (no 'scenes')")
+    elif args.quality:
         log("level matching quality")
         quality = quality_run(args)
     destripe = [destripe_run(args, sc) for sc in args.destripe.split(",") if sc and sc != "none"]
@@ -961,7 +999,9 @@ def main():
         except ValueError:
             return p
     qp = None
-    if quality is not None:
+    if args.quality_from:
+        qp = Path(args.quality_from)
+    elif quality is not None:
         qp = Path(args.results_dir) / f"{stamp}-quality.json"
         qp.write_text(json.dumps(quality, indent=1))
     jp.write_text(json.dumps({"command": args.cmdline, "machine": facts, "scenes": results,
@@ -974,7 +1014,10 @@ def main():
         print(res.get("skipped") or scene_table(res, args.ranks))
     if quality is not None:
         print("\n## Level matching quality")
-        print(quality.get("table_md") or f"not measured: {quality.get('error')}")
+        for sc in quality.get("scenes", []):
+            print(f"\n### {sc['scene']['name']}\n{sc['table_md']}")
+        if quality.get("error"):
+            print(f"not measured: {quality['error']}")
     return 0
 
 

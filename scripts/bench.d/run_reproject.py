@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """run_reproject.py PEER_DIR OUT.fits [--match-background]: co-add the prepared inputs onto tessera's
-grid with reproject's reproject_and_coadd (reproject_interp, weighted mean), the timed peer run."""
+grid with reproject's reproject_and_coadd (reproject_interp, weighted mean), the timed peer run.
+
+With --match-background, the per-input corrections reproject subtracts (the return value of its own
+solve_corrections_sgd, recorded by a pass-through wrapper, not recomputed) are added by cal file
+name to the JSON line printed at the end ("sky_levels"), when every input was used."""
 import json
 import sys
 import time
@@ -10,7 +14,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 from reproject import reproject_interp
-from reproject.mosaicking import reproject_and_coadd
+from reproject.mosaicking import _coadd, reproject_and_coadd
 
 t0 = time.perf_counter()
 peer, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -21,6 +25,16 @@ out_wcs = WCS(gh)
 shape = (gh["NAXIS2"], gh["NAXIS1"])
 data = [str(peer / it["sci"]) for it in inputs]   # file names: read one at a time
 weights = [str(peer / it["wht"]) for it in inputs]
+solved = []
+if match_bg:
+    # reproject_and_coadd calls the name bound in its module: wrap it there, record what it returns
+    _sgd = _coadd.solve_corrections_sgd
+
+    def _recording_sgd(*a, **k):
+        c = _sgd(*a, **k)
+        solved.append(np.array(c, dtype=float))
+        return c
+    _coadd.solve_corrections_sgd = _recording_sgd
 arr, foot = reproject_and_coadd(data, out_wcs, shape_out=shape, input_weights=weights,
                                 reproject_function=reproject_interp, combine_function="mean",
                                 match_background=match_bg)
@@ -29,4 +43,9 @@ for k in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2"):
     hdr.remove(k, ignore_missing=True)
 fits.HDUList([fits.PrimaryHDU(arr.astype(np.float32), header=hdr),
               fits.ImageHDU(foot.astype(np.float32), header=hdr, name="FOOTPRINT")]).writeto(out, overwrite=True)
-print(json.dumps({"core_s": time.perf_counter() - t0}))
+info = {"core_s": time.perf_counter() - t0}
+# the arrays reproject matched are the inputs in order (an input off the grid would be skipped:
+# then the mapping is unknown and no levels are reported)
+if len(solved) == 1 and len(solved[0]) == len(inputs):
+    info["sky_levels"] = {Path(it["cal"]).name: float(c) for it, c in zip(inputs, solved[0])}
+print(json.dumps(info))

@@ -156,12 +156,22 @@ fn plane_errors(dir: &Path, work: &Path) -> Vec<f64> {
     let gw = grid.wcs();
     let origin: Vec<f64> = r["plane_origin_xy"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let target = (t.target_deg[0], t.target_deg[1]);
-    // the correction applied to a file at grid (x, y): its step-1 offset plus its tile's plane or
-    // constant (the band constant is common to all)
+    // MIRI: the off-source background prep subtracted (its median), per file
+    let prep: BTreeMap<String, f64> = std::fs::read_to_string(work.join("out/prep/prep.json"))
+        .ok()
+        .map(|s| serde_json::from_str::<serde_json::Value>(&s).unwrap())
+        .and_then(|v| v["exposures"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| Some((e["file"].as_str()?.to_string(), e["background_median_mjysr"].as_f64()?)))
+        .collect();
+    // the correction applied to a file at grid (x, y): prep's background, its step-1 offset plus its
+    // tile's plane or constant (the band constant is common to all)
     let applied = |file: &str, x: f64, y: f64| {
         let p: Vec<&str> = file.split('_').collect();
         let key = format!("{}_{}_{}", p[0], p[1], p[3]);
-        r["exposure_offsets_mjysr"][file].as_f64().unwrap()
+        prep.get(file).copied().unwrap_or(0.0)
+            + r["exposure_offsets_mjysr"][file].as_f64().unwrap()
             + match r["tile_planes"].get(&key) {
                 Some(c) => {
                     let c: Vec<f64> = c.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
@@ -242,6 +252,67 @@ fn tile_planes_are_removed_with_plane_fitting() {
     run(3, d.path(), w3.path(), &["--set", "outlier.enabled=false", "--set", "level.tile_fit=\"plane\""], &[]);
     let r3: serde_json::Value = tessera::io::json::read_json(&w3.path().join("out/level/level.json")).unwrap();
     assert_eq!(r["tile_planes"], r3["tile_planes"], "planes differ between 2 and 3 ranks");
+}
+
+/// Plane left across each tile (see [`plane_errors`]) with tile constants and with tile planes, on
+/// the MIRI scene of `scripts/bench --quality` (scene `miri`: F770W, 2x2 tiles x 4 dithers, small,
+/// the MIRI defaults: offsets of 0.4 MJy/sr rms, Lyot level, drifting background, off exposures;
+/// plus a plane of 0.05 MJy/sr across each tile) with the extra `--set`s `extra`.
+fn miri_plane_errors(extra: &[&str]) -> (Vec<f64>, Vec<f64>) {
+    let d = tmp();
+    let mut sets = vec![
+        "simulate.instrument=\"miri\"",
+        "simulate.filter=\"F770W\"",
+        "simulate.size=\"small\"",
+        "simulate.tiles=\"2x2\"",
+        "simulate.dithers=4",
+        "simulate.tile_plane_mjysr=0.05",
+        "simulate.pointing_error_arcsec=0.0",
+        "simulate.absolute_offset_arcsec=0.0",
+        "simulate.absolute_rotation_deg=0.0",
+        "simulate.seed=1",
+    ];
+    sets.extend_from_slice(extra);
+    simulate(d.path(), &sets);
+    let t: Truth = tessera::io::json::read_json(&d.path().join("truth/truth.json")).unwrap();
+    let sci: Vec<_> = t.exposures.iter().filter(|e| !e.is_off).collect();
+    assert!(sci.iter().all(|e| e.plane[1] != 0.0 || e.plane[2] != 0.0), "no planes injected");
+    let offs: Vec<f64> = sci.iter().map(|e| e.offset_mjysr).collect();
+    let spread = offs.iter().copied().fold(f64::MIN, f64::max) - offs.iter().copied().fold(f64::MAX, f64::min);
+    assert!(spread > 0.9, "the scene's offsets do not span 0.1 to 1 MJy/sr: {spread}");
+    let errors = |extra: &[&str]| {
+        let w = tmp();
+        let mut sets = vec!["--set", "outlier.enabled=false"];
+        sets.extend_from_slice(extra);
+        run(2, d.path(), w.path(), &sets, &[]);
+        plane_errors(d.path(), w.path())
+    };
+    let flat = errors(&[]);
+    let planes = errors(&["--set", "level.tile_fit=\"plane\""]);
+    eprintln!("MIRI plane left across each tile (MJy/sr): with level fits {flat:?}; with plane fits {planes:?}");
+    (flat, planes)
+}
+
+/// Without noise, the MIRI geometry (thin tile overlaps, Lyot box, off-source backgrounds) does not
+/// stop plane fitting: the planes are removed across the tile boundaries (measured ~1e-3 MJy/sr).
+#[test]
+fn miri_tile_planes_are_removed_without_noise() {
+    let (flat, planes) = miri_plane_errors(&["simulate.noise=false", "simulate.cosmic_rays=false"]);
+    assert!(flat.iter().all(|&a| a > 0.02), "the control leaves no plane to remove: {flat:?}");
+    assert!(planes.iter().all(|&a| a < 0.01), "planes left: {planes:?}");
+}
+
+/// The issue's target (a 0.05 MJy/sr plane removed to 0.01) on the noisy MIRI bench scene: NOT met
+/// yet (measured 0.025 to 0.046 left per tile, against 0.04 to 0.09 with constants). The MIRI
+/// tiles of the small scene overlap in strips ~20 px wide, which fix the slope across the strip
+/// poorly, and `kernels::level::solve_planes` weights a pair's three plane coefficients alike (one
+/// scalar weight per pair), so those noisy slopes enter with full weight. Run with `--ignored`.
+#[test]
+#[ignore = "issue 4 target not met on MIRI small with noise: planes left 0.025-0.046 MJy/sr (see doc)"]
+fn miri_tile_planes_are_removed_with_plane_fitting() {
+    let (flat, planes) = miri_plane_errors(&[]);
+    assert!(flat.iter().all(|&a| a > 0.02), "the control leaves no plane to remove: {flat:?}");
+    assert!(planes.iter().all(|&a| a < 0.01), "planes left: {planes:?}");
 }
 
 #[test]
