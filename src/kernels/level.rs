@@ -40,7 +40,7 @@
 
 use std::cmp::Ordering;
 
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, DVector};
 use ndarray::{ArrayView2, Axis};
 use rayon::prelude::*;
 
@@ -99,6 +99,11 @@ pub enum LevelError {
         n_images: usize,
     },
     /// The start of a plane fit needs a finite level median and clipped rms.
+    #[error("the plane system of a connected group of {images} images is singular")]
+    Singular {
+        /// Images in the group.
+        images: usize,
+    },
     #[error("plane fit start needs a finite median and rms, got median {median}, rms {rms}")]
     PlaneStart {
         /// The level median given.
@@ -1419,6 +1424,8 @@ pub struct PlaneFit {
     iters: u32,
     rms: f64,
     n_kept: u64,
+    /// `[[n, sx, sy], [sx, sxx, sxy], [sy, sxy, syy]]` of the last step's kept points.
+    normal: [[f64; 3]; 3],
     done: bool,
 }
 
@@ -1433,7 +1440,7 @@ impl PlaneFit {
         }
         let plane = Plane { offset: median, slope_x: 0.0, slope_y: 0.0 };
         let halfwidth = (params.sigma * rms).min(MAX_HALFWIDTH);
-        Ok(Self { params, plane, halfwidth, iters: 0, rms, n_kept: 0, done: false })
+        Ok(Self { params, plane, halfwidth, iters: 0, rms, n_kept: 0, normal: [[0.0; 3]; 3], done: false })
     }
 
     /// Current plane (the result once done).
@@ -1454,6 +1461,13 @@ impl PlaneFit {
     /// Points kept in the last step.
     pub fn n_kept(&self) -> u64 {
         self.n_kept
+    }
+
+    /// The normal matrix `[[n, sx, sy], [sx, sxx, sxy], [sy, sxy, syy]]` of the points kept in the
+    /// last step (coordinates relative to the plane origin): divided by `rms^2`, the information
+    /// (inverse covariance) of the fitted `[offset, slope_x, slope_y]`.
+    pub fn normal(&self) -> [[f64; 3]; 3] {
+        self.normal
     }
 
     /// Number of updates so far.
@@ -1481,6 +1495,8 @@ impl PlaneFit {
         let n = s.n as i128;
         let nf = s.n as f64;
         let [sx, sy, sxx, sxy, syy, sr, sxr, syr, srr, _] = s.sums;
+        let (fx, fy) = (sx as f64, sy as f64);
+        self.normal = [[nf, fx, fy], [fx, sxx as f64, sxy as f64], [fy, sxy as f64, syy as f64]];
         let cxx = centred(n, sxx, sx, sx);
         let cxy = centred(n, sxy, sx, sy);
         let cyy = centred(n, syy, sy, sy);
@@ -1545,6 +1561,104 @@ pub fn solve_planes(n_images: usize, pairs: &[PairPlane], gauge: &Gauge) -> Resu
     let edges = canonical_edges(n_images, pairs.iter().map(|p| (p.i, p.j, p.weight, p.plane.coeffs())))?;
     let (x, groups) = solve_graph(n_images, &edges, gauge)?;
     let planes: Vec<Plane> = x.into_iter().map(Plane::from_coeffs).collect();
+    let residuals = pairs
+        .iter()
+        .map(|p| {
+            let (a, b, d) = (planes[p.i].coeffs(), planes[p.j].coeffs(), p.plane.coeffs());
+            Plane::from_coeffs([d[0] - (a[0] - b[0]), d[1] - (a[1] - b[1]), d[2] - (a[2] - b[2])])
+        })
+        .collect();
+    Ok(PlaneSolution { planes, residuals, groups })
+}
+
+/// Generalised least-squares planes per image: minimises
+/// `sum_pairs r_ijᵀ info_ij r_ij` with `r_ij = plane_ij - (p_i - p_j)` (coefficients `[offset,
+/// slope_x, slope_y]`), where `info_ij` is pair `ij`'s 3x3 information matrix (its plane fit's
+/// normal matrix over `rms^2`, [`PlaneFit::normal`]). Unlike [`solve_planes`], a slope that a pair
+/// fixes poorly (across a thin overlap strip) counts for little, and the well-fixed slope of another
+/// pair decides it. Connection structure, references and gauge are those of [`solve_planes`] with
+/// the pairs' scalar weights; each component's reduced block system is solved with Cholesky (LU if
+/// it is not positive definite). If a pair's information is not finite and positive semi-definite
+/// on the diagonal, its scalar weight times the identity is used instead.
+///
+/// # Errors
+/// As [`solve_planes`].
+pub fn solve_planes_gls(
+    n_images: usize,
+    pairs: &[PairPlane],
+    info: &[[[f64; 3]; 3]],
+    gauge: &Gauge,
+) -> Result<PlaneSolution, LevelError> {
+    assert_eq!(pairs.len(), info.len(), "solve_planes_gls: one information matrix per pair");
+    let scalar = solve_planes(n_images, pairs, gauge)?;
+    let groups = scalar.groups;
+    let mut planes = vec![[0.0f64; 3]; n_images];
+    for (c, mem) in groups.members.iter().enumerate() {
+        if mem.len() < 2 {
+            continue;
+        }
+        let reference = groups.references[c].unwrap_or(mem[0]);
+        let mut pos = vec![usize::MAX; n_images];
+        let mut m = 0;
+        for &k in mem {
+            if k != reference {
+                pos[k] = m;
+                m += 1;
+            }
+        }
+        let mut a = DMatrix::<f64>::zeros(3 * m, 3 * m);
+        let mut b = DVector::<f64>::zeros(3 * m);
+        for (p, w) in pairs.iter().zip(info) {
+            if groups.labels[p.i] != c {
+                continue;
+            }
+            let ok = w.iter().flatten().all(|v| v.is_finite()) && (0..3).all(|q| w[q][q] > 0.0);
+            let w: [[f64; 3]; 3] = if ok {
+                *w
+            } else {
+                let mut d = [[0.0; 3]; 3];
+                (0..3).for_each(|q| d[q][q] = p.weight);
+                d
+            };
+            let d = p.plane.coeffs();
+            // r = d - (p_i - p_j): d/dp_i = -W r, d/dp_j = +W r
+            for (k, sign) in [(p.i, 1.0), (p.j, -1.0)] {
+                if pos[k] == usize::MAX {
+                    continue;
+                }
+                for r in 0..3 {
+                    b[3 * pos[k] + r] += sign * (0..3).map(|q| w[r][q] * d[q]).sum::<f64>();
+                    for (l, sl) in [(p.i, 1.0), (p.j, -1.0)] {
+                        if pos[l] == usize::MAX {
+                            continue;
+                        }
+                        for q in 0..3 {
+                            a[(3 * pos[k] + r, 3 * pos[l] + q)] += sign * sl * w[r][q];
+                        }
+                    }
+                }
+            }
+        }
+        let sol = match a.clone().cholesky() {
+            Some(ch) => ch.solve(&b),
+            None => a.lu().solve(&b).ok_or(LevelError::Singular { images: mem.len() })?,
+        };
+        for &k in mem {
+            if pos[k] != usize::MAX {
+                planes[k] = [sol[3 * pos[k]], sol[3 * pos[k] + 1], sol[3 * pos[k] + 2]];
+            }
+        }
+        if matches!(gauge, Gauge::MeanZero) {
+            let mut sum = [0.0f64; 3];
+            for &k in mem {
+                (0..3).for_each(|q| sum[q] += planes[k][q]);
+            }
+            for &k in mem {
+                (0..3).for_each(|q| planes[k][q] -= sum[q] / mem.len() as f64);
+            }
+        }
+    }
+    let planes: Vec<Plane> = planes.into_iter().map(Plane::from_coeffs).collect();
     let residuals = pairs
         .iter()
         .map(|p| {
@@ -1951,6 +2065,36 @@ mod tests {
         for k in 0..7 {
             assert_eq!(s2.offsets[k].to_bits(), sol.offsets[k].to_bits());
         }
+    }
+
+    #[test]
+    fn gls_planes_recover_consistent_planes_and_ignore_a_poorly_fixed_slope() {
+        let truth = [[0.0, 0.0, 0.0], [0.1, 1e-4, -2e-4], [-0.2, 3e-4, 1e-4]];
+        let diff = |i: usize, j: usize| -> [f64; 3] { [0, 1, 2].map(|q| truth[i][q] - truth[j][q]) };
+        let pair = |i, j, d: [f64; 3]| PairPlane { i, j, plane: Plane::from_coeffs(d), weight: 1.0 };
+        let diag = |a: f64, b: f64, c: f64| [[a, 0.0, 0.0], [0.0, b, 0.0], [0.0, 0.0, c]];
+        // consistent data with full, correlated information: exact recovery (block signs and gauge)
+        let full = [[4.0e4, 2.0e5, -1.0e5], [2.0e5, 3.0e9, 1.0e8], [-1.0e5, 1.0e8, 2.0e9]];
+        let pairs = [pair(0, 1, diff(0, 1)), pair(2, 1, diff(2, 1)), pair(0, 2, diff(0, 2))];
+        let sol = solve_planes_gls(3, &pairs, &[full; 3], &Gauge::Reference(vec![0])).unwrap();
+        for k in 0..3 {
+            let c = sol.planes[k].coeffs();
+            for q in 0..3 {
+                assert!((c[q] - (truth[k][q] - truth[0][q])).abs() < 1e-12, "image {k} coefficient {q}: {c:?}");
+            }
+        }
+        // pair 1-2 is a thin strip: its slope_x is wrong by 5e-3 but carries almost no information
+        let mut bad = diff(1, 2);
+        bad[1] += 5e-3;
+        let pairs = [pair(0, 1, diff(0, 1)), pair(1, 2, bad), pair(0, 2, diff(0, 2))];
+        let info = [diag(1e4, 1e10, 1e10), diag(1e4, 1.0, 1e10), diag(1e4, 1e10, 1e10)];
+        let gls = solve_planes_gls(3, &pairs, &info, &Gauge::Reference(vec![0])).unwrap();
+        let scalar = solve_planes(3, &pairs, &Gauge::Reference(vec![0])).unwrap();
+        // hand solution of the scalar problem (equal weights): the error splits 1/3, 1/3, 1/3
+        assert!((scalar.planes[2].slope_x - (3e-4 - 5e-3 / 3.0)).abs() < 1e-12, "{:?}", scalar.planes[2]);
+        // GLS: the error is weighed by 1 against 1e10 on the other path
+        assert!((gls.planes[2].slope_x - 3e-4).abs() < 1e-8, "{:?}", gls.planes[2]);
+        assert!((gls.planes[1].slope_x - 1e-4).abs() < 1e-8, "{:?}", gls.planes[1]);
     }
 
     #[test]

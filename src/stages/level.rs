@@ -25,9 +25,9 @@ use crate::config::{Config, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
 use crate::kernels::level::{
-    lowest_sky, order_by_time, reject_pairs, solve_offsets, solve_planes, weight_from_rms, ClipHistogram, ClipParams,
-    ClipPass, ClipStep, ClippedStats, Gauge, HistParams, IndexExtent, PairMeasure, PairOffset, PairPlane, PairStatus,
-    Plane, PlaneFit, PlaneFitParams, PlaneSums, RejectParams, ValueRange, PLANE_WORDS,
+    lowest_sky, order_by_time, reject_pairs, solve_offsets, solve_planes_gls, weight_from_rms, ClipHistogram,
+    ClipParams, ClipPass, ClipStep, ClippedStats, Gauge, HistParams, IndexExtent, PairMeasure, PairOffset, PairPlane,
+    PairStatus, Plane, PlaneFit, PlaneFitParams, PlaneSums, RejectParams, ValueRange, PLANE_WORDS,
 };
 use crate::plan::{CalMeta, Chunk, Plan};
 use anyhow::Context;
@@ -423,14 +423,22 @@ fn match_step(
             let pairs: Vec<PairPlane> = used
                 .iter()
                 .zip(&pair_planes)
-                .map(|(&p, (plane, rms))| PairPlane {
+                .map(|(&p, (plane, rms, _))| PairPlane {
                     i: keys[p].0,
                     j: keys[p].1,
                     plane: *plane,
                     weight: weight_from_rms(rms.max(1e-12)),
                 })
                 .collect();
-            let sol = solve_planes(nimg, &pairs, &gauge).context("level: solving the planes")?;
+            // each pair's plane information: its normal matrix over rms^2
+            let info: Vec<[[f64; 3]; 3]> = pair_planes
+                .iter()
+                .map(|(_, rms, n)| {
+                    let w = weight_from_rms(rms.max(1e-12));
+                    n.map(|row| row.map(|v| v * w))
+                })
+                .collect();
+            let sol = solve_planes_gls(nimg, &pairs, &info, &gauge).context("level: solving the planes")?;
             let res = used.iter().zip(&sol.residuals).map(|(&p, r)| r.eval(centre(p).0, centre(p).1)).collect();
             (sol.planes, res, sol.groups)
         } else {
@@ -544,7 +552,7 @@ fn fit_pair_planes(
     local: &Local,
     stats: &[ClippedStats],
     clip: &ClipParams,
-) -> anyhow::Result<Vec<(Plane, f64)>> {
+) -> anyhow::Result<Vec<(Plane, f64, [[f64; 3]; 3])>> {
     let params = PlaneFitParams { sigma: clip.sigma, ..PlaneFitParams::default() };
     let mut fits: Vec<PlaneFit> = used
         .iter()
@@ -575,7 +583,7 @@ fn fit_pair_planes(
             fits[i].update(&PlaneSums::from_words(&w));
         }
     }
-    Ok(fits.iter().map(|f| (f.plane(), f.rms())).collect())
+    Ok(fits.iter().map(|f| (f.plane(), f.rms(), f.normal())).collect())
 }
 
 /// Bins of the per-pair difference histograms drawn in the step PNG.
