@@ -511,8 +511,11 @@ fn miri_f1000w_relative_and_absolute_alignment_within_10_mas() {
     assert!(rb > 0.05, "too small pointing errors ({rb} arcsec)");
     assert!(ra < 0.010, "MIRI relative rms {:.2} mas", 1e3 * ra);
     assert!(rabs < 0.010, "MIRI absolute rms {:.2} mas", 1e3 * rabs);
-    // the rotation is measured to its statistical error (0.0016 deg for ~160 stars over 2')
-    assert!(drot.abs() < 3.0 * sig && sig < 0.003, "rotation off by {drot} deg (1-sigma {sig})");
+    // the target, and the rotation within its reported statistical error (the strict fit is
+    // weighted by the centroid errors: ~0.0015 deg for ~160 stars over 2' against a catalogue with
+    // 10 mas noise per axis; 0.0017 unweighted, whose error here was 0.0022 deg)
+    assert!(drot.abs() < 0.002, "rotation off by {drot} deg (1-sigma {sig})");
+    assert!(drot.abs() < 3.0 * sig && sig < 0.002, "rotation off by {drot} deg (1-sigma {sig})");
     assert!(w.path().join("out/astrometry/F1000W_residuals.png").is_file());
 }
 
