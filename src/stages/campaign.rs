@@ -105,7 +105,20 @@ pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &Config) -> anyhow::Result<Out
             fn lookup<'a>(done: &'a BTreeMap<String, PathBuf>, r: &'a Option<String>) -> Option<(&'a str, &'a Path)> {
                 r.as_ref().and_then(|r| done.get(r).map(|d| (r.as_str(), d.as_path())))
             }
-            with_reference(&mut c, lookup(&done, &refs[0]), lookup(&done, &refs[1]));
+            // rank 0 looks for the reference band's files; every rank takes its answer
+            type Chosen = (Option<String>, Option<PathBuf>, Option<String>, Option<PathBuf>);
+            let chosen: Chosen = comm.on_root_then_broadcast(0, || -> Result<Chosen, String> {
+                let mut r = c.clone();
+                with_reference(&mut r, lookup(&done, &refs[0]), lookup(&done, &refs[1]));
+                Ok((
+                    r.align.reference_band,
+                    r.align.shifts_file,
+                    r.astrometry.reference_band,
+                    r.astrometry.solution_file,
+                ))
+            })?;
+            (c.align.reference_band, c.align.shifts_file, c.astrometry.reference_band, c.astrometry.solution_file) =
+                chosen;
             if comm.rank() == 0 {
                 for (r, stage) in refs.iter().zip(["align", "astrometry"]) {
                     match r {
