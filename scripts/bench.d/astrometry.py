@@ -195,6 +195,7 @@ def v2v3_gwcs(h, shape):
     from gwcs import coordinate_frames as cf
     from gwcs import wcs as gwcs_wcs
     from jwst.assign_wcs.pointing import _v23tosky
+    sys.dont_write_bytecode = True   # no __pycache__ in the repository's scripts folder
     sys.path.insert(0, str(HERE))
     from prep_jwst import _cd, tan_sip_gwcs
 
