@@ -116,6 +116,10 @@ pub struct MosaicArgs {
     /// Skip NIRCam 1/f destriping, for comparison  [destripe.enabled = destripe_multi.enabled = false]
     #[arg(long)]
     pub no_destripe: bool,
+    /// Stop after this stage (its products written, no mosaic): prep, destripe, align, level,
+    /// destripe_multi or outlier  [run.stop_after]
+    #[arg(long, value_name = "STAGE")]
+    pub stop_after: Option<String>,
 }
 
 impl MosaicArgs {
@@ -134,6 +138,9 @@ impl MosaicArgs {
         if self.no_destripe {
             sets.push("destripe.enabled=false".to_string());
             sets.push("destripe_multi.enabled=false".to_string());
+        }
+        if let Some(stage) = &self.stop_after {
+            sets.push(format!("run.stop_after={stage:?}"));
         }
         sets
     }

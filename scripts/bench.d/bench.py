@@ -719,8 +719,67 @@ def astrometry_section(a, json_name):
     return L
 
 
-def write_report(args, facts, results, json_path, quality=None, quality_json=None, astrometry=None,
-                 astrometry_json=None):
+# ---------------------------------------------------------------------------------------------
+# destriping (--destripe): tessera's own stage times; no peer here destripes cal files
+
+def destripe_run(args, scene):
+    """Time tessera's NIRCam destriping (destripe, then destripe_multi passes A and B) on a scene under
+    mpirun -n 2 (1 thread per rank), stopping after destripe_multi (`--stop-after`); prep, align and
+    level off. Returns a dict with the whole run (GNU time) and the two stages' own times from the log."""
+    sim = simulate(args, scene)
+    files = sorted(sim.glob("*_cal.fits"))
+    ranks = 2
+    rd = Path(args.work) / "runs" / scene / "tessera-destripe-2r"
+    if rd.exists():
+        shutil.rmtree(rd)
+    rd.mkdir(parents=True)
+    cmd = ["mpirun", "-n", str(ranks), "--bind-to", "none", HERE / "rank-time", rd / "rss",
+           args.tessera, "--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", "run.threads=1",
+           "mosaic", sim, "-o", rd / "unused.fits", "--no-prep", "--no-align", "--no-level",
+           "--stop-after", "destripe_multi"]
+    log(f"[{scene}] tessera destriping, {ranks} ranks ...")
+    rec = {"scene": scene, "ranks": ranks, "threads": 1, "exposures": len(files)}
+    rec.update(run_timed(cmd, rd, args.timeout, rank_prefix=rd / "rss"))
+    err = (rd / "stderr.log").read_text(errors="replace")
+    for stage in ("destripe", "destripe_multi"):
+        m = re.search(r"\[" + stage + r"\][^\n]*\(([\d.]+) s\)", err)
+        if m:
+            rec[f"{stage}_s"] = float(m.group(1))
+    side = {"small": 256, "medium": 1024, "large": 2048}[scene]
+    rec["side_px"] = side
+    if rec.get("destripe_s"):
+        # rank-seconds (1 thread) per exposure, scaled to a 2048^2 frame by pixel count
+        per = rec["destripe_s"] * ranks / max(1, len(files))
+        rec["single_tile_s_per_exposure"] = per
+        rec["single_tile_s_per_2048sq"] = per * (2048 / side) ** 2
+    log(f"[{scene}] destriping: {rec['status']} {rec.get('wall_s', 0):.1f} s")
+    return rec
+
+
+def destripe_section(runs):
+    L = ["## Destriping", "",
+         "tessera's NIRCam 1/f destriping alone: `tessera mosaic --no-prep --no-align --no-level --stop-after "
+         "destripe_multi` under `mpirun -n 2 --bind-to none` with `run.threads=1`, on the timing scenes above "
+         "(NIRCam SW F200W, 128 cal files); wall time and peak memory from GNU time, the stages' own times from "
+         "tessera's log. The single-tile time per exposure is the `destripe` stage's time x 2 ranks / exposures "
+         "(one core), scaled to a 2048^2 frame by pixel count on the smaller scenes. No peer is timed: of the "
+         "tools installed here, none destripes calibrated images (the JWST pipeline's clean_flicker_noise works "
+         "on ramps and rate files, before flat fielding).", "",
+         "| scene | exposures | px | whole run wall s | peak RSS MiB (max rank) | destripe s | destripe_multi s (passes A + B) "
+         "| single-tile s per exposure (1 core) | per 2048^2 exposure | status |",
+         "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in runs:
+        rss = r.get("max_rank_rss_kib") or r.get("max_rss_kib")
+        L.append(f"| {r['scene']}{' *(earlier run)*' if r.get('reused_from') else ''} | {r.get('exposures')} | "
+                 f"{r.get('side_px')}^2 | {fmt(r.get('wall_s'))} | {fmt(mib(rss), 0)} | {fmt(r.get('destripe_s'))} | "
+                 f"{fmt(r.get('destripe_multi_s'))} | {fmt(r.get('single_tile_s_per_exposure'), 2)} | "
+                 f"{fmt(r.get('single_tile_s_per_2048sq'), 2)} | {r.get('status')} |")
+    L.append("")
+    return L
+
+
+def write_report(args, facts, results, json_path, quality=None, quality_json=None, destripe=None,
+                 astrometry=None, astrometry_json=None):
     v = facts["versions"]
     L = ["# Benchmarks", "",
          "Produced by `scripts/bench` (do not edit by hand; rerun it). Command:", "",
@@ -820,6 +879,8 @@ def write_report(args, facts, results, json_path, quality=None, quality_json=Non
         L += quality_section(quality, quality_json)
     if astrometry is not None:
         L += astrometry_section(astrometry, astrometry_json)
+    if destripe:
+        L += destripe_section(destripe)
     L += ["## Reading against the targets", ""]
     L += targets(results, args)
     L += ["", "## Notes", ""]
@@ -880,6 +941,8 @@ def main():
                     help="also run the level matching quality table (scripts/bench.d/quality.py)")
     ap.add_argument("--astrometry", action="store_true",
                     help="also run the absolute astrometry table against TweakRegStep (scripts/bench.d/astrometry.py)")
+    ap.add_argument("--destripe", default="",
+                    help="comma-separated scenes on which to time tessera's destriping alone (e.g. large)")
     ap.add_argument("--timeout", type=float, default=3 * 3600)
     ap.add_argument("--keep-outputs", action="store_true")
     ap.add_argument("--cmdline", default="scripts/bench")
@@ -930,6 +993,12 @@ def main():
     if args.astrometry:
         log("absolute astrometry against TweakRegStep")
         astrometry = astrometry_run(args)
+    destripe = [destripe_run(args, sc) for sc in args.destripe.split(",") if sc and sc != "none"]
+    for path in args.reuse:
+        for r in json.loads(Path(path).read_text()).get("destripe") or []:
+            if r.get("scene") not in [x["scene"] for x in destripe]:
+                r["reused_from"] = str(path)
+                destripe.append(r)
     Path(args.results_dir).mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     jp = Path(args.results_dir) / f"{stamp}.json"
@@ -948,10 +1017,10 @@ def main():
         ap_ = Path(args.results_dir) / f"{stamp}-astrometry.json"
         ap_.write_text(json.dumps(astrometry, indent=1))
     jp.write_text(json.dumps({"command": args.cmdline, "machine": facts, "scenes": results,
-                              "quality": None if qp is None else str(rel(qp)),
+                              "quality": None if qp is None else str(rel(qp)), "destripe": destripe,
                               "astrometry": None if ap_ is None else str(rel(ap_)),
                               "mem_budget_mb": args.mem_budget_mb or args.default_budget_mb}, indent=1))
-    write_report(args, facts, results, rel(jp), quality, None if qp is None else rel(qp),
+    write_report(args, facts, results, rel(jp), quality, None if qp is None else rel(qp), destripe,
                  astrometry, None if ap_ is None else rel(ap_))
     log(f"wrote {args.out} and {jp}" + (f" and {qp}" if qp else ""))
     for res in results:

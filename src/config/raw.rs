@@ -231,17 +231,22 @@ impl Default for RawDestripe {
     }
 }
 
-/// `[destripe_multi]` (pjpipe multi_tile_destripe pass A; thresholds shared with `[destripe]`).
+/// `[destripe_multi]` (pjpipe multi_tile_destripe passes A and B; thresholds shared with `[destripe]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawDestripeMulti {
     /// Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).
     pub enabled: bool,
+    /// Run the large-scale second pass (stripes common to all exposures; pjpipe do_large_scale).
+    pub large_scale: bool,
+    /// Length of the large-scale median filter across the stripe direction, pixels (odd); 0 = the
+    /// exposure's rows / 10, made odd (pjpipe: 203 for 2048 rows).
+    pub large_scale_filter_px: usize,
 }
 
 impl Default for RawDestripeMulti {
     fn default() -> Self {
-        RawDestripeMulti { enabled: true }
+        RawDestripeMulti { enabled: true, large_scale: true, large_scale_filter_px: 0 }
     }
 }
 
@@ -340,11 +345,19 @@ pub struct RawRun {
     pub threads: usize,
     /// Seconds between progress lines on rank 0.
     pub progress_interval_s: f64,
+    /// `tessera mosaic` stops after this stage (its products written, no mosaic); empty = run all.
+    pub stop_after: String,
 }
 
 impl Default for RawRun {
     fn default() -> Self {
-        RawRun { output_dir: "tessera-out".into(), mem_budget_mb: 4096, threads: 0, progress_interval_s: 5.0 }
+        RawRun {
+            output_dir: "tessera-out".into(),
+            mem_budget_mb: 4096,
+            threads: 0,
+            progress_interval_s: 5.0,
+            stop_after: String::new(),
+        }
     }
 }
 
@@ -557,6 +570,9 @@ mem_budget_mb = 4096
 threads = 0
 # Seconds between progress lines on rank 0.
 progress_interval_s = 5.0
+# `tessera mosaic` stops after this stage (its products written, no mosaic): one of prep, destripe,
+# align, level, destripe_multi, outlier; empty = run all.
+stop_after = ""
 
 [plan]
 # Output pixel scale in arcsec; 0 = the instrument's native scale (NIRCam SW 0.031, LW 0.063, MIRI 0.11).
@@ -665,6 +681,11 @@ tile_fit = "level"
 [destripe_multi]
 # Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).
 enabled = true
+# Run the large-scale second pass (stripes common to all exposures; pjpipe do_large_scale).
+large_scale = true
+# Length of the large-scale median filter across the stripe direction, pixels (odd); 0 = the
+# exposure's rows / 10, made odd (pjpipe: 203 for 2048 rows).
+large_scale_filter_px = 0
 
 [outlier]
 # Run the stage (false = no outlier flags; drizzle uses the DQ as it is).

@@ -82,6 +82,9 @@ pub struct DestripeConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DestripeMultiConfig {
     pub enabled: bool,
+    pub large_scale: bool,
+    /// Odd, or 0 for the default (rows / 10, made odd).
+    pub large_scale_filter_px: usize,
 }
 
 /// The checked `[level]` section.
@@ -150,7 +153,12 @@ pub struct RunConfig {
     pub mem_budget_mb: u64,
     pub threads: usize,
     pub progress_interval_s: f64,
+    /// A stage of [`STOPPABLE_STAGES`], or `None` to run all.
+    pub stop_after: Option<String>,
 }
+
+/// The stages `run.stop_after` may name, in chain order.
+pub const STOPPABLE_STAGES: [&str; 6] = ["prep", "destripe", "align", "level", "destripe_multi", "outlier"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanConfig {
@@ -339,6 +347,16 @@ impl RawConfig {
             mem_budget_mb: r.mem_budget_mb,
             threads: r.threads,
             progress_interval_s: positive("run.progress_interval_s", r.progress_interval_s)?,
+            stop_after: match r.stop_after.trim() {
+                "" => None,
+                s if STOPPABLE_STAGES.contains(&s) => Some(s.to_string()),
+                s => {
+                    return Err(invalid(
+                        "run.stop_after",
+                        format!("unknown stage {s:?}: one of {} (or empty)", STOPPABLE_STAGES.join(", ")),
+                    ))
+                }
+            },
         };
 
         let p = &self.plan;
@@ -598,7 +616,21 @@ impl RawConfig {
         if astrometry.wide_tolerance_arcsec > astrometry.search_radius_arcsec {
             return Err(invalid("astrometry.wide_tolerance_arcsec", "must not exceed astrometry.search_radius_arcsec"));
         }
-        let destripe_multi = DestripeMultiConfig { enabled: self.destripe_multi.enabled };
+        let dm = &self.destripe_multi;
+        if dm.large_scale_filter_px != 0 && dm.large_scale_filter_px % 2 == 0 {
+            return Err(invalid(
+                "destripe_multi.large_scale_filter_px",
+                format!(
+                    "{} is even: the median filter needs an odd length (or 0 for rows / 10)",
+                    dm.large_scale_filter_px
+                ),
+            ));
+        }
+        let destripe_multi = DestripeMultiConfig {
+            enabled: dm.enabled,
+            large_scale: dm.large_scale,
+            large_scale_filter_px: dm.large_scale_filter_px,
+        };
         Ok(Config {
             run,
             plan,

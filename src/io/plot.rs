@@ -141,6 +141,21 @@ pub fn display_range(data: ArrayView2<f32>) -> (f32, f32) {
     }
 }
 
+/// A display range for a difference image: its median +- `nsigma` robust standard deviations
+/// (1.4826 x the median absolute deviation), finite values only, so that faint stripes show and a
+/// few bright residuals (stars, edges) do not set the scale.
+pub fn robust_range(data: ArrayView2<f32>, nsigma: f32) -> (f32, f32) {
+    let mut v: Vec<f32> = data.iter().copied().filter(|x| x.is_finite()).collect();
+    let Some(med) = quantile(&mut v, 0.5) else { return (0.0, 1.0) };
+    let mut dev: Vec<f32> = v.iter().map(|x| (x - med).abs()).collect();
+    let s = 1.4826 * quantile(&mut dev, 0.5).unwrap_or(0.0);
+    if s > 0.0 {
+        (med - nsigma * s, med + nsigma * s)
+    } else {
+        display_range(data)
+    }
+}
+
 /// A figure of image panels side by side (e.g. data, model, corrected), each scaled to fit
 /// [`PANEL_PX`] with its own display range and a viridis colour map. NaN pixels are grey.
 ///
@@ -349,6 +364,19 @@ pub fn histograms(
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    #[test]
+    fn robust_range_ignores_a_bright_residual() {
+        // sorted 1 2 3 4 5 1000 (+ a NaN, ignored): median (upper of the middle pair) 4; absolute
+        // deviations 0 1 1 2 3 996, their median 2; sigma = 1.4826 * 2
+        let d = Array2::from_shape_vec((1, 7), vec![5.0, 1.0, 1000.0, 3.0, f32::NAN, 2.0, 4.0]).unwrap();
+        let (lo, hi) = robust_range(d.view(), 4.0);
+        let s = 1.4826f32 * 2.0;
+        assert!((lo - (4.0 - 4.0 * s)).abs() < 1e-5 && (hi - (4.0 + 4.0 * s)).abs() < 1e-5, "{lo} {hi}");
+        // and a constant image falls back to the percentile range
+        let c = Array2::from_elem((2, 2), 3.0f32);
+        assert_eq!(robust_range(c.view(), 4.0), display_range(c.view()));
+    }
 
     /// Decode a written PNG back to RGB.
     fn read_png(path: &Path) -> image::RgbImage {

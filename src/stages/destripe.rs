@@ -42,6 +42,10 @@ pub struct ExposureReport {
     pub model_rms_mjysr: f64,
     /// Amplifiers used (4 on full frames, 1 on subarrays).
     pub amps: usize,
+    /// `destripe_multi` only: rms of the large-scale pass's model, MJy/sr (`model_rms_mjysr` is
+    /// pass A's); absent when the pass did not run on this exposure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_scale_rms_mjysr: Option<f64>,
 }
 
 /// The stage's report (`destripe/destripe.json`).
@@ -125,12 +129,14 @@ pub(crate) fn plot_model(
     model: &ndarray::Array2<f32>,
     what: &str,
 ) -> anyhow::Result<()> {
-    use crate::io::plot::{display_range, image_panels, Panel};
+    use crate::io::plot::{display_range, image_panels, robust_range, Panel};
     if let Some(dir) = png.parent() {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     }
     let corrected = data - model;
-    let range = display_range(data.view());
+    // a difference against the other exposures is noise, stripes and a few residuals: a symmetric
+    // robust range shows the stripes; a plain exposure gets its 1-99% range
+    let range = if what == "data" { display_range(data.view()) } else { robust_range(data.view(), 4.0) };
     let a = model.iter().fold(0.0f32, |a, v| if v.is_finite() { a.max(v.abs()) } else { a }).max(1e-6);
     let panels = [
         Panel { title: what.to_string(), data: data.view(), range: Some(range) },
@@ -165,6 +171,7 @@ pub fn run(
         comm,
         plan,
         STAGE,
+        cfg.run.progress_interval_s,
         |k| applies_to(&metas[k]),
         |k| exposure_model(&metas[k], k, cfg, prior),
     )?;
@@ -179,44 +186,53 @@ pub fn run(
                 (why, 0.0, 0)
             }
         };
-        report.exposures.push(ExposureReport { file: m.file_name(), status, model_rms_mjysr, amps });
+        report.exposures.push(ExposureReport {
+            file: m.file_name(),
+            status,
+            model_rms_mjysr,
+            amps,
+            large_scale_rms_mjysr: None,
+        });
     }
     let out = cfg.run.output_dir.join(STAGE);
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
         std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
         crate::io::json::write_json(&out.join("destripe.json"), &report)?;
-        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &models)?;
+        let parts: Vec<Vec<&StripeModel>> = models.iter().map(|m| m.iter().collect()).collect();
+        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &parts)?;
         Ok(())
     })?;
     Ok((prior.with_stripes(models), report))
 }
 
-/// The dense models into `path`, group `group` (serial HDF5 on the calling rank), written under a
-/// temporary name.
+/// The models into `path`, group `group` (serial HDF5 on the calling rank), written under a temporary
+/// name: per exposure the dense sum `[y, x]` of its `models` (none: no dataset), built one exposure at
+/// a time so that only one dense model is held.
 pub(crate) fn write_store(
     path: &std::path::Path,
     group: &str,
     metas: &[CalMeta],
-    models: &[Option<StripeModel>],
+    models: &[Vec<&StripeModel>],
 ) -> anyhow::Result<()> {
-    let present: Vec<(String, &StripeModel)> = metas
+    let present: Vec<(String, &Vec<&StripeModel>)> = metas
         .iter()
         .zip(models)
-        .filter_map(|(m, s)| {
-            let stem = m.file_name().trim_end_matches(".fits").to_string();
-            s.as_ref().map(|s| (stem, s))
-        })
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(m, s)| (m.file_name().trim_end_matches(".fits").to_string(), s))
         .collect();
     if present.is_empty() {
         return Ok(());
     }
-    let ny = present.iter().map(|(_, s)| s.ny).max().unwrap_or(1).max(1);
-    let nx = present.iter().map(|(_, s)| s.nx).max().unwrap_or(1).max(1);
+    let ny = present.iter().flat_map(|(_, s)| s.iter().map(|m| m.ny)).max().unwrap_or(1).max(1);
+    let nx = present.iter().flat_map(|(_, s)| s.iter().map(|m| m.nx)).max().unwrap_or(1).max(1);
     let specs: Vec<ProductSpec> = present.iter().map(|(name, _)| ProductSpec::f32_image(name)).collect();
     let tmp = crate::io::temp_path(path);
     let store = BandStore::create(&tmp, None, group, ny, nx, 256, &specs, &[("units", "MJy/sr".to_string())])?;
-    for (name, s) in &present {
-        let a = s.to_array();
+    for (name, parts) in &present {
+        let mut a = parts[0].to_array();
+        for m in &parts[1..] {
+            a += &m.to_array();
+        }
         store.write_block_f32(name, Some((0, 0, a.view())))?;
     }
     store.close()?;

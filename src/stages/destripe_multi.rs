@@ -1,55 +1,60 @@
 //! `destripe_multi`: residual NIRCam stripes from each exposure's difference against the other
-//! exposures (pjpipe `multi_tile_destripe` pass A, SPEC section 3 stage 6; the numerics are in
-//! [`kernels::destripe::multi_tile_model`](crate::kernels::destripe::multi_tile_model)).
+//! exposures (pjpipe `multi_tile_destripe` passes A and B, SPEC section 3 stage 6; the numerics are
+//! in [`kernels::destripe`](crate::kernels::destripe)).
 //!
 //! By step, for every NIRCam exposure, by its owner:
-//! - the weighted average of every *other* overlapping exposure is drizzled directly onto this
-//!   exposure's own pixel grid (its TAN-SIP WCS taken as the output grid; square kernel, pixfrac 1,
-//!   the `drizzle.weight_type` weights, all earlier corrections subtracted by
+//! - pass A: the weighted average of every *other* overlapping exposure is drizzled directly onto
+//!   this exposure's own pixel grid (its TAN-SIP WCS taken as the output grid; square kernel,
+//!   pixfrac 1, the `drizzle.weight_type` weights, all earlier corrections subtracted by
 //!   [`resample_alone`](super::pieces::resample_alone)), summed in exposure order. This is the
 //!   average image blotted back to the exposure, without the second interpolation, and without the
 //!   exposure's own stripes (pjpipe includes them, which removes only `1 - 1/N` of them);
-//! - the difference exposure - average goes to the per-amplifier sigma-clipped row medians with
+//!   the difference exposure - average goes to the per-amplifier sigma-clipped row medians with
 //!   the 20% fallback; the model is appended to the [`Corrections`];
-//! - models are all-gathered in rank order; rank 0 writes `destripe_multi/destripe_multi.json` and
-//!   `destripe_multi/<band>.h5` (as `destripe` does).
-//!
-//! Not implemented yet (named in the mosaic's warning): pjpipe's large-scale second pass (stripes
-//! common to all exposures, found on the average with a median filter of ~rows/10 across the stripe
-//! direction); the kernels for it exist (`large_scale_smooth`, `stripe_direction`).
+//! - pass B (`destripe_multi.large_scale`, on top of pass A): the average of the others is rebuilt
+//!   the same way; the stripes common to all exposures, which survive averaging, are what is left of
+//!   it after a median filter of `large_scale_filter_px` (rows / 10) across the stripe direction
+//!   ([`large_scale_smooth`]; the direction from the exposures' rotation angles,
+//!   [`stripe_direction`]); their full-row clipped medians ([`row_profile`], under
+//!   [`large_scale_mask`]) are taken out of the average, and the exposure is destriped against
+//!   that corrected average as in pass A. pjpipe builds the average and its smoothing on the mosaic
+//!   grid and reprojects them to each exposure; here both live on the exposure's own frame, so an
+//!   owner needs no halo from other ranks (the median filter reflects at the exposure's edge
+//!   instead of seeing the mosaic beyond it);
+//! - models are all-gathered in rank order; rank 0 writes `destripe_multi/destripe_multi.json`
+//!   (both passes' model rms per exposure) and `destripe_multi/<band>.h5` (group `destripe_multi`:
+//!   per exposure the sum of the models this stage subtracted).
 
 use super::destripe::{applies_to, rms, write_store, DestripeReport, ExposureReport};
 use super::pieces::{resample_alone, Corrections, Part, BAD_BITS};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
 use crate::io::fits::{read_region_dq, read_region_f32};
-use crate::kernels::destripe::{par_multi_tile_model, AmpLayout, MultiTileParams, StripeModel};
+use crate::kernels::destripe::{
+    default_large_scale_filter_px, large_scale_mask, large_scale_smooth, par_multi_tile_model, row_profile,
+    stripe_direction, AmpLayout, MultiTileParams, StripeModel,
+};
 use crate::plan::{CalMeta, Plan};
 use anyhow::Context;
-use ndarray::Array2;
+use ndarray::{Array1, Array2, Zip};
 
 /// The stage name (CLI, TOML section, HDF5 group, output folder).
 pub const STAGE: &str = "destripe_multi";
 
-/// The model of exposure `index` and the number of other exposures it was compared with. With
-/// `destripe.png`, also writes `destripe_multi/<file stem>.png` (difference, model, corrected).
-///
-/// # Errors
-/// A failed read (naming file and extension) or a kernel parameter error.
-pub fn exposure_model(
+/// The weighted average of every other overlapping exposure of the same band on exposure `index`'s
+/// frame (`prior` subtracted from each), NaN where none lands, and how many contributed; `None` when
+/// none overlaps.
+fn average_of_others(
     metas: &[CalMeta],
     index: usize,
     cfg: &Config,
     prior: &Corrections,
-) -> anyhow::Result<(StripeModel, usize)> {
+) -> anyhow::Result<Option<(Array2<f64>, usize)>> {
     let me = &metas[index];
     let [ny, nx] = me.shape;
     let mut wsum = Array2::<f64>::zeros((ny, nx));
     let mut swsum = Array2::<f64>::zeros((ny, nx));
     let mut used = 0;
-    // level's tile planes are given in output-grid pixels, and here the grid is this exposure's own
-    // frame: leave them out on both sides (they are smooth; the row medians look for stripes)
-    let prior = &Corrections { plane: vec![], ..prior.clone() };
     for (k, m) in metas.iter().enumerate() {
         if k == index || m.band() != me.band() {
             continue;
@@ -66,20 +71,62 @@ pub fn exposure_model(
         swsum += &acc.sci_wsum;
     }
     if used == 0 {
-        return Ok((StripeModel::zero(ny, nx), 0));
+        return Ok(None);
     }
+    let avg = Zip::from(&swsum).and(&wsum).map_collect(|&s, &w| if w > 0.0 { s / w } else { f64::NAN });
+    Ok(Some((avg, used)))
+}
+
+/// The angle of a detector's rows (its x axis) on the sky, degrees, from the WCS's CD matrix.
+fn rows_angle_deg(m: &CalMeta) -> f64 {
+    let cd = m.wcs.cd;
+    cd[1][0].atan2(cd[0][0]).to_degrees()
+}
+
+/// Pass B's reference correction on exposure `index`'s frame: the row profile of the stripes
+/// common to the average `avg` (`avg` minus its large-scale smoothing across the stripe direction,
+/// under the two-sided source mask).
+fn common_stripes(metas: &[CalMeta], index: usize, cfg: &Config, avg: &Array2<f64>) -> anyhow::Result<Array1<f64>> {
+    let me = &metas[index];
+    // angles of every same-band exposure's rows relative to this exposure's rows
+    let own = rows_angle_deg(me);
+    let angles: Vec<f64> = metas.iter().filter(|m| m.band() == me.band()).map(|m| rows_angle_deg(m) - own).collect();
+    let dir = stripe_direction(&angles);
+    let l = match cfg.destripe_multi.large_scale_filter_px {
+        0 => default_large_scale_filter_px(me.shape[0]),
+        l => l,
+    };
+    let smooth = large_scale_smooth(avg.view(), dir, l).with_context(|| me.path.display().to_string())?;
+    let resid = avg - &smooth;
+    let mask = large_scale_mask(resid.view(), cfg.destripe.sigma, cfg.destripe.dilate_size, None);
+    Ok(row_profile(resid.view(), mask.view(), cfg.destripe.sigma, None)?)
+}
+
+/// Exposure `index` minus `reference` (both on its frame), `prior` subtracted from the exposure,
+/// NaN where either is unknown; and its bad-pixel mask.
+fn difference(
+    me: &CalMeta,
+    index: usize,
+    prior: &Corrections,
+    reference: &Array2<f64>,
+) -> anyhow::Result<(Array2<f32>, Array2<bool>)> {
+    let [ny, nx] = me.shape;
     let mut sci = read_region_f32(&me.path, "SCI", 0..ny, 0..nx)?;
     prior.apply_window(index, 0..ny, 0..nx, &mut sci);
     let dq = read_region_dq(&me.path, 0..ny, 0..nx)?;
-    let diff = Array2::from_shape_fn((ny, nx), |(y, x)| {
-        let w = wsum[[y, x]];
-        if w > 0.0 && sci[[y, x]].is_finite() && sci[[y, x]] != 0.0 {
-            (f64::from(sci[[y, x]]) - swsum[[y, x]] / w) as f32
+    let diff = Zip::from(&sci).and(reference).map_collect(|&s, &r| {
+        if r.is_finite() && s.is_finite() && s != 0.0 {
+            (f64::from(s) - r) as f32
         } else {
             f32::NAN
         }
     });
-    let bad = dq.mapv(|v| v & BAD_BITS != 0);
+    Ok((diff, dq.mapv(|v| v & BAD_BITS != 0)))
+}
+
+/// The per-amplifier row-median model of `diff` (pass A's step 4, also pass B's last step).
+fn amp_model(me: &CalMeta, cfg: &Config, diff: &Array2<f32>, bad: &Array2<bool>) -> anyhow::Result<StripeModel> {
+    let nx = me.shape[1];
     let full = me.subarray.trim().eq_ignore_ascii_case("FULL");
     let p = MultiTileParams {
         amps: if full && nx >= 4 { AmpLayout::Columns { width_px: nx / 4 } } else { AmpLayout::WholeRows },
@@ -88,22 +135,60 @@ pub fn exposure_model(
         min_mask_frac: cfg.destripe.min_mask_frac,
         ..MultiTileParams::default()
     };
-    let model = par_multi_tile_model(diff.view(), bad.view(), &p).with_context(|| me.path.display().to_string())?;
+    par_multi_tile_model(diff.view(), bad.view(), &p).with_context(|| me.path.display().to_string())
+}
+
+/// Which pass of the stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Against the plain average of the others.
+    A,
+    /// Against the average with its common stripes (scales below the large-scale filter) removed.
+    LargeScale,
+}
+
+/// The model of exposure `index` for `pass`, and the number of other exposures it was compared
+/// with. With `destripe.png`, also writes `destripe_multi/<file stem>[_large_scale].png`
+/// (difference, model, corrected).
+///
+/// # Errors
+/// A failed read (naming file and extension) or a kernel parameter error.
+pub fn exposure_model(
+    metas: &[CalMeta],
+    index: usize,
+    cfg: &Config,
+    prior: &Corrections,
+    pass: Pass,
+) -> anyhow::Result<(StripeModel, usize)> {
+    let me = &metas[index];
+    let [ny, nx] = me.shape;
+    // level's tile planes are given in output-grid pixels, and here the grid is this exposure's own
+    // frame: leave them out on both sides (they are smooth; the row medians look for stripes)
+    let prior = &Corrections { plane: vec![], ..prior.clone() };
+    let Some((mut avg, used)) = average_of_others(metas, index, cfg, prior)? else {
+        return Ok((StripeModel::zero(ny, nx), 0));
+    };
+    if pass == Pass::LargeScale {
+        let common = common_stripes(metas, index, cfg, &avg)?;
+        Zip::indexed(&mut avg).for_each(|(y, _), v| *v -= common[y]);
+    }
+    let (diff, bad) = difference(me, index, prior, &avg)?;
+    let model = amp_model(me, cfg, &diff, &bad)?;
     if cfg.destripe.png {
         let file = me.file_name();
-        let png = cfg.run.output_dir.join(STAGE).join(format!("{}.png", file.trim_end_matches(".fits")));
-        super::destripe::plot_model(
-            &png,
-            &format!("destripe_multi {file}"),
-            &diff,
-            &model.to_array(),
-            "exposure - average",
-        )?;
+        let stem = file.trim_end_matches(".fits");
+        let (name, title) = match pass {
+            Pass::A => (format!("{stem}.png"), format!("destripe_multi {file}")),
+            Pass::LargeScale => (format!("{stem}_large_scale.png"), format!("destripe_multi large scale {file}")),
+        };
+        let png = cfg.run.output_dir.join(STAGE).join(name);
+        super::destripe::plot_model(&png, &title, &diff, &model.to_array(), "exposure - average")?;
     }
     Ok((model, used))
 }
 
-/// Run the stage on top of `prior` corrections (those of `destripe` and `level`).
+/// Run the stage on top of `prior` corrections (those of `destripe` and `level`): pass A, then pass
+/// B with `destripe_multi.large_scale`.
 ///
 /// # Errors
 /// A failed read or kernel error on any rank (all ranks return it), or a failed product write.
@@ -114,19 +199,25 @@ pub fn run(
     cfg: &Config,
     prior: &Corrections,
 ) -> anyhow::Result<(Corrections, DestripeReport)> {
-    let results = super::on_exposure_owners(
-        comm,
-        plan,
-        STAGE,
-        |k| applies_to(&metas[k]),
-        |k| exposure_model(metas, k, cfg, prior),
-    )?;
-    let (models, others): (Vec<Option<StripeModel>>, Vec<usize>) =
-        results.into_iter().map(|r| r.map_or((None, 0), |(m, u)| (Some(m), u))).unzip();
+    let pass = |prior: &Corrections, pass: Pass| -> anyhow::Result<(Vec<Option<StripeModel>>, Vec<usize>)> {
+        let results = super::on_exposure_owners(
+            comm,
+            plan,
+            STAGE,
+            cfg.run.progress_interval_s,
+            |k| applies_to(&metas[k]),
+            |k| exposure_model(metas, k, cfg, prior, pass),
+        )?;
+        Ok(results.into_iter().map(|r| r.map_or((None, 0), |(m, u)| (Some(m), u))).unzip())
+    };
+    let (models, others) = pass(prior, Pass::A)?;
+    let after_a = prior.with_stripes(models.clone());
+    let large: Vec<Option<StripeModel>> =
+        if cfg.destripe_multi.large_scale { pass(&after_a, Pass::LargeScale)?.0 } else { vec![None; metas.len()] };
     let mut report = DestripeReport::default();
     for (k, m) in metas.iter().enumerate() {
         let file = m.file_name();
-        let (status, rms, amps) = match &models[k] {
+        let (status, rms_a, amps) = match &models[k] {
             Some(s) if others[k] > 0 => {
                 (format!("destriped against {} other exposures", others[k]), rms(&s.to_array()), s.amps.len())
             }
@@ -136,14 +227,18 @@ pub fn run(
             }
             None => (format!("passed through: {} is not NIRCam", m.instrument), 0.0, 0),
         };
-        report.exposures.push(ExposureReport { file, status, model_rms_mjysr: rms, amps });
+        let large_scale_rms_mjysr = large[k].as_ref().filter(|_| others[k] > 0).map(|s| rms(&s.to_array()));
+        report.exposures.push(ExposureReport { file, status, model_rms_mjysr: rms_a, amps, large_scale_rms_mjysr });
     }
+    // the store holds, per exposure, everything this stage subtracts
+    let parts: Vec<Vec<&StripeModel>> =
+        models.iter().zip(&large).map(|(a, b)| a.iter().chain(b.iter()).collect()).collect();
     let out = cfg.run.output_dir.join(STAGE);
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
         std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
         crate::io::json::write_json(&out.join("destripe_multi.json"), &report)?;
-        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &models)?;
+        write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &parts)?;
         Ok(())
     })?;
-    Ok((prior.with_stripes(models), report))
+    Ok((after_a.with_stripes(large), report))
 }

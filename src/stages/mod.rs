@@ -82,22 +82,29 @@ impl Stage {
 /// Per-exposure work done by the exposures' owners: `f(k)` for every exposure `k` of the plan this
 /// rank owns and `wanted` selects (in plan order), then all-gathered so that every rank holds every
 /// result (`None` where not wanted). An error on any rank is returned on every rank, naming the
-/// stage, so no rank is left waiting in a later collective.
+/// stage, so no rank is left waiting in a later collective. Rank 0 prints a progress line about its
+/// own share every `interval_s` seconds (owners hold balanced shares).
 ///
 /// # Errors
 /// The errors of `f` on any rank (joined), or a result that does not decode.
 pub(crate) fn on_exposure_owners<T: Serialize + serde::de::DeserializeOwned>(
     comm: &dyn Comm,
     plan: &crate::plan::Plan,
-    stage: &str,
+    stage: &'static str,
+    interval_s: f64,
     wanted: impl Fn(usize) -> bool,
     mut f: impl FnMut(usize) -> anyhow::Result<T>,
 ) -> anyhow::Result<Vec<Option<T>>> {
-    let mine: Vec<(usize, Result<T, String>)> = plan
-        .exposures_of(comm.rank())
-        .map(|e| e.index)
-        .filter(|&k| wanted(k))
-        .map(|k| (k, f(k).map_err(|e| format!("{e:#}"))))
+    let todo: Vec<usize> = plan.exposures_of(comm.rank()).map(|e| e.index).filter(|&k| wanted(k)).collect();
+    let mut progress =
+        progress::Progress::new(stage, "exposures (rank 0's share)", todo.len(), interval_s, comm.rank() == 0);
+    let mine: Vec<(usize, Result<T, String>)> = todo
+        .into_iter()
+        .map(|k| {
+            let r = (k, f(k).map_err(|e| format!("{e:#}")));
+            progress.add(1, 0.0);
+            r
+        })
         .collect();
     let bytes = serde_json::to_vec(&mine).map_err(|e| anyhow::anyhow!("{stage}: encoding the results: {e}"))?;
     let mut all: Vec<Option<T>> = (0..plan.exposures.len()).map(|_| None).collect();

@@ -14,9 +14,6 @@
 //! - `align/align.json`, `align/plan.json` (the plan rebuilt from the aligned WCSs)
 //! - with a catalogue: `astrometry/astrometry.json`, `astrometry/matches.csv`,
 //!   `astrometry/*_tweakback.fits`, and the mosaic's WCS corrected
-//!
-//! Parts of SPEC not implemented yet (destripe_multi's large-scale pass) are
-//! named in a warning, never skipped silently.
 
 use super::outlier::OutlierFlags;
 use super::pieces::Corrections;
@@ -46,14 +43,19 @@ pub fn run(
             anyhow::bail!("{origin} {}: no such file", c.display());
         }
     }
-    if comm.rank() == 0 {
-        tracing::warn!("destripe_multi's large-scale pass is not implemented yet: mosaicking without it");
-    }
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
     let mut plan = &planned.plan;
     let prov = Provenance::new(raw, comm);
     let root = comm.rank() == 0;
     let interval = cfg.run.progress_interval_s;
+    // run.stop_after: true (and said once) when the chain ends after `stage`
+    let stop = |stage: &str| {
+        let hit = cfg.run.stop_after.as_deref() == Some(stage);
+        if hit && root {
+            tracing::info!("[mosaic] stopping after {stage} (run.stop_after): no mosaic written");
+        }
+        hit
+    };
 
     // prep
     let prepped = if cfg.prep.enabled {
@@ -62,6 +64,9 @@ pub fn run(
         planned.metas.clone()
     };
     let mut metas = &prepped;
+    if stop(super::prep::STAGE) {
+        return Ok(Outcome::Clean);
+    }
 
     // destripe (NIRCam; MIRI exposures are passed through with a note)
     let corr = if cfg.destripe.enabled {
@@ -83,6 +88,9 @@ pub fn run(
     } else {
         Corrections::none(metas.len())
     };
+    if stop(super::destripe::STAGE) {
+        return Ok(Outcome::Clean);
+    }
 
     // align: the visit shifts correct the exposure WCSs; the plan is rebuilt from the corrected
     // headers (a pure function, the same on every rank), so every later stage sees only them
@@ -112,6 +120,9 @@ pub fn run(
         plan = &aligned.0;
         metas = &aligned.1;
     }
+    if stop(super::align::STAGE) {
+        return Ok(Outcome::Clean);
+    }
 
     // level
     let corr = if cfg.level.enabled {
@@ -129,6 +140,10 @@ pub fn run(
     } else {
         corr
     };
+
+    if stop(super::level::STAGE) {
+        return Ok(Outcome::Clean);
+    }
 
     // destripe_multi (NIRCam)
     let corr = if cfg.destripe_multi.enabled {
@@ -148,6 +163,10 @@ pub fn run(
     } else {
         corr
     };
+
+    if stop(super::destripe_multi::STAGE) {
+        return Ok(Outcome::Clean);
+    }
 
     // outlier
     let flags = if cfg.outlier.enabled {
@@ -170,6 +189,9 @@ pub fn run(
     } else {
         OutlierFlags { per_exposure: vec![vec![]; metas.len()] }
     };
+    if stop("outlier") {
+        return Ok(Outcome::Clean);
+    }
 
     // drizzle into the band store (collective), written under a temporary name, renamed when closed
     let store = cfg.run.output_dir.join("drizzle").join(format!("{}.h5", plan.band));

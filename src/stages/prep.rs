@@ -150,6 +150,7 @@ pub fn run(
         comm,
         plan,
         STAGE,
+        cfg.run.progress_interval_s,
         |_| true,
         |k| -> anyhow::Result<PrepRow> {
             let m = &metas[k];

@@ -23,7 +23,8 @@ impl Progress {
         Progress { stage, unit, total, done: 0, mpix: 0.0, start: now, last: now, interval_s, enabled }
     }
 
-    /// Count `n` more items covering `mpix` megapixels; prints if the interval has passed.
+    /// Count `n` more items covering `mpix` megapixels (0 when not counted: no rate is printed);
+    /// prints if the interval has passed.
     pub fn add(&mut self, n: usize, mpix: f64) {
         self.done += n;
         self.mpix += mpix;
@@ -36,13 +37,13 @@ impl Progress {
     /// The current progress line.
     pub fn line(&self) -> String {
         let t = self.start.elapsed().as_secs_f64().max(1e-9);
-        let rate = self.mpix / t;
+        let rate = if self.mpix > 0.0 { format!(", {:.1} Mpix/s", self.mpix / t) } else { String::new() };
         let eta = if self.done > 0 && self.done < self.total {
             format!(", ETA {:.0} s", t / self.done as f64 * (self.total - self.done) as f64)
         } else {
             String::new()
         };
-        format!("[{}] {}/{} {}, {:.1} Mpix/s{eta}", self.stage, self.done, self.total, self.unit, rate)
+        format!("[{}] {}/{} {}{rate}{eta}", self.stage, self.done, self.total, self.unit)
     }
 
     /// Print the final line.

@@ -83,3 +83,25 @@ fn simulate_cli_rejects_a_filter_of_another_instrument() {
     assert!(err.contains("simulate.filter") && err.contains("nircam_sw"), "{err}");
     assert!(!d.path().join("x").exists(), "nothing written on a config error");
 }
+
+#[test]
+fn stop_after_ends_the_chain_with_the_stage_products_and_no_mosaic() {
+    let d = tmp();
+    let input = tiny_lw().to_str().unwrap().to_string();
+    let out = tessera(
+        d.path(),
+        &["--set", "run.output_dir=\"out\"", "mosaic", &input, "-o", "m.fits", "--stop-after", "destripe_multi"],
+    );
+    let log = ok(&out) + &String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("stopping after destripe_multi"), "{log}");
+    for p in ["out/destripe/destripe.json", "out/level/level.json", "out/destripe_multi/destripe_multi.json"] {
+        assert!(d.path().join(p).is_file(), "{p} missing");
+    }
+    assert!(!d.path().join("m.fits").exists(), "a mosaic was written");
+    assert!(!d.path().join("out/outlier").exists(), "the outlier stage ran");
+
+    let out = tessera(d.path(), &["mosaic", &input, "-o", "m.fits", "--stop-after", "drizle"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run.stop_after") && err.contains("drizle") && err.contains("destripe_multi"), "{err}");
+}

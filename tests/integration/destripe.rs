@@ -145,9 +145,8 @@ fn in_band_scales(cutoff_ratio: f64) -> Vec<usize> {
 }
 
 /// The single-tile stage against the truth stripes, per exposure, in the fainter and the brighter
-/// half of the scene. NOTE: the issue's target (>= 90% of the full-band stripe power removed in the
-/// final mosaic) needs `destripe_multi`, which is not implemented yet: the single-tile method by
-/// design keeps stripes wider than its high-pass cutoff (most of a 1/f spectrum's power). Measured
+/// half of the scene. The single-tile method by design keeps stripes wider than its high-pass cutoff
+/// (most of a 1/f spectrum's power; the final-mosaic tests below measure the whole chain). Measured
 /// (LW, small scene): in-band 83% (empty) and 62% (emission) removed, full band 21%. This test guards what the stage does today.
 #[test]
 fn single_tile_destriping_removes_the_in_band_stripes() {
@@ -347,10 +346,10 @@ fn subarrays_and_fully_masked_exposures_work() {
     assert!(after < 0.5 * before, "{before} -> {after}");
 }
 
-/// Full-band stripe power (truth stripes minus the models subtracted), single-tile alone and single
-/// plus multi, on an LW scene of 4 dithers (each exposure compared with the 3 others). NOTE: the
-/// issue's >= 90% is not reached: destripe_multi's large-scale pass (stripes common to all
-/// exposures) is not implemented, and the average of 3 others still holds their stripes / sqrt(3).
+/// Full-band stripe power per exposure (truth stripes minus the models subtracted), single-tile
+/// alone and single plus multi (passes A and B), on an LW scene of 4 dithers (each exposure compared
+/// with the 3 others): per exposure the multi-exposure passes must remove more. (In the final
+/// mosaic they gain less: see `check_final_mosaic`.)
 #[test]
 fn multi_exposure_pass_removes_more_of_the_full_band_stripes() {
     let dir = tmp().keep();
@@ -399,8 +398,8 @@ fn png_per_exposure_on_request() {
     run(1, dir, w.path(), &["--set", "destripe.png=true", "--set", "outlier.enabled=false"]);
     for f in crate::common::cal_files(dir) {
         let stem = f.file_name().unwrap().to_string_lossy().trim_end_matches(".fits").to_string();
-        for stage in ["destripe", "destripe_multi"] {
-            let png = w.path().join(format!("out/{stage}/{stem}.png"));
+        for (stage, suffix) in [("destripe", ""), ("destripe_multi", ""), ("destripe_multi", "_large_scale")] {
+            let png = w.path().join(format!("out/{stage}/{stem}{suffix}.png"));
             let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is not a PNG", png.display());
         }
@@ -412,4 +411,191 @@ fn png_per_exposure_on_request() {
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"));
     assert_eq!(pngs.count(), 0);
+}
+
+/// Stripe power of a mosaic residual `r` `[y, x]` (NaN = unknown) along the stripes: pixels are
+/// binned by their row and by their column in the detector frame of `det` (the TAN part of one
+/// exposure's WCS, extended over the whole mosaic: every exposure of a visit has the same
+/// orientation), through the mosaic WCS `mw`; the medians of the bins with at least 20 selected
+/// pixels (`sel`), each profile about its mean; rows and columns in quadrature. Returned twice: the
+/// full band, and the stripes narrower than `scale` rows (each profile minus its median filter of
+/// `scale` bins: the band destripe_multi's large-scale pass is built for).
+fn mosaic_stripe_power(r: &Array2<f64>, sel: &Array2<bool>, mw: &TanSip, det: &TanSip, scale: usize) -> (f64, f64) {
+    let (ny, nx) = r.dim();
+    let mut rows: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    let mut cols: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    for y in 0..ny {
+        for x in 0..nx {
+            if !sel[[y, x]] || !r[[y, x]].is_finite() {
+                continue;
+            }
+            let (ra, dec) = mw.pixel_to_sky(x as f64, y as f64);
+            let (dx, dy) = det.sky_to_pixel(ra, dec).unwrap();
+            rows.entry(dy.round() as i64).or_default().push(r[[y, x]]);
+            cols.entry(dx.round() as i64).or_default().push(r[[y, x]]);
+        }
+    }
+    let profile_ms = |bins: &std::collections::BTreeMap<i64, Vec<f64>>, narrow: bool| -> f64 {
+        let mut meds: Vec<f64> = bins.values().filter(|v| v.len() >= 20).map(|v| median(&mut v.clone())).collect();
+        if narrow {
+            let smooth = tessera::kernels::destripe::median_filter_1d(&meds, scale);
+            meds.iter_mut().zip(&smooth).for_each(|(v, s)| *v -= s);
+        }
+        let m = meds.iter().sum::<f64>() / meds.len().max(1) as f64;
+        meds.iter().map(|v| (v - m).powi(2)).sum::<f64>() / meds.len().max(1) as f64
+    };
+    (
+        (profile_ms(&rows, false) + profile_ms(&cols, false)).sqrt(),
+        (profile_ms(&rows, true) + profile_ms(&cols, true)).sqrt(),
+    )
+}
+
+/// The residual of mosaic `m` against `reference` (same grid), NaN where either is unknown, and
+/// the mosaic WCS.
+fn mosaic_residual(m: &Path, reference: &Array2<f64>) -> (Array2<f64>, TanSip) {
+    let sci = read_ext_f32(m, "SCI").unwrap().mapv(f64::from);
+    let mw = TanSip::from_cards(&read_header(m, "SCI").unwrap()).unwrap();
+    assert_eq!(sci.dim(), reference.dim(), "{}: not on the reference grid", m.display());
+    let r = ndarray::Zip::from(&sci).and(reference).map_collect(|&a, &b| {
+        if a.is_finite() && b.is_finite() && a != 0.0 {
+            a - b
+        } else {
+            f64::NAN
+        }
+    });
+    (r, mw)
+}
+
+/// The issue's metric on the final mosaic, on a 2x2-tile x 4-dither scene: the stripe power
+/// (`mosaic_stripe_power`) of the mosaic minus the mosaic of its stripe-free twin (the same
+/// simulation, seed and noise, with `stripe_rms_mjysr = 0`, mosaicked without destriping), in the
+/// fainter and the brighter half of the truth sky, for no destriping, single-tile alone and
+/// single-tile + destripe_multi (passes A and B). Also against the truth sky itself (nearest truth
+/// pixel), which adds the noise and resampling floor. Returns the stripe rms per [band][area][run],
+/// band 0 the full band, 1 the stripes narrower than the large-scale filter.
+fn final_mosaic_stripe_power(instrument: &str, seed: &str) -> [[[f64; 4]; 2]; 2] {
+    let sets = |stripes: bool| {
+        let mut v = vec![
+            format!("simulate.instrument=\"{instrument}\""),
+            "simulate.size=\"small\"".to_string(),
+            "simulate.tiles=\"2x2\"".to_string(),
+            "simulate.dithers=4".to_string(),
+            format!("simulate.seed={seed}"),
+            "simulate.pointing_error_arcsec=0.0".to_string(),
+        ];
+        if !stripes {
+            v.push("simulate.stripe_rms_mjysr=0.0".to_string());
+        }
+        v
+    };
+    let (striped, twin) = (tmp().keep(), tmp().keep());
+    for (d, s) in [(&striped, true), (&twin, false)] {
+        let v = sets(s);
+        simulate(d, &v.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let common = ["--set", "outlier.enabled=false"];
+    let wt = tmp();
+    let twin_m = run(2, &twin, wt.path(), &[&common[..], &["--no-destripe"]].concat());
+    let reference = read_ext_f32(&twin_m, "SCI").unwrap().mapv(f64::from);
+    // the truth sky on the mosaic grid (nearest truth pixel)
+    let t: Truth = tessera::io::json::read_json(&striped.join("truth/truth.json")).unwrap();
+    let (tsky, _) = read_image(&striped.join("truth/truth_sky.fits")).unwrap();
+    let tw = t.truth_grid.wcs();
+    let twin_w = TanSip::from_cards(&read_header(&twin_m, "SCI").unwrap()).unwrap();
+    let truth_on_grid = Array2::from_shape_fn(reference.dim(), |(y, x)| {
+        let (ra, dec) = twin_w.pixel_to_sky(x as f64, y as f64);
+        let Ok((tx, ty)) = tw.sky_to_pixel(ra, dec) else { return f64::NAN };
+        let (i, j) = (tx.round(), ty.round());
+        if i < 0.0 || j < 0.0 || i as usize >= tsky.ncols() || j as usize >= tsky.nrows() {
+            return f64::NAN;
+        }
+        f64::from(tsky[[j as usize, i as usize]])
+    });
+    let mut v: Vec<f64> = ndarray::Zip::from(&truth_on_grid).and(&reference).fold(vec![], |mut acc, &t, &r| {
+        if t.is_finite() && r.is_finite() && r != 0.0 {
+            acc.push(t);
+        }
+        acc
+    });
+    let med = median(&mut v);
+    let sels = [truth_on_grid.mapv(|t| t.is_finite() && t <= med), truth_on_grid.mapv(|t| t.is_finite() && t > med)];
+    let det = {
+        let e = &t.exposures[0];
+        let w = tessera::io::fits::read_cal_meta(&striped.join(&e.file)).unwrap().wcs;
+        TanSip::tan(w.crval_deg, w.crpix, w.cd)
+    };
+    let runs: [(&str, Vec<&str>); 4] = [
+        ("no destriping", vec!["--no-destripe"]),
+        ("single-tile", vec!["--set", "destripe_multi.enabled=false"]),
+        ("single-tile + destripe_multi", vec![]),
+        ("single-tile + destripe_multi pass A only", vec!["--set", "destripe_multi.large_scale=false"]),
+    ];
+    let scale = tessera::kernels::destripe::default_large_scale_filter_px({
+        tessera::io::fits::read_cal_meta(&striped.join(&t.exposures[0].file)).unwrap().shape[0]
+    });
+    let mut power = [[[0.0; 4]; 2]; 2];
+    for (k, (name, flags)) in runs.iter().enumerate() {
+        let w = tmp();
+        let m = run(2, &striped, w.path(), &[&common[..], &flags[..]].concat());
+        let (r, mw) = mosaic_residual(&m, &reference);
+        let (rt, _) = mosaic_residual(&m, &truth_on_grid);
+        for (a, area) in ["empty", "emission"].iter().enumerate() {
+            let (full, narrow) = mosaic_stripe_power(&r, &sels[a], &mw, &det, scale);
+            (power[0][a][k], power[1][a][k]) = (full, narrow);
+            let (pt, _) = mosaic_stripe_power(&rt, &sels[a], &mw, &det, scale);
+            eprintln!(
+                "{instrument} final mosaic, {area}, {name}: stripe rms {full:.5} MJy/sr against the stripe-free twin \
+                 ({narrow:.5} narrower than {scale} rows), {pt:.5} against the truth sky"
+            );
+        }
+    }
+    for (b, band) in ["full band", &format!("narrower than {scale} rows")].iter().enumerate() {
+        for (a, area) in ["empty", "emission"].iter().enumerate() {
+            let [n, s, m, _] = power[b][a];
+            eprintln!(
+                "{instrument} {area}, {band}: stripe power (rms^2) removed: single-tile {:.1}%, single + multi {:.1}% \
+                 (rms: {:.1}% and {:.1}%)",
+                100.0 * (1.0 - (s / n).powi(2)),
+                100.0 * (1.0 - (m / n).powi(2)),
+                100.0 * (1.0 - s / n),
+                100.0 * (1.0 - m / n)
+            );
+        }
+    }
+    power
+}
+
+/// The final-mosaic stripe power against what is achieved today (issue 5 asks >= 90% of the power
+/// removed; NOT met, see the NOTE): the order none > single-tile > single-tile + destripe_multi in
+/// the full band; destripe_multi's large-scale pass better than pass A alone in empty areas (and not
+/// more than 5% worse in emission); of the stripes narrower than the large-scale filter, at least
+/// 70% of the power removed in empty areas and 30% in emission.
+///
+/// NOTE, measured (power removed, full band / narrower than 25 rows): LW seed 21: empty 32% / 77%,
+/// emission 24% / 69%; SW seed 22: empty 40% / 87%, emission 39% / 36%. About 70% of the control's
+/// power is in stripes wider than rows / 10: those of the exposures covering a pixel add up in the
+/// mosaic the same way whatever relative correction is made, and on a survey with one orientation
+/// no data-only method tells them from sky structure running along the rows (pjpipe's passes leave
+/// them too). Pass A alone adds noise on these small detectors (row medians over 64-column amps).
+fn check_final_mosaic(instrument: &str, seed: &str) {
+    let p = final_mosaic_stripe_power(instrument, seed);
+    for (a, area) in ["empty", "emission"].iter().enumerate() {
+        let [none, single, multi, pass_a] = p[0][a];
+        assert!(single < none && multi < single, "{instrument} {area} full band: {:?}", p[0][a]);
+        let limit = if a == 0 { 1.0 } else { 1.05 };
+        assert!(multi < limit * pass_a, "{instrument} {area}: the large-scale pass did not help: {:?}", p[0][a]);
+        let [none, _, multi, _] = p[1][a];
+        let kept = if a == 0 { 0.3 } else { 0.7 };
+        assert!(multi * multi < kept * none * none, "{instrument} {area} narrow band: {:?}", p[1][a]);
+    }
+}
+
+#[test]
+fn final_mosaic_stripes_lw() {
+    check_final_mosaic("nircam_lw", "21");
+}
+
+#[test]
+fn final_mosaic_stripes_sw() {
+    check_final_mosaic("nircam_sw", "22");
 }
