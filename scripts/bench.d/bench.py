@@ -705,6 +705,51 @@ def quality_section(q, json_name):
     return L
 
 
+def astrometry_run(args):
+    """Run astrometry.py in the venv (tessera against TweakRegStep on its own simulated scenes);
+    return its JSON, or {"error": reason}."""
+    if args.tessera_error:
+        return {"error": f"tessera: {args.tessera_error}"}
+    if not args.python:
+        return {"error": "no Python venv (scripts/setup-python --bench failed)"}
+    adir = Path(args.work) / "astrometry"
+    aj = adir / "astrometry.json"
+    aj.unlink(missing_ok=True)
+    cmd = [args.python, HERE / "astrometry.py", "--tessera", args.tessera, "--work", adir, "--json", aj,
+           "--timeout", str(args.timeout)]
+    log(f"astrometry: {shlex.join(str(c) for c in cmd)}")
+    p = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, text=True)   # progress on stderr
+    if p.returncode != 0 or not aj.exists():
+        return {"error": f"astrometry.py exited {p.returncode}"}
+    return json.loads(aj.read_text())
+
+
+def astrometry_section(a, json_name):
+    L = ["## Absolute astrometry against the JWST TweakRegStep", ""]
+    if a.get("error"):
+        return L + [f"Not measured: {a['error']}.", ""]
+    scenes = "; ".join(f"{r['label']}: `tessera simulate {' '.join(r['simulate'])}`" for r in a["scenes"])
+    L += [f"Scenes ({scenes}) with per-visit pointing errors, a global offset and rotation, and the simulated "
+          f"reference catalogue (80 % complete, 10 mas noise per axis). Raw numbers: `{json_name}` "
+          "(`scripts/bench.d/astrometry.py`).", "", a["table_md"], "",
+          "- Metric (as `tests/integration/align.rs`): a 5x5 lattice of pixels of every exposure through the "
+          "corrected WCS (tessera's tweakback files; TweakRegStep's corrected gwcs) and through the simulator's "
+          "true WCS, on the target's tangent plane: the rms of the differences, no fit removed. Residual rotation: "
+          "the rotation of the shift + rotation fit of corrected onto true positions. Matches: the absolute "
+          "(strict) fit's matched sources and its residual rms against the catalogue.",
+          "- tessera: `tessera mosaic <scene> --catalog refcat.csv` with default parameters (align, then the wide "
+          "shift and strict shift + rotation match of the mosaic's sources).",
+          "- TweakRegStep: every exposure gets a gwcs detector -> v2v3 -> world equal to its header TAN-SIP "
+          "(jwst's V2V3-to-sky rotation at v2_ref = v3_ref = 0, roll_ref from the CD matrix; equal to the header "
+          "to < 1e-6 mas) and the matching wcsinfo; its own source finding (IRAF star finder, kernel FWHM = the "
+          "band's PSF FWHM in pixels, background box = half the detector); relative alignment of the exposures, "
+          "then absolute (rshift) to the same catalogue (`abs_refcat`). 'default parameters': TweakRegStep's "
+          "defaults (minobj 15, searchrad 2\", tolerance 0.7\"; abs_minobj 15, abs_searchrad 6\", "
+          "abs_tolerance 0.7\"); 'matched parameters': tessera's defaults carried over (minobj 3, searchrad 1\", "
+          "tolerance 0.2\"; abs_minobj 5, abs_searchrad 1.5\", abs_tolerance 0.15\").",
+          ""]
+    return L
+
 
 # ---------------------------------------------------------------------------------------------
 # destriping (--destripe): tessera's own stage times; no peer here destripes cal files
@@ -771,7 +816,8 @@ def destripe_section(runs):
     return L
 
 
-def write_report(args, facts, results, json_path, quality=None, quality_json=None, destripe=None):
+def write_report(args, facts, results, json_path, quality=None, quality_json=None, destripe=None,
+                 astrometry=None, astrometry_json=None):
     v = facts["versions"]
     L = ["# Benchmarks", "",
          "Produced by `scripts/bench` (do not edit by hand; rerun it). Command:", "",
@@ -869,6 +915,8 @@ def write_report(args, facts, results, json_path, quality=None, quality_json=Non
                 L.append("")
     if quality is not None:
         L += quality_section(quality, quality_json)
+    if astrometry is not None:
+        L += astrometry_section(astrometry, astrometry_json)
     if destripe:
         L += destripe_section(destripe)
     L += ["## Reading against the targets", ""]
@@ -931,6 +979,10 @@ def main():
                     help="also run the level matching quality table (scripts/bench.d/quality.py)")
     ap.add_argument("--quality-from", default="",
                     help="an earlier bench-results/*-quality.json: its quality tables, not rerun")
+    ap.add_argument("--astrometry", action="store_true",
+                    help="also run the absolute astrometry table against TweakRegStep (scripts/bench.d/astrometry.py)")
+    ap.add_argument("--astrometry-from", default="",
+                    help="an earlier bench-results/*-astrometry.json: its astrometry table, not rerun")
     ap.add_argument("--destripe", default="",
                     help="comma-separated scenes on which to time tessera's destriping alone (e.g. large)")
     ap.add_argument("--timeout", type=float, default=3 * 3600)
@@ -983,6 +1035,14 @@ def main():
     elif args.quality:
         log("level matching quality")
         quality = quality_run(args)
+    astrometry = None
+    if args.astrometry_from:
+        astrometry = json.loads(Path(args.astrometry_from).read_text())
+        if "table_md" not in astrometry:
+            ap.error(f"{args.astrometry_from}: not an astrometry JSON (no 'table_md')")
+    elif args.astrometry:
+        log("absolute astrometry against TweakRegStep")
+        astrometry = astrometry_run(args)
     destripe = [destripe_run(args, sc) for sc in args.destripe.split(",") if sc and sc != "none"]
     for path in args.reuse:
         for r in json.loads(Path(path).read_text()).get("destripe") or []:
@@ -1004,10 +1064,18 @@ def main():
     elif quality is not None:
         qp = Path(args.results_dir) / f"{stamp}-quality.json"
         qp.write_text(json.dumps(quality, indent=1))
+    ap_ = None
+    if args.astrometry_from:
+        ap_ = Path(args.astrometry_from)
+    elif astrometry is not None:
+        ap_ = Path(args.results_dir) / f"{stamp}-astrometry.json"
+        ap_.write_text(json.dumps(astrometry, indent=1))
     jp.write_text(json.dumps({"command": args.cmdline, "machine": facts, "scenes": results,
                               "quality": None if qp is None else str(rel(qp)), "destripe": destripe,
+                              "astrometry": None if ap_ is None else str(rel(ap_)),
                               "mem_budget_mb": args.mem_budget_mb or args.default_budget_mb}, indent=1))
-    write_report(args, facts, results, rel(jp), quality, None if qp is None else rel(qp), destripe)
+    write_report(args, facts, results, rel(jp), quality, None if qp is None else rel(qp), destripe,
+                 astrometry, None if ap_ is None else rel(ap_))
     log(f"wrote {args.out} and {jp}" + (f" and {qp}" if qp else ""))
     for res in results:
         print(f"\n## {res['scene']}")
@@ -1018,6 +1086,9 @@ def main():
             print(f"\n### {sc['scene']['name']}\n{sc['table_md']}")
         if quality.get("error"):
             print(f"not measured: {quality['error']}")
+    if astrometry is not None:
+        print("\n## Absolute astrometry against TweakRegStep")
+        print(astrometry.get("table_md") or f"not measured: {astrometry.get('error')}")
     return 0
 
 

@@ -137,6 +137,26 @@ pub(crate) fn detect(
     Ok(list.sources.iter().map(|s| [s.x, s.y]).collect())
 }
 
+/// [`detect`] with each source's relative centroid error, pixels: `FWHM / S/N` (the S/N of the
+/// fitted amplitude). Its scale is fitted to the match residuals by the caller
+/// (`kernels::matching::match_catalogs_weighted`), so only its variation between sources matters.
+pub(crate) fn detect_with_errors(
+    image: ArrayView2<f32>,
+    mask: ArrayView2<bool>,
+    fwhm_px: f64,
+    threshold_sigma: f64,
+    brightest: usize,
+) -> Result<(Vec<[f64; 2]>, Vec<f64>), String> {
+    let fwhm_px = fwhm_px.clamp(0.5, 50.0);
+    let mut p = FindParams::new(fwhm_px);
+    p.threshold_sigma = threshold_sigma;
+    p.brightest = Some(brightest);
+    let list = par_find_sources(image, Some(mask), &p).map_err(|e| e.to_string())?;
+    let pos = list.sources.iter().map(|s| [s.x, s.y]).collect();
+    let err = list.sources.iter().map(|s| fwhm_px / s.snr.max(1e-3)).collect();
+    Ok((pos, err))
+}
+
 /// Detect the point sources of one exposure and project them onto the tangent plane at `tangent`.
 fn exposure_sources(
     meta: &CalMeta,

@@ -8,7 +8,9 @@
 //! 2. Two matches, each from the original WCS (pjpipe's iterations): a **wide** one (histogram shift
 //!    search within `search_radius_arcsec`, tolerance `wide_tolerance_arcsec`, geometry `shift`),
 //!    then a **strict** one starting from the wide shift (no histogram, tolerance
-//!    `strict_tolerance_arcsec`, geometry `rshift`, rotation about the tangent point). Either failing
+//!    `strict_tolerance_arcsec`, geometry `rshift`, rotation about the tangent point, each source
+//!    weighted by its centroid error combined with the catalogue noise, both scaled to the residuals:
+//!    `kernels::matching::match_catalogs_weighted`). Either failing
 //!    (too few sources, no overlap, no significant peak, too few or chance matches) leaves every WCS
 //!    unchanged, with a warning that says why; the run continues.
 //! 3. On success the mosaic FITS gets the corrected WCS in every imaging extension (with HISTORY),
@@ -21,12 +23,14 @@
 //! A band that is not `[astrometry] reference_band` applies the reference band's solution
 //! (`solution_file`) unchanged, as pjpipe's align_mapping does for MIRI.
 
-use super::align::{detect, fwhm_arcsec, project};
+use super::align::{detect_with_errors, fwhm_arcsec, project};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
 use crate::geom::{tangent_arcsec_to_sky, SkyCorrection};
 use crate::io::fits::{copy_with_wcs, read_ext_f32};
-use crate::kernels::matching::{match_catalogs, FitGeometry, MatchParams, MatchResult, Transform};
+use crate::kernels::matching::{
+    match_catalogs, match_catalogs_weighted, FitGeometry, MatchParams, MatchResult, Transform,
+};
 use crate::plan::{CalMeta, Plan};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -217,7 +221,7 @@ fn solve(plan: &Plan, cfg: &Config, mosaic: &Path, catalog: &Path, dir: &Path) -
     let wht = read_ext_f32(mosaic, "WHT")?;
     let mask = ndarray::Zip::from(&sci).and(&wht).map_collect(|s, w| !s.is_finite() || w.is_nan() || *w <= 0.0);
     let fwhm_px = fwhm_arcsec(a.fwhm_arcsec, &plan.band, plan.instrument) / plan.grid.pixscale_arcsec;
-    let px = match detect(sci.view(), mask.view(), fwhm_px, a.threshold_sigma, a.brightest) {
+    let (px, err_px) = match detect_with_errors(sci.view(), mask.view(), fwhm_px, a.threshold_sigma, a.brightest) {
         Ok(p) => p,
         Err(e) => {
             r.warnings.push(format!("no sources in {}: {e}; the WCS is kept", mosaic.display()));
@@ -297,7 +301,10 @@ fn solve(plan: &Plan, cfg: &Config, mosaic: &Path, catalog: &Path, dir: &Path) -
         min_matches: a.min_matches,
         ..MatchParams::default()
     };
-    let s = match_catalogs(&img, &near, &strict);
+    // the strict fit weights every source by its centroid error (faint MIRI sources have several
+    // times the centroid noise of bright ones) combined with the catalogue's noise
+    let err: Vec<f64> = err_px.iter().map(|e| e * plan.grid.pixscale_arcsec).collect();
+    let s = match_catalogs_weighted(&img, Some(&err), &near, &strict);
     r.steps.push(step_fit("strict", FitGeometry::RShift, &s));
     let Ok(s) = s else {
         r.warnings.push(format!("strict match failed: {}; the WCS is kept", r.steps[1].failure));

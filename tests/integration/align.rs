@@ -511,7 +511,66 @@ fn miri_f1000w_relative_and_absolute_alignment_within_10_mas() {
     assert!(rb > 0.05, "too small pointing errors ({rb} arcsec)");
     assert!(ra < 0.010, "MIRI relative rms {:.2} mas", 1e3 * ra);
     assert!(rabs < 0.010, "MIRI absolute rms {:.2} mas", 1e3 * rabs);
-    // the rotation is measured to its statistical error (0.0016 deg for ~160 stars over 2')
-    assert!(drot.abs() < 3.0 * sig && sig < 0.003, "rotation off by {drot} deg (1-sigma {sig})");
+    // the issue's target, and the rotation within its reported statistical error (the strict fit is
+    // weighted by the centroid errors: ~0.0015 deg for ~160 stars over 2' against a catalogue with
+    // 10 mas noise per axis; 0.0017 unweighted, whose error here was 0.0022 deg)
+    assert!(drot.abs() < 0.002, "rotation off by {drot} deg (1-sigma {sig})");
+    assert!(drot.abs() < 3.0 * sig && sig < 0.002, "rotation off by {drot} deg (1-sigma {sig})");
     assert!(w.path().join("out/astrometry/F1000W_residuals.png").is_file());
+}
+
+#[test]
+fn tessera_run_solves_in_the_reference_band_and_applies_it_to_the_other_band() {
+    // F277W of the same visits (the same seed gives the same pointing errors); it sorts before
+    // F300M, so the campaign has to reorder the bands to run the reference band first
+    let d = tmp();
+    simulate(
+        d.path(),
+        &[
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"2x2\"",
+            "simulate.dithers=2",
+            "simulate.pointing_error_arcsec=0.15",
+            "simulate.seed=5",
+            "simulate.filter=\"F277W\"",
+        ],
+    );
+    assert_eq!(truth(d.path()).visit_errors, truth(scene()).visit_errors);
+    let w = tmp();
+    let toml = format!(
+        "[run]\noutput_dir = \"out\"\n[outlier]\nenabled = false\n[[target]]\nname = \"ngc\"\n\
+         inputs = [\"{}\", \"{}\"]\ncatalog = \"{}\"\n",
+        d.path().display(),
+        scene().display(),
+        scene().join("aux/refcat.csv").display()
+    );
+    std::fs::write(w.path().join("campaign.toml"), toml).unwrap();
+    let o = tessera(w.path(), &["run", "campaign.toml"]);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let (r300, r277) = (w.path().join("out/ngc/F300M"), w.path().join("out/ngc/F277W"));
+    let read_align = |d: &Path| -> AlignFile { tessera::io::json::read_json(&d.join("align/align.json")).unwrap() };
+    let (a300, a277) = (read_align(&r300), read_align(&r277));
+    assert_eq!(a300.method, "solved", "{stderr}");
+    assert!(a277.method.starts_with("from ") && a277.reference_band == "F300M", "{a277:?}");
+    assert!(a300.visits.iter().all(|v| v.solved && v.shift_arcsec != [0.0, 0.0]));
+    for v in &a277.visits {
+        let r = a300.visits.iter().find(|x| x.visit == v.visit).unwrap();
+        assert_eq!(v.shift_arcsec, r.shift_arcsec, "{}", v.visit);
+    }
+    let s300: AstrometryFile = tessera::io::json::read_json(&r300.join("astrometry/astrometry.json")).unwrap();
+    let s277: AstrometryFile = tessera::io::json::read_json(&r277.join("astrometry/astrometry.json")).unwrap();
+    assert_eq!(s300.method, "solved");
+    assert!(s277.method.starts_with("from ") && s277.band == "F277W", "{s277:?}");
+    assert!(s300.correction.is_some());
+    assert_eq!(s277.correction, s300.correction);
+    // the F277W tweakback files against F277W's own truth: absolute positions within 5 mas
+    let tweak = |file: &str| -> PathBuf {
+        r277.join("astrometry").join(format!("{}_tweakback.fits", file.strip_suffix("_cal.fits").unwrap()))
+    };
+    let (abs, want) = lattice(d.path(), &|file, _| read_cal_meta(&tweak(file)).unwrap().wcs);
+    let (before, _) = lattice(d.path(), &|_, w| w.clone());
+    let (rb, ra) = (rms(&before, &want), rms(&abs, &want));
+    eprintln!("tessera run: F277W with the F300M solutions, absolute rms {:.1} -> {:.2} mas", 1e3 * rb, 1e3 * ra);
+    assert!(rb > 0.2 && ra < 0.005, "absolute rms {:.2} mas (before {:.1})", 1e3 * ra, 1e3 * rb);
 }
