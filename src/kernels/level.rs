@@ -1066,6 +1066,78 @@ fn canonical_edges<const K: usize>(
     Ok(edges)
 }
 
+/// The connected components of the pair graph (`links` = `(i, j, weight)`) and each one's pivot:
+/// the gauge's reference image in it, else its best-connected image (most pairs, then largest
+/// total weight, then lowest index). The pivot's solution is fixed to 0 while solving; with
+/// [`Gauge::MeanZero`] the component is re-centred afterwards ([`centre_components`]).
+fn components(n: usize, links: &[(usize, usize, f64)], gauge: &Gauge) -> Result<(Components, Vec<usize>), LevelError> {
+    if let Gauge::Reference(list) = gauge {
+        if let Some(&bad) = list.iter().find(|&&r| r >= n) {
+            return Err(LevelError::Reference { index: bad, n_images: n });
+        }
+    }
+    let pairs: Vec<(usize, usize)> = links.iter().map(|&(i, j, _)| (i, j)).collect();
+    let (labels, members) = connected_components(n, &pairs);
+    let mut degree = vec![0usize; n];
+    let mut wsum = vec![0.0f64; n];
+    for &(i, j, w) in links {
+        degree[i] += 1;
+        degree[j] += 1;
+        wsum[i] += w;
+        wsum[j] += w;
+    }
+    let mut pivots = Vec::with_capacity(members.len());
+    let mut references = Vec::with_capacity(members.len());
+    for (c, mem) in members.iter().enumerate() {
+        let best = *mem
+            .iter()
+            .max_by(|&&a, &&b| degree[a].cmp(&degree[b]).then(wsum[a].total_cmp(&wsum[b])).then(b.cmp(&a)))
+            .expect("components are non-empty");
+        let pivot = match gauge {
+            Gauge::MeanZero => best,
+            Gauge::Reference(list) => list.iter().copied().find(|&r| labels[r] == c).unwrap_or(best),
+        };
+        pivots.push(pivot);
+        references.push(matches!(gauge, Gauge::Reference(_)).then_some(pivot));
+    }
+    Ok((Components { labels, members, references }, pivots))
+}
+
+/// Position of every member of `mem` but `pivot` among a component's unknowns (ascending image
+/// order; `usize::MAX` for the pivot and non-members) and their number.
+fn unknown_positions(n: usize, mem: &[usize], pivot: usize) -> (Vec<usize>, usize) {
+    let mut pos = vec![usize::MAX; n];
+    let mut m = 0;
+    for &k in mem {
+        if k != pivot {
+            pos[k] = m;
+            m += 1;
+        }
+    }
+    (pos, m)
+}
+
+/// With [`Gauge::MeanZero`], subtract each component's mean solution from its members.
+fn centre_components<const K: usize>(x: &mut [[f64; K]], groups: &Components, gauge: &Gauge) {
+    if !matches!(gauge, Gauge::MeanZero) {
+        return;
+    }
+    for mem in &groups.members {
+        let mut sum = [0.0f64; K];
+        for &k in mem {
+            for (s, v) in sum.iter_mut().zip(&x[k]) {
+                *s += v;
+            }
+        }
+        let count = mem.len() as f64;
+        for &k in mem {
+            for (v, s) in x[k].iter_mut().zip(&sum) {
+                *v -= s / count;
+            }
+        }
+    }
+}
+
 /// Solve `sum_pairs w (x_i - x_j - rhs)^2 -> min` for `K` independent coefficients per image,
 /// per component, with the gauge. Returns per-image solutions and the components.
 fn solve_graph<const K: usize>(
@@ -1073,52 +1145,17 @@ fn solve_graph<const K: usize>(
     edges: &[Edge<K>],
     gauge: &Gauge,
 ) -> Result<(Vec<[f64; K]>, Components), LevelError> {
-    if let Gauge::Reference(list) = gauge {
-        if let Some(&bad) = list.iter().find(|&&r| r >= n) {
-            return Err(LevelError::Reference { index: bad, n_images: n });
-        }
-    }
-    let pairs: Vec<(usize, usize)> = edges.iter().map(|e| (e.i, e.j)).collect();
-    let (labels, members) = connected_components(n, &pairs);
-    // Degree (number of used pairs) and total weight per image, for "best connected".
-    let mut degree = vec![0usize; n];
-    let mut wsum = vec![0.0f64; n];
-    for e in edges {
-        degree[e.i] += 1;
-        degree[e.j] += 1;
-        wsum[e.i] += e.w;
-        wsum[e.j] += e.w;
-    }
+    let links: Vec<(usize, usize, f64)> = edges.iter().map(|e| (e.i, e.j, e.w)).collect();
+    let (groups, pivots) = components(n, &links, gauge)?;
     let mut x = vec![[0.0f64; K]; n];
-    let mut references = Vec::with_capacity(members.len());
-    for (c, mem) in members.iter().enumerate() {
-        let best = *mem
-            .iter()
-            .max_by(|&&a, &&b| degree[a].cmp(&degree[b]).then(wsum[a].total_cmp(&wsum[b])).then(b.cmp(&a)))
-            .expect("components are non-empty");
-        let reference = match gauge {
-            Gauge::MeanZero => best,
-            Gauge::Reference(list) => list.iter().copied().find(|&r| labels[r] == c).unwrap_or(best),
-        };
-        references.push(match gauge {
-            Gauge::MeanZero => None,
-            Gauge::Reference(_) => Some(reference),
-        });
+    for (c, mem) in groups.members.iter().enumerate() {
         if mem.len() == 1 {
             continue;
         }
-        // Unknowns: the members except the reference, in ascending order.
-        let mut pos = vec![usize::MAX; n];
-        let mut m = 0;
-        for &k in mem {
-            if k != reference {
-                pos[k] = m;
-                m += 1;
-            }
-        }
+        let (pos, m) = unknown_positions(n, mem, pivots[c]);
         let mut a = DMatrix::<f64>::zeros(m, m);
         let mut b = DMatrix::<f64>::zeros(m, K);
-        for e in edges.iter().filter(|e| labels[e.i] == c) {
+        for e in edges.iter().filter(|e| groups.labels[e.i] == c) {
             let (pi, pj) = (pos[e.i], pos[e.j]);
             if pi != usize::MAX {
                 a[(pi, pi)] += e.w;
@@ -1149,22 +1186,9 @@ fn solve_graph<const K: usize>(
                 }
             }
         }
-        if matches!(gauge, Gauge::MeanZero) {
-            let mut sum = [0.0f64; K];
-            for &k in mem {
-                for (s, v) in sum.iter_mut().zip(&x[k]) {
-                    *s += v;
-                }
-            }
-            let count = mem.len() as f64;
-            for &k in mem {
-                for (v, s) in x[k].iter_mut().zip(&sum) {
-                    *v -= s / count;
-                }
-            }
-        }
     }
-    Ok((x, Components { labels, members, references }))
+    centre_components(&mut x, &groups, gauge);
+    Ok((x, groups))
 }
 
 /// Weighted least-squares offsets from pair differences: minimises
@@ -1561,14 +1585,19 @@ pub fn solve_planes(n_images: usize, pairs: &[PairPlane], gauge: &Gauge) -> Resu
     let edges = canonical_edges(n_images, pairs.iter().map(|p| (p.i, p.j, p.weight, p.plane.coeffs())))?;
     let (x, groups) = solve_graph(n_images, &edges, gauge)?;
     let planes: Vec<Plane> = x.into_iter().map(Plane::from_coeffs).collect();
-    let residuals = pairs
+    let residuals = plane_residuals(pairs, &planes);
+    Ok(PlaneSolution { planes, residuals, groups })
+}
+
+/// Per pair, `plane_ij - (p_i - p_j)` coefficient-wise.
+fn plane_residuals(pairs: &[PairPlane], planes: &[Plane]) -> Vec<Plane> {
+    pairs
         .iter()
         .map(|p| {
             let (a, b, d) = (planes[p.i].coeffs(), planes[p.j].coeffs(), p.plane.coeffs());
-            Plane::from_coeffs([d[0] - (a[0] - b[0]), d[1] - (a[1] - b[1]), d[2] - (a[2] - b[2])])
+            Plane::from_coeffs([0, 1, 2].map(|q| d[q] - (a[q] - b[q])))
         })
-        .collect();
-    Ok(PlaneSolution { planes, residuals, groups })
+        .collect()
 }
 
 /// Generalised least-squares planes per image: minimises
@@ -1578,8 +1607,8 @@ pub fn solve_planes(n_images: usize, pairs: &[PairPlane], gauge: &Gauge) -> Resu
 /// fixes poorly (across a thin overlap strip) counts for little, and the well-fixed slope of another
 /// pair decides it. Connection structure, references and gauge are those of [`solve_planes`] with
 /// the pairs' scalar weights; each component's reduced block system is solved with Cholesky (LU if
-/// it is not positive definite). If a pair's information is not finite and positive semi-definite
-/// on the diagonal, its scalar weight times the identity is used instead.
+/// it is not positive definite). If a pair's information is not finite with a positive diagonal,
+/// its scalar weight times the identity is used instead.
 ///
 /// # Errors
 /// As [`solve_planes`].
@@ -1590,22 +1619,16 @@ pub fn solve_planes_gls(
     gauge: &Gauge,
 ) -> Result<PlaneSolution, LevelError> {
     assert_eq!(pairs.len(), info.len(), "solve_planes_gls: one information matrix per pair");
-    let scalar = solve_planes(n_images, pairs, gauge)?;
-    let groups = scalar.groups;
+    // the pairs' checks (indices, weights, finite planes) of the scalar solve
+    canonical_edges(n_images, pairs.iter().map(|p| (p.i, p.j, p.weight, p.plane.coeffs())))?;
+    let links: Vec<(usize, usize, f64)> = pairs.iter().map(|p| (p.i, p.j, p.weight)).collect();
+    let (groups, pivots) = components(n_images, &links, gauge)?;
     let mut planes = vec![[0.0f64; 3]; n_images];
     for (c, mem) in groups.members.iter().enumerate() {
         if mem.len() < 2 {
             continue;
         }
-        let reference = groups.references[c].unwrap_or(mem[0]);
-        let mut pos = vec![usize::MAX; n_images];
-        let mut m = 0;
-        for &k in mem {
-            if k != reference {
-                pos[k] = m;
-                m += 1;
-            }
-        }
+        let (pos, m) = unknown_positions(n_images, mem, pivots[c]);
         let mut a = DMatrix::<f64>::zeros(3 * m, 3 * m);
         let mut b = DVector::<f64>::zeros(3 * m);
         for (p, w) in pairs.iter().zip(info) {
@@ -1648,24 +1671,10 @@ pub fn solve_planes_gls(
                 planes[k] = [sol[3 * pos[k]], sol[3 * pos[k] + 1], sol[3 * pos[k] + 2]];
             }
         }
-        if matches!(gauge, Gauge::MeanZero) {
-            let mut sum = [0.0f64; 3];
-            for &k in mem {
-                (0..3).for_each(|q| sum[q] += planes[k][q]);
-            }
-            for &k in mem {
-                (0..3).for_each(|q| planes[k][q] -= sum[q] / mem.len() as f64);
-            }
-        }
     }
+    centre_components(&mut planes, &groups, gauge);
     let planes: Vec<Plane> = planes.into_iter().map(Plane::from_coeffs).collect();
-    let residuals = pairs
-        .iter()
-        .map(|p| {
-            let (a, b, d) = (planes[p.i].coeffs(), planes[p.j].coeffs(), p.plane.coeffs());
-            Plane::from_coeffs([d[0] - (a[0] - b[0]), d[1] - (a[1] - b[1]), d[2] - (a[2] - b[2])])
-        })
-        .collect();
+    let residuals = plane_residuals(pairs, &planes);
     Ok(PlaneSolution { planes, residuals, groups })
 }
 
