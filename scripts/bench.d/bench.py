@@ -604,25 +604,30 @@ def targets(results, args):
     return out
 
 
-def quality_run(args):
-    """Run quality.py in the venv (its own simulated scene, tools, timings and scores); return its
-    JSON, or {"error": reason}."""
+def run_table_script(args, name, extra=()):
+    """Run scripts/bench.d/<name>.py in the venv (its own simulated scenes, tools and scores) with
+    --tessera, --work <work>/<name>, --json and --timeout plus `extra`; return its JSON, or
+    {"error": reason}."""
     if args.tessera_error:
         return {"error": f"tessera: {args.tessera_error}"}
     if not args.python:
         return {"error": "no Python venv (scripts/setup-python --bench failed)"}
-    qdir = Path(args.work) / "quality"
-    qj = qdir / "quality.json"
-    qj.unlink(missing_ok=True)
-    cmd = [args.python, HERE / "quality.py", "--tessera", args.tessera, "--work", qdir, "--json", qj,
-           "--seed", str(args.seed), "--timeout", str(args.timeout)]
-    if args.keep_outputs:
-        cmd.append("--keep-outputs")
-    log(f"quality: {shlex.join(str(c) for c in cmd)}")
+    work = Path(args.work) / name
+    out = work / f"{name}.json"
+    out.unlink(missing_ok=True)
+    cmd = [args.python, HERE / f"{name}.py", "--tessera", args.tessera, "--work", work, "--json", out,
+           "--timeout", str(args.timeout), *extra]
+    log(f"{name}: {shlex.join(str(c) for c in cmd)}")
     p = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, text=True)   # progress on stderr
-    if p.returncode != 0 or not qj.exists():
-        return {"error": f"quality.py exited {p.returncode}"}
-    return json.loads(qj.read_text())
+    if p.returncode != 0 or not out.exists():
+        return {"error": f"{name}.py exited {p.returncode}"}
+    return json.loads(out.read_text())
+
+
+def quality_run(args):
+    """quality.py: level matching against SkyMatchStep and reproject (run_table_script)."""
+    extra = ["--seed", str(args.seed)] + (["--keep-outputs"] if args.keep_outputs else [])
+    return run_table_script(args, "quality", extra)
 
 
 def quality_section(q, json_name):
@@ -706,22 +711,8 @@ def quality_section(q, json_name):
 
 
 def astrometry_run(args):
-    """Run astrometry.py in the venv (tessera against TweakRegStep on its own simulated scenes);
-    return its JSON, or {"error": reason}."""
-    if args.tessera_error:
-        return {"error": f"tessera: {args.tessera_error}"}
-    if not args.python:
-        return {"error": "no Python venv (scripts/setup-python --bench failed)"}
-    adir = Path(args.work) / "astrometry"
-    aj = adir / "astrometry.json"
-    aj.unlink(missing_ok=True)
-    cmd = [args.python, HERE / "astrometry.py", "--tessera", args.tessera, "--work", adir, "--json", aj,
-           "--timeout", str(args.timeout)]
-    log(f"astrometry: {shlex.join(str(c) for c in cmd)}")
-    p = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, text=True)   # progress on stderr
-    if p.returncode != 0 or not aj.exists():
-        return {"error": f"astrometry.py exited {p.returncode}"}
-    return json.loads(aj.read_text())
+    """astrometry.py: tessera against TweakRegStep (run_table_script)."""
+    return run_table_script(args, "astrometry")
 
 
 def astrometry_section(a, json_name):
