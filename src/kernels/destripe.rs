@@ -404,15 +404,6 @@ impl StripeModel {
     pub fn to_array(&self) -> Array2<f32> {
         self.window(0..self.ny, 0..self.nx)
     }
-
-    /// The sum of two models of the same image, as a dense array (for reports and plots).
-    ///
-    /// # Panics
-    /// If the shapes differ.
-    pub fn plus(&self, other: &StripeModel) -> Array2<f32> {
-        assert_eq!((self.ny, self.nx), (other.ny, other.nx), "stripe model shapes");
-        &self.to_array() + &other.to_array()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1484,26 +1475,14 @@ mod tests {
         y.copysign(x)
     }
 
-    /// Zero-mean unit-rms 1/f series of length n (as the simulator's `one_over_f_series`), with
-    /// no power below `fmin` cycles per sample.
+    /// Zero-mean unit-rms 1/f series of length n (the simulator's), with no power below `fmin`
+    /// cycles per sample, its deviates from `gauss(seed, 2, 3, ...)`.
     fn one_over_f(seed: u64, n: usize, fmin: f64) -> Vec<f64> {
-        let m = 2 * n;
-        let mut spec = vec![Complex::new(0.0f64, 0.0); m];
-        for k in 1..=m / 2 {
-            let a = if (k as f64) / (m as f64) < fmin { 0.0 } else { (k as f64).powf(-0.5) };
-            spec[k] = Complex::new(a * gauss(seed, 2 * k as u64), a * gauss(seed, 2 * k as u64 + 1));
-            if k < m - k {
-                spec[m - k] = spec[k].conj();
-            }
-        }
-        spec[m / 2].im = 0.0;
-        FftPlanner::new().plan_fft_inverse(m).process(&mut spec);
-        let mut s: Vec<f64> = spec[..n].iter().map(|c| c.re).collect();
-        let mean = s.iter().sum::<f64>() / n as f64;
-        s.iter_mut().for_each(|v| *v -= mean);
-        let rms = (s.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
-        s.iter_mut().for_each(|v| *v /= rms);
-        s
+        let mut i = 1;
+        crate::kernels::detector::one_over_f_series_with(n, fmin, || {
+            i += 1;
+            gauss(seed, i)
+        })
     }
 
     struct Scene {

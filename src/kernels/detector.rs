@@ -184,15 +184,21 @@ impl StripeModel {
 /// coefficients with amplitude ∝ f^-1/2 (random phases) on a grid of length 2n (so the series is
 /// not forced to be periodic), inverse FFT, first n samples, normalised.
 pub fn one_over_f_series(rng: &mut impl Rng, n: usize) -> Vec<f64> {
+    one_over_f_series_with(n, 0.0, || StandardNormal.sample(rng))
+}
+
+/// [`one_over_f_series`] with no power below `fmin` cycles per sample, drawing its standard normal
+/// deviates from `normal` (two per frequency, real part first, drawn for every frequency).
+pub fn one_over_f_series_with(n: usize, fmin: f64, mut normal: impl FnMut() -> f64) -> Vec<f64> {
     if n < 2 {
         return vec![0.0; n];
     }
     let m = 2 * n;
     let mut spec = vec![Complex::new(0.0f64, 0.0); m];
     for k in 1..=m / 2 {
-        let a = (k as f64).powf(-0.5);
-        let re: f64 = StandardNormal.sample(rng);
-        let im: f64 = StandardNormal.sample(rng);
+        let a = if (k as f64) / (m as f64) < fmin { 0.0 } else { (k as f64).powf(-0.5) };
+        let re = normal();
+        let im = normal();
         spec[k] = Complex::new(a * re, a * im);
         if k < m - k {
             spec[m - k] = spec[k].conj();
