@@ -15,20 +15,29 @@ use tessera::plan::Plan;
 use tessera::stages::align::AlignFile;
 use tessera::stages::astrometry::AstrometryFile;
 
-/// Small LW scene: 2x2 tiles x 2 dithers of 256^2 px detectors, per-visit pointing errors of
-/// 0.15" rms (|error| 0.05-0.42" for this seed), global offset 0.25" and rotation 0.01 deg.
+/// The visits of [`scene`]: 2x2 tiles x 2 dithers of 256^2 px detectors, per-visit pointing errors
+/// of 0.15" rms (|error| 0.05-0.42" for this seed), global offset 0.25" and rotation 0.01 deg.
+const VISITS: [&str; 5] = [
+    "simulate.size=\"small\"",
+    "simulate.tiles=\"2x2\"",
+    "simulate.dithers=2",
+    "simulate.pointing_error_arcsec=0.15",
+    "simulate.seed=5",
+];
+
+/// Small LW scene (F300M, the reference band) of [`VISITS`].
 fn scene() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
-    cached(
-        &D,
-        &[
-            "simulate.size=\"small\"",
-            "simulate.tiles=\"2x2\"",
-            "simulate.dithers=2",
-            "simulate.pointing_error_arcsec=0.15",
-            "simulate.seed=5",
-        ],
-    )
+    cached(&D, &VISITS)
+}
+
+/// Another band observed in the same visits (the same seed gives the same pointing errors).
+fn same_visits(filter: &str) -> tempfile::TempDir {
+    let d = tmp();
+    let f = format!("simulate.filter=\"{filter}\"");
+    simulate(d.path(), &[&VISITS[..], &[f.as_str()]].concat());
+    assert_eq!(truth(d.path()).visit_errors, truth(scene()).visit_errors);
+    d
 }
 
 fn run_mosaic(dir: &Path, work: &Path, extra: &[&str]) -> PathBuf {
@@ -397,19 +406,7 @@ fn catalogues_that_miss_the_field_or_are_wrong_warn_and_keep_the_wcs() {
 #[test]
 fn another_band_applies_the_reference_band_solutions_or_solves_with_a_note() {
     // F335M of the same visits: the same seed gives the same pointing errors
-    let d = tmp();
-    simulate(
-        d.path(),
-        &[
-            "simulate.size=\"small\"",
-            "simulate.tiles=\"2x2\"",
-            "simulate.dithers=2",
-            "simulate.pointing_error_arcsec=0.15",
-            "simulate.seed=5",
-            "simulate.filter=\"F335M\"",
-        ],
-    );
-    assert_eq!(truth(d.path()).visit_errors, truth(scene()).visit_errors);
+    let d = same_visits("F335M");
     let reference = align_file(aligned_run());
     let file = aligned_run().join("out/align/align.json");
     let set = format!("align.shifts_file=\"{}\"", file.display());
@@ -523,19 +520,7 @@ fn miri_f1000w_relative_and_absolute_alignment_within_10_mas() {
 fn tessera_run_solves_in_the_reference_band_and_applies_it_to_the_other_band() {
     // F277W of the same visits (the same seed gives the same pointing errors); it sorts before
     // F300M, so the campaign has to reorder the bands to run the reference band first
-    let d = tmp();
-    simulate(
-        d.path(),
-        &[
-            "simulate.size=\"small\"",
-            "simulate.tiles=\"2x2\"",
-            "simulate.dithers=2",
-            "simulate.pointing_error_arcsec=0.15",
-            "simulate.seed=5",
-            "simulate.filter=\"F277W\"",
-        ],
-    );
-    assert_eq!(truth(d.path()).visit_errors, truth(scene()).visit_errors);
+    let d = same_visits("F277W");
     let w = tmp();
     let toml = format!(
         "[run]\noutput_dir = \"out\"\n[outlier]\nenabled = false\n[[target]]\nname = \"ngc\"\n\
