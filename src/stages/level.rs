@@ -542,9 +542,13 @@ fn plane_origin(plan: &Plan) -> [i32; 2] {
     [(plan.grid.nx / 2) as i32, (plan.grid.ny / 2) as i32]
 }
 
+/// A pair's fitted plane, the rms of its kept points about it and their normal matrix
+/// ([`PlaneFit::normal`]).
+type PairFit = (Plane, f64, [[f64; 3]; 3]);
+
 /// The clipped least-squares plane of each used pair's differences (pjpipe "level+slope"), every
 /// rank summing its points exactly ([`PlaneSums`], integer limbs) and all-reducing each step, so the
-/// planes are the same on every rank and for any decomposition. Returns (plane, rms) per used pair.
+/// planes are the same on every rank and for any decomposition. Returns a [`PairFit`] per used pair.
 fn fit_pair_planes(
     comm: &dyn Comm,
     keys: &[(usize, usize)],
@@ -552,7 +556,7 @@ fn fit_pair_planes(
     local: &Local,
     stats: &[ClippedStats],
     clip: &ClipParams,
-) -> anyhow::Result<Vec<(Plane, f64, [[f64; 3]; 3])>> {
+) -> anyhow::Result<Vec<PairFit>> {
     let params = PlaneFitParams { sigma: clip.sigma, ..PlaneFitParams::default() };
     let mut fits: Vec<PlaneFit> = used
         .iter()

@@ -104,4 +104,11 @@ fn stop_after_ends_the_chain_with_the_stage_products_and_no_mosaic() {
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("run.stop_after") && err.contains("drizle") && err.contains("destripe_multi"), "{err}");
+    // and an even large-scale median filter is refused, naming the key
+    let out =
+        tessera(d.path(), &["--set", "destripe_multi.large_scale_filter_px=24", "mosaic", &input, "-o", "m.fits"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("destripe_multi.large_scale_filter_px") && err.contains("24 is even"), "{err}");
+    assert!(!d.path().join("m.fits").exists());
 }
