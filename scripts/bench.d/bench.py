@@ -742,6 +742,35 @@ def astrometry_section(a, json_name):
     return L
 
 
+def stripes_run(args):
+    """stripes.py: the stripe power left in the final mosaic (run_table_script)."""
+    return run_table_script(args, "stripes", ["--sizes", args.stripes])
+
+
+def stripes_section(s, json_name):
+    L = ["## NIRCam stripe power left in the final mosaic", ""]
+    if s.get("error"):
+        return L + [f"Not measured: {s['error']}.", ""]
+    scenes = "; ".join(f"{r['label']} {r['size']}: `tessera simulate {' '.join(r['simulate'])}`"
+                       for r in s["scenes"] if "simulate" in r)
+    L += [f"Scenes ({scenes}), each with its stripe-free twin (`simulate.stripe_rms_mjysr=0.0`, the same noise), "
+          f"mosaicked under mpirun -n 2 with outlier rejection off. Raw numbers: `{json_name}` "
+          "(`scripts/bench.d/stripes.py`).", "", s["table_md"], "",
+          "- Metric (tests/integration/destripe.rs's, implemented again in Python): mosaic minus the twin's "
+          "mosaic (no destriping) in the fainter ('empty') and brighter ('emission') half of the truth sky; "
+          "pixels binned by row and by column of the first exposure's detector; the rms of the bin medians "
+          "(>= 20 pixels) about their mean, rows and columns in quadrature. Power removed = 1 - (rms / rms "
+          "without destriping)^2. 'narrow': each profile minus its median filter of rows / 10 bins first, the "
+          "stripes narrower than destripe_multi's large-scale filter; 'full': the whole profile.",
+          "- Stripes wider than the large-scale filter (most of a 1/f spectrum's power, plus the slow ripple) add "
+          "up in the mosaic the same way whatever relative correction is applied; with one orientation no "
+          "data-only method separates them from sky structure along the rows, and pjpipe keeps them by design "
+          "(its cascade and filters treat them as sky). The small detectors' 64-column amplifiers make each "
+          "row median noisier than on real 512-column amplifiers.",
+          ""]
+    return L
+
+
 # ---------------------------------------------------------------------------------------------
 # destriping (--destripe): tessera's own stage times; no peer here destripes cal files
 
@@ -808,7 +837,7 @@ def destripe_section(runs):
 
 
 def write_report(args, facts, results, json_path, quality=None, quality_json=None, destripe=None,
-                 astrometry=None, astrometry_json=None):
+                 astrometry=None, astrometry_json=None, stripes=None, stripes_json=None):
     v = facts["versions"]
     L = ["# Benchmarks", "",
          "Produced by `scripts/bench` (do not edit by hand; rerun it). Command:", "",
@@ -910,6 +939,8 @@ def write_report(args, facts, results, json_path, quality=None, quality_json=Non
         L += astrometry_section(astrometry, astrometry_json)
     if destripe:
         L += destripe_section(destripe)
+    if stripes is not None:
+        L += stripes_section(stripes, stripes_json)
     L += ["## Reading against the targets", ""]
     L += targets(results, args)
     L += ["", "## Notes", ""]
@@ -974,6 +1005,11 @@ def main():
                     help="also run the absolute astrometry table against TweakRegStep (scripts/bench.d/astrometry.py)")
     ap.add_argument("--astrometry-from", default="",
                     help="an earlier bench-results/*-astrometry.json: its astrometry table, not rerun")
+    ap.add_argument("--stripes", default="",
+                    help="comma-separated detector sizes (small, medium, large) on which to measure the stripe power "
+                         "left in the final mosaic (scripts/bench.d/stripes.py)")
+    ap.add_argument("--stripes-from", default="",
+                    help="an earlier bench-results/*-stripes.json: its stripe table, not rerun")
     ap.add_argument("--destripe", default="",
                     help="comma-separated scenes on which to time tessera's destriping alone (e.g. large)")
     ap.add_argument("--timeout", type=float, default=3 * 3600)
@@ -1018,22 +1054,23 @@ def main():
                 res["reused_from"] = str(path)
                 results.append(res)
     results.sort(key=lambda r: SCENES.index(r["scene"]))
-    quality = None
-    if args.quality_from:
-        quality = json.loads(Path(args.quality_from).read_text())
-        if "scenes" not in quality:
-            ap.error(f"{args.quality_from}: not a quality JSON of this version (no 'scenes')")
-    elif args.quality:
-        log("level matching quality")
-        quality = quality_run(args)
-    astrometry = None
-    if args.astrometry_from:
-        astrometry = json.loads(Path(args.astrometry_from).read_text())
-        if "table_md" not in astrometry:
-            ap.error(f"{args.astrometry_from}: not an astrometry JSON (no 'table_md')")
-    elif args.astrometry:
-        log("absolute astrometry against TweakRegStep")
-        astrometry = astrometry_run(args)
+    def reuse_or_run(path, key, what, want, run):
+        """The JSON of an earlier table script (`path`, checked for `key`), or a new run when `want`."""
+        if path:
+            d = json.loads(Path(path).read_text())
+            if key not in d:
+                ap.error(f"{path}: not a {what} JSON of this version (no '{key}')")
+            return d
+        if want:
+            log(what)
+            return run()
+        return None
+    quality = reuse_or_run(args.quality_from, "scenes", "level matching quality", args.quality,
+                           lambda: quality_run(args))
+    astrometry = reuse_or_run(args.astrometry_from, "table_md", "absolute astrometry against TweakRegStep",
+                              args.astrometry, lambda: astrometry_run(args))
+    stripes = reuse_or_run(args.stripes_from, "table_md", "stripe power left in the final mosaic",
+                           bool(args.stripes), lambda: stripes_run(args))
     destripe = [destripe_run(args, sc) for sc in args.destripe.split(",") if sc and sc != "none"]
     for path in args.reuse:
         for r in json.loads(Path(path).read_text()).get("destripe") or []:
@@ -1049,24 +1086,25 @@ def main():
             return p.resolve().relative_to(REPO)
         except ValueError:
             return p
-    qp = None
-    if args.quality_from:
-        qp = Path(args.quality_from)
-    elif quality is not None:
-        qp = Path(args.results_dir) / f"{stamp}-quality.json"
-        qp.write_text(json.dumps(quality, indent=1))
-    ap_ = None
-    if args.astrometry_from:
-        ap_ = Path(args.astrometry_from)
-    elif astrometry is not None:
-        ap_ = Path(args.results_dir) / f"{stamp}-astrometry.json"
-        ap_.write_text(json.dumps(astrometry, indent=1))
+    def saved(path_from, data, name):
+        """Where a table script's JSON lives: the reused file, or <results>/<stamp>-<name>.json now."""
+        if path_from:
+            return Path(path_from)
+        if data is None:
+            return None
+        p = Path(args.results_dir) / f"{stamp}-{name}.json"
+        p.write_text(json.dumps(data, indent=1))
+        return p
+    qp = saved(args.quality_from, quality, "quality")
+    ap_ = saved(args.astrometry_from, astrometry, "astrometry")
+    sp = saved(args.stripes_from, stripes, "stripes")
     jp.write_text(json.dumps({"command": args.cmdline, "machine": facts, "scenes": results,
                               "quality": None if qp is None else str(rel(qp)), "destripe": destripe,
                               "astrometry": None if ap_ is None else str(rel(ap_)),
+                              "stripes": None if sp is None else str(rel(sp)),
                               "mem_budget_mb": args.mem_budget_mb or args.default_budget_mb}, indent=1))
     write_report(args, facts, results, rel(jp), quality, None if qp is None else rel(qp), destripe,
-                 astrometry, None if ap_ is None else rel(ap_))
+                 astrometry, None if ap_ is None else rel(ap_), stripes, None if sp is None else rel(sp))
     log(f"wrote {args.out} and {jp}" + (f" and {qp}" if qp else ""))
     for res in results:
         print(f"\n## {res['scene']}")
@@ -1080,6 +1118,9 @@ def main():
     if astrometry is not None:
         print("\n## Absolute astrometry against TweakRegStep")
         print(astrometry.get("table_md") or f"not measured: {astrometry.get('error')}")
+    if stripes is not None:
+        print("\n## NIRCam stripe power left in the final mosaic")
+        print(stripes.get("table_md") or f"not measured: {stripes.get('error')}")
     return 0
 
 

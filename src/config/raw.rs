@@ -429,6 +429,9 @@ pub struct RawSimulate {
     pub tiles: String,
     /// Dither positions per tile (1 to 8).
     pub dithers: usize,
+    /// Roll offsets, deg: the whole tile x dither pattern is observed once per entry, rotated by that
+    /// much about the target (another epoch at another position angle); [0.0] = one coverage.
+    pub rolls_deg: Vec<f64>,
     /// tiny | small | medium | large: detector size 64, 256, 1024 or 2048 pixels (MIRI 1032x1024 at large).
     pub size: String,
     /// Seed of every random draw: same seed, same files.
@@ -474,6 +477,7 @@ impl Default for RawSimulate {
             filter: String::new(),
             tiles: "2x2".into(),
             dithers: 4,
+            rolls_deg: vec![0.0],
             size: "tiny".into(),
             seed: 1,
             target: "NGC0000".into(),
@@ -763,6 +767,9 @@ filter = ""
 tiles = "2x2"
 # Dither positions per tile (1 to 8).
 dithers = 4
+# Roll offsets, deg: the whole tile x dither pattern is observed once per entry, rotated by that
+# much about the target (another epoch at another position angle); [0.0] = one coverage.
+rolls_deg = [0.0]
 # tiny | small | medium | large: detector size 64, 256, 1024 or 2048 pixels (MIRI 1032x1024 at large).
 size = "tiny"
 # Seed of every random draw: same seed, same files.

@@ -289,6 +289,8 @@ pub struct SimulateConfig {
     pub filter: String,
     pub tiles: (usize, usize),
     pub dithers: usize,
+    /// Roll offsets of the repeated coverages, deg (1 to 4 distinct entries; `[0.0]` = one).
+    pub rolls_deg: Vec<f64>,
     pub size: SimSize,
     pub seed: u64,
     pub target: String,
@@ -319,6 +321,25 @@ fn positive(key: &str, v: f64) -> Result<f64, ConfigError> {
     } else {
         Err(invalid(key, format!("must be a positive number, got {v}")))
     }
+}
+
+/// `simulate.rolls_deg`: 1 to 4 finite angles in [-180, 180], no two the same position angle.
+fn check_rolls(rolls: &[f64]) -> Result<(), ConfigError> {
+    let key = "simulate.rolls_deg";
+    if rolls.is_empty() || rolls.len() > 4 {
+        return Err(invalid(key, format!("needs 1 to 4 roll offsets, got {}", rolls.len())));
+    }
+    for (i, &r) in rolls.iter().enumerate() {
+        if !(r.is_finite() && (-180.0..=180.0).contains(&r)) {
+            return Err(invalid(key, format!("entry {i} must be an angle in [-180, 180] deg, got {r}")));
+        }
+        if let Some(j) =
+            rolls[..i].iter().position(|&q| (q - r).rem_euclid(360.0).min((r - q).rem_euclid(360.0)) < 1e-6)
+        {
+            return Err(invalid(key, format!("entries {j} and {i} ({r} deg) are the same position angle")));
+        }
+    }
+    Ok(())
 }
 
 fn non_negative(key: &str, v: f64) -> Result<f64, ConfigError> {
@@ -410,6 +431,7 @@ impl RawConfig {
         if !(1..=8).contains(&s.dithers) {
             return Err(invalid("simulate.dithers", format!("must be 1 to 8, got {}", s.dithers)));
         }
+        check_rolls(&s.rolls_deg)?;
         let size = SimSize::from_name(&s.size)
             .ok_or_else(|| invalid("simulate.size", format!("use tiny, small, medium or large, got `{}`", s.size)))?;
         let frac = |key: &str, v: f64| {
@@ -425,6 +447,7 @@ impl RawConfig {
             filter,
             tiles,
             dithers: s.dithers,
+            rolls_deg: s.rolls_deg.clone(),
             size,
             seed: s.seed,
             target: s.target.clone(),

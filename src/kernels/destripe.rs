@@ -1317,6 +1317,17 @@ pub enum StripeDirection {
     Isotropic,
 }
 
+impl StripeDirection {
+    /// `horizontal`, `vertical` or `isotropic` (the stage reports).
+    pub fn name(self) -> &'static str {
+        match self {
+            StripeDirection::Horizontal => "horizontal",
+            StripeDirection::Vertical => "vertical",
+            StripeDirection::Isotropic => "isotropic",
+        }
+    }
+}
+
 /// Stripe direction from the exposures' rotation angles relative to the mosaic grid, degrees (the
 /// angle of each detector's x axis, i.e. its rows, on the grid): if any two differ by 10 degrees or
 /// more, [`StripeDirection::Isotropic`]; else if all are within 10 degrees of the grid's x axis,

@@ -46,6 +46,11 @@ pub struct ExposureReport {
     /// pass A's); absent when the pass did not run on this exposure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub large_scale_rms_mjysr: Option<f64>,
+    /// `destripe_multi` only: the stripe direction the large-scale pass smoothed across on this
+    /// exposure's frame (`horizontal`; `isotropic` when the band's exposures are rotated 10 deg or
+    /// more from each other, e.g. two rolls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_scale_direction: Option<String>,
 }
 
 /// The stage's report (`destripe/destripe.json`).
@@ -192,6 +197,7 @@ pub fn run(
             model_rms_mjysr,
             amps,
             large_scale_rms_mjysr: None,
+            large_scale_direction: None,
         });
     }
     let out = cfg.run.output_dir.join(STAGE);

@@ -32,7 +32,7 @@ use crate::dist::{Comm, CommExt};
 use crate::io::fits::{read_region_dq, read_region_f32};
 use crate::kernels::destripe::{
     default_large_scale_filter_px, large_scale_mask, large_scale_smooth, par_multi_tile_model, row_profile,
-    stripe_direction, AmpLayout, MultiTileParams, StripeModel,
+    stripe_direction, AmpLayout, MultiTileParams, StripeDirection, StripeModel,
 };
 use crate::plan::{CalMeta, Plan};
 use anyhow::Context;
@@ -83,15 +83,21 @@ fn rows_angle_deg(m: &CalMeta) -> f64 {
     cd[1][0].atan2(cd[0][0]).to_degrees()
 }
 
+/// Pass B's stripe direction on exposure `index`'s frame, from the angles of every same-band
+/// exposure's rows relative to its own rows.
+fn direction_on(metas: &[CalMeta], index: usize) -> StripeDirection {
+    let me = &metas[index];
+    let own = rows_angle_deg(me);
+    let angles: Vec<f64> = metas.iter().filter(|m| m.band() == me.band()).map(|m| rows_angle_deg(m) - own).collect();
+    stripe_direction(&angles)
+}
+
 /// Pass B's reference correction on exposure `index`'s frame: the row profile of the stripes
 /// common to the average `avg` (`avg` minus its large-scale smoothing across the stripe direction,
 /// under the two-sided source mask).
 fn common_stripes(metas: &[CalMeta], index: usize, cfg: &Config, avg: &Array2<f64>) -> anyhow::Result<Array1<f64>> {
     let me = &metas[index];
-    // angles of every same-band exposure's rows relative to this exposure's rows
-    let own = rows_angle_deg(me);
-    let angles: Vec<f64> = metas.iter().filter(|m| m.band() == me.band()).map(|m| rows_angle_deg(m) - own).collect();
-    let dir = stripe_direction(&angles);
+    let dir = direction_on(metas, index);
     let l = match cfg.destripe_multi.large_scale_filter_px {
         0 => default_large_scale_filter_px(me.shape[0]),
         l => l,
@@ -228,7 +234,15 @@ pub fn run(
             None => (format!("passed through: {} is not NIRCam", m.instrument), 0.0, 0),
         };
         let large_scale_rms_mjysr = large[k].as_ref().filter(|_| others[k] > 0).map(|s| rms(&s.to_array()));
-        report.exposures.push(ExposureReport { file, status, model_rms_mjysr: rms_a, amps, large_scale_rms_mjysr });
+        let large_scale_direction = large_scale_rms_mjysr.map(|_| direction_on(metas, k).name().to_string());
+        report.exposures.push(ExposureReport {
+            file,
+            status,
+            model_rms_mjysr: rms_a,
+            amps,
+            large_scale_rms_mjysr,
+            large_scale_direction,
+        });
     }
     // the store holds, per exposure, everything this stage subtracts
     let parts: Vec<Vec<&StripeModel>> =

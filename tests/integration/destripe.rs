@@ -195,6 +195,28 @@ fn single_tile_destriping_removes_the_in_band_stripes() {
     }
 }
 
+/// A survey observed at two rolls 50 deg apart (`simulate.rolls_deg`) runs through the whole
+/// pipeline, and destripe_multi's large-scale pass smooths isotropically on every exposure (pjpipe:
+/// exposures rotated 10 deg or more from each other); at one roll it smooths across horizontal
+/// stripes. Every exposure gets both passes' models.
+#[test]
+fn two_rolls_make_the_large_scale_pass_isotropic() {
+    for (rolls, n, want) in [("[0.0]", 4, "horizontal"), ("[0.0, 50.0]", 8, "isotropic")] {
+        let d = tmp();
+        let r = format!("simulate.rolls_deg={rolls}");
+        simulate(d.path(), &["simulate.size=\"tiny\"", "simulate.tiles=\"1x1\"", "simulate.dithers=2", &r]);
+        let w = tmp();
+        run(2, d.path(), w.path(), &["--set", "outlier.enabled=false"]);
+        let report: tessera::stages::destripe::DestripeReport =
+            tessera::io::json::read_json(&w.path().join("out/destripe_multi/destripe_multi.json")).unwrap();
+        assert_eq!(report.exposures.len(), n, "{rolls}: {report:?}");
+        for e in &report.exposures {
+            assert_eq!(e.large_scale_direction.as_deref(), Some(want), "{rolls}: {e:?}");
+            assert!(e.model_rms_mjysr > 0.0 && e.large_scale_rms_mjysr.unwrap() > 0.0, "{rolls}: {e:?}");
+        }
+    }
+}
+
 /// The dense stripe model of exposure `stem` from the band store.
 fn stored_model(work: &Path, band: &str, stem: &str, ny: usize) -> Array2<f32> {
     let h5 = work.join(format!("out/destripe/{band}.h5"));

@@ -266,9 +266,6 @@ pub fn design(cfg: &SimulateConfig) -> Survey {
         }
     };
     let det_arcsec = layout.shape[0] as f64 * layout.pixscale_arcsec;
-    let pa = layout.pa_deg.to_radians();
-    // instrument frame (x, y) -> tangent plane (xi east, eta north), +y at PA east of north, east left
-    let rot = |x: f64, y: f64| (-(x * pa.cos()) + y * pa.sin(), x * pa.sin() + y * pa.cos());
     let gdra = cfg.absolute_offset_arcsec;
     let gddec = cfg.absolute_offset_arcsec;
     let grot = cfg.absolute_rotation_deg;
@@ -287,111 +284,119 @@ pub fn design(cfg: &SimulateConfig) -> Survey {
     let mut exposures = vec![];
     let mut visit_errors = vec![];
     let mut t = t0;
-    for ty in 0..nty {
-        for tx in 0..ntx {
-            let tile = ty * ntx + tx;
-            let obs = format!("{:03}", tile + 1);
-            let visit = "001".to_string();
-            let (vx, vy) = (
-                cfg.pointing_error_arcsec * normal.sample(&mut rng),
-                cfg.pointing_error_arcsec * normal.sample(&mut rng),
-            );
-            visit_errors.push(VisitError {
-                tile,
-                visit: format!("jw{PROGRAM}{obs}{visit}"),
-                dra_arcsec: vx,
-                ddec_arcsec: vy,
-            });
-            let tile_centre =
-                [(tx as f64 - 0.5 * (ntx as f64 - 1.0)) * step[0], (ty as f64 - 0.5 * (nty as f64 - 1.0)) * step[1]];
-            // a plane rising by tile_plane_mjysr across the tile's larger side, in a random direction
-            let plane = if cfg.tile_plane_mjysr > 0.0 {
-                let mut prng = rng_for(cfg.seed, stream::TILE_PLANE + ((tile as u64) << 32));
-                let phi = prng.random::<f64>() * std::f64::consts::TAU;
-                let g = cfg.tile_plane_mjysr / w.max(h);
-                let (gx, gy) = (g * phi.cos(), g * phi.sin());
-                let (cx, cy) = rot(tile_centre[0], tile_centre[1]);
-                [-(gx * cx + gy * cy), gx, gy]
-            } else {
-                [0.0; 3]
-            };
-            let mut add = |is_off: bool,
-                           dither: usize,
-                           exposure: usize,
-                           centre: [f64; 2],
-                           t: f64,
-                           rng: &mut rand_chacha::ChaCha8Rng| {
-                let offset = offset_rms * normal.sample(rng);
-                let sky = sky_at(t);
-                for det in &layout.detectors {
-                    let ix = centre[0] + det.offset_arcsec[0];
-                    let iy = centre[1] + det.offset_arcsec[1];
-                    let (xi, eta) = rot(ix, iy);
-                    let (ra, dec) = tangent_arcsec_to_sky(target, xi, eta);
-                    let s = layout.pixscale_arcsec / 3600.0;
-                    let cd = [[-s * pa.cos(), s * pa.sin()], [s * pa.sin(), s * pa.cos()]];
-                    let [ny, nx] = layout.shape;
-                    let mut wcs = TanSip::tan([ra, dec], [(nx as f64 + 1.0) / 2.0, (ny as f64 + 1.0) / 2.0], cd);
-                    let (a, b) = sip_for(rng, nx.max(ny));
-                    wcs.a = Some(a);
-                    wcs.b = Some(b);
-                    let true_wcs = wcs.with_fitted_inverse(4, nx, ny);
-                    // header: rotate the pointing about the target by the global rotation, then shift
-                    let (gxi, geta) = {
-                        let r = grot.to_radians();
-                        (xi * r.cos() + eta * r.sin(), -xi * r.sin() + eta * r.cos())
-                    };
-                    let (hra, hdec) = if is_off { (ra, dec) } else { tangent_arcsec_to_sky(target, gxi, geta) };
-                    let mut header_wcs = true_wcs.shifted(0.0, 0.0, if is_off { 0.0 } else { grot });
-                    header_wcs.crval_deg = [hra, hdec];
-                    if !is_off {
-                        header_wcs = header_wcs.shifted(vx + gdra, vy + gddec, 0.0);
+    // one coverage of every tile and dither per roll offset (the first = the instrument's PA)
+    for (roll, &roll_deg) in cfg.rolls_deg.iter().enumerate() {
+        let pa = (layout.pa_deg + roll_deg).to_radians();
+        // instrument frame (x, y) -> tangent plane (xi east, eta north), +y at PA east of north, east left
+        let rot = |x: f64, y: f64| (-(x * pa.cos()) + y * pa.sin(), x * pa.sin() + y * pa.cos());
+        for ty in 0..nty {
+            for tx in 0..ntx {
+                let tile = roll * ntx * nty + ty * ntx + tx;
+                let obs = format!("{:03}", tile + 1);
+                let visit = "001".to_string();
+                let (vx, vy) = (
+                    cfg.pointing_error_arcsec * normal.sample(&mut rng),
+                    cfg.pointing_error_arcsec * normal.sample(&mut rng),
+                );
+                visit_errors.push(VisitError {
+                    tile,
+                    visit: format!("jw{PROGRAM}{obs}{visit}"),
+                    dra_arcsec: vx,
+                    ddec_arcsec: vy,
+                });
+                let tile_centre = [
+                    (tx as f64 - 0.5 * (ntx as f64 - 1.0)) * step[0],
+                    (ty as f64 - 0.5 * (nty as f64 - 1.0)) * step[1],
+                ];
+                // a plane rising by tile_plane_mjysr across the tile's larger side, in a random direction
+                let plane = if cfg.tile_plane_mjysr > 0.0 {
+                    let mut prng = rng_for(cfg.seed, stream::TILE_PLANE + ((tile as u64) << 32));
+                    let phi = prng.random::<f64>() * std::f64::consts::TAU;
+                    let g = cfg.tile_plane_mjysr / w.max(h);
+                    let (gx, gy) = (g * phi.cos(), g * phi.sin());
+                    let (cx, cy) = rot(tile_centre[0], tile_centre[1]);
+                    [-(gx * cx + gy * cy), gx, gy]
+                } else {
+                    [0.0; 3]
+                };
+                let mut add = |is_off: bool,
+                               dither: usize,
+                               exposure: usize,
+                               centre: [f64; 2],
+                               t: f64,
+                               rng: &mut rand_chacha::ChaCha8Rng| {
+                    let offset = offset_rms * normal.sample(rng);
+                    let sky = sky_at(t);
+                    for det in &layout.detectors {
+                        let ix = centre[0] + det.offset_arcsec[0];
+                        let iy = centre[1] + det.offset_arcsec[1];
+                        let (xi, eta) = rot(ix, iy);
+                        let (ra, dec) = tangent_arcsec_to_sky(target, xi, eta);
+                        let s = layout.pixscale_arcsec / 3600.0;
+                        let cd = [[-s * pa.cos(), s * pa.sin()], [s * pa.sin(), s * pa.cos()]];
+                        let [ny, nx] = layout.shape;
+                        let mut wcs = TanSip::tan([ra, dec], [(nx as f64 + 1.0) / 2.0, (ny as f64 + 1.0) / 2.0], cd);
+                        let (a, b) = sip_for(rng, nx.max(ny));
+                        wcs.a = Some(a);
+                        wcs.b = Some(b);
+                        let true_wcs = wcs.with_fitted_inverse(4, nx, ny);
+                        // header: rotate the pointing about the target by the global rotation, then shift
+                        let (gxi, geta) = {
+                            let r = grot.to_radians();
+                            (xi * r.cos() + eta * r.sin(), -xi * r.sin() + eta * r.cos())
+                        };
+                        let (hra, hdec) = if is_off { (ra, dec) } else { tangent_arcsec_to_sky(target, gxi, geta) };
+                        let mut header_wcs = true_wcs.shifted(0.0, 0.0, if is_off { 0.0 } else { grot });
+                        header_wcs.crval_deg = [hra, hdec];
+                        if !is_off {
+                            header_wcs = header_wcs.shifted(vx + gdra, vy + gddec, 0.0);
+                        }
+                        let index = exposures.len();
+                        let act = if is_off { "02" } else { "01" };
+                        let file = format!(
+                            "jw{PROGRAM}{obs}{visit}_02{}{act}_{:05}_{}_cal.fits",
+                            if is_off { 2 } else { 1 },
+                            exposure,
+                            det.name.to_ascii_lowercase()
+                        );
+                        exposures.push(ExposurePlan {
+                            index,
+                            file,
+                            detector: det.name.clone(),
+                            module: det.module.clone(),
+                            tile,
+                            dither,
+                            observation: obs.clone(),
+                            visit: visit.clone(),
+                            exposure,
+                            is_off,
+                            expstart_mjd: t,
+                            effexptm_s: exptime,
+                            true_wcs,
+                            header_wcs,
+                            background_mjysr: sky + offset,
+                            offset_mjysr: offset,
+                            sky_mjysr: sky,
+                            plane: if is_off { [0.0; 3] } else { plane },
+                        });
                     }
-                    let index = exposures.len();
-                    let act = if is_off { "02" } else { "01" };
-                    let file = format!(
-                        "jw{PROGRAM}{obs}{visit}_02{}{act}_{:05}_{}_cal.fits",
-                        if is_off { 2 } else { 1 },
-                        exposure,
-                        det.name.to_ascii_lowercase()
-                    );
-                    exposures.push(ExposurePlan {
-                        index,
-                        file,
-                        detector: det.name.clone(),
-                        module: det.module.clone(),
-                        tile,
-                        dither,
-                        observation: obs.clone(),
-                        visit: visit.clone(),
-                        exposure,
-                        is_off,
-                        expstart_mjd: t,
-                        effexptm_s: exptime,
-                        true_wcs,
-                        header_wcs,
-                        background_mjysr: sky + offset,
-                        offset_mjysr: offset,
-                        sky_mjysr: sky,
-                        plane: if is_off { [0.0; 3] } else { plane },
-                    });
-                }
-            };
-            for d in 0..cfg.dithers {
-                let dd = DITHERS[d];
-                let centre = [tile_centre[0] + dd[0] * det_arcsec, tile_centre[1] + dd[1] * det_arcsec];
-                add(false, d, d + 1, centre, t, &mut rng);
-                t += (exptime + 120.0) / 86400.0;
-            }
-            if cfg.instrument == Instrument::Miri {
-                for k in 0..cfg.miri_off_exposures {
-                    // ~10 arcmin away from the galaxy: background only
-                    let centre = [600.0 + 10.0 * k as f64, 600.0];
-                    add(true, k, k + 1, centre, t, &mut rng);
+                };
+                for d in 0..cfg.dithers {
+                    let dd = DITHERS[d];
+                    let centre = [tile_centre[0] + dd[0] * det_arcsec, tile_centre[1] + dd[1] * det_arcsec];
+                    add(false, d, d + 1, centre, t, &mut rng);
                     t += (exptime + 120.0) / 86400.0;
                 }
+                if cfg.instrument == Instrument::Miri {
+                    for k in 0..cfg.miri_off_exposures {
+                        // ~10 arcmin away from the galaxy: background only
+                        let centre = [600.0 + 10.0 * k as f64, 600.0];
+                        add(true, k, k + 1, centre, t, &mut rng);
+                        t += (exptime + 120.0) / 86400.0;
+                    }
+                }
+                t += 0.1;
             }
-            t += 0.1;
         }
     }
     let half_extent_arcsec = 0.5 * ((ntx as f64 - 1.0) * step[0] + w).max((nty as f64 - 1.0) * step[1] + h);
@@ -416,5 +421,61 @@ pub fn design(cfg: &SimulateConfig) -> Survey {
         group_time_s: tgroup,
         read_noise_e: rn,
         full_well_e: 80_000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geom::sky_to_tangent_arcsec;
+
+    fn config(sets: &[&str]) -> SimulateConfig {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        crate::config::load(None, &sets).unwrap().1.simulate
+    }
+
+    /// Position angle of a WCS's +y axis east of north, deg (from the CD matrix).
+    fn pa_deg(w: &TanSip) -> f64 {
+        w.cd[0][1].atan2(w.cd[1][1]).to_degrees()
+    }
+
+    /// A second roll repeats the first coverage rotated about the target: the first coverage is the
+    /// one-roll survey to the bit, the second has new tiles, observations and visits, every
+    /// detector's axes turned by the roll, and its detector centres at the first coverage's
+    /// distances from the target turned by the roll.
+    #[test]
+    fn a_second_roll_repeats_the_pattern_rotated_about_the_target() {
+        let base = ["simulate.tiles=\"2x1\"", "simulate.dithers=2", "simulate.pointing_error_arcsec=0.0"];
+        let one = design(&config(&base));
+        let two = design(&config(&[&base[..], &["simulate.rolls_deg=[0.0, 50.0]"]].concat()));
+        let n = one.exposures.len();
+        assert_eq!(n, 2 * 2 * 2, "2 tiles x 2 dithers x 2 LW detectors");
+        assert_eq!(two.exposures.len(), 2 * n);
+        assert_eq!(&two.exposures[..n], &one.exposures[..], "the first roll is the one-roll survey");
+        let tiles: std::collections::BTreeSet<usize> = two.exposures.iter().map(|e| e.tile).collect();
+        assert_eq!(tiles.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        let target = (two.target_deg[0], two.target_deg[1]);
+        for (a, b) in one.exposures.iter().zip(&two.exposures[n..]) {
+            assert_ne!(a.observation, b.observation);
+            assert_ne!(a.file, b.file);
+            let d = pa_deg(&b.true_wcs) - pa_deg(&a.true_wcs);
+            assert!((d - 50.0).abs() < 1e-9, "{}: roll {d} deg", b.file);
+            // the reference pixel's tangent-plane position, turned by -50 deg (PA runs east of north,
+            // xi east): the first roll's
+            let (xa, ya) = sky_to_tangent_arcsec(target, a.true_wcs.crval_deg[0], a.true_wcs.crval_deg[1]);
+            let (xb, yb) = sky_to_tangent_arcsec(target, b.true_wcs.crval_deg[0], b.true_wcs.crval_deg[1]);
+            let r = 50f64.to_radians();
+            let (xr, yr) = (xb * r.cos() - yb * r.sin(), xb * r.sin() + yb * r.cos());
+            assert!((xr - xa).hypot(yr - ya) < 1e-6, "{}: ({xr}, {yr}) vs ({xa}, {ya})", b.file);
+        }
+    }
+
+    #[test]
+    fn bad_rolls_are_refused_naming_the_key() {
+        for bad in ["[]", "[0.0, 360.0]", "[0.0, 10.0, 20.0, 30.0, 40.0]", "[200.0]", "[0.0, -180.0, 180.0]"] {
+            let sets = vec![format!("simulate.rolls_deg={bad}")];
+            let err = crate::config::load(None, &sets).unwrap_err().to_string();
+            assert!(err.contains("simulate.rolls_deg"), "{bad}: {err}");
+        }
     }
 }
