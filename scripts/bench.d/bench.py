@@ -744,15 +744,15 @@ def astrometry_section(a, json_name):
 
 def stripes_run(args):
     """stripes.py: the stripe power left in the final mosaic (run_table_script)."""
-    return run_table_script(args, "stripes", ["--sizes", args.stripes])
+    return run_table_script(args, "stripes", ["--sizes", args.stripes] + (["--keep-outputs"] if args.keep_outputs else []))
 
 
 def stripes_section(s, json_name):
     L = ["## NIRCam stripe power left in the final mosaic", ""]
     if s.get("error"):
         return L + [f"Not measured: {s['error']}.", ""]
-    scenes = "; ".join(f"{r['label']} {r['size']}: `tessera simulate {' '.join(r['simulate'])}`"
-                       for r in s["scenes"] if "simulate" in r)
+    scenes = "; ".join(f"{r['label']} {r['size']}: `tessera {' '.join(repr(x) for x in r['simulate'])} simulate`"
+                       .replace("'simulate.", "--set 'simulate.") for r in s["scenes"] if "simulate" in r)
     L += [f"Scenes ({scenes}), each with its stripe-free twin (`simulate.stripe_rms_mjysr=0.0`, the same noise), "
           f"mosaicked under mpirun -n 2 with outlier rejection off. Raw numbers: `{json_name}` "
           "(`scripts/bench.d/stripes.py`).", "", s["table_md"], "",

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """stripes.py: the NIRCam 1/f stripe power left in tessera's final mosaic, at sizes the tests cannot afford.
 
-    stripes.py --tessera BIN --work DIR --json OUT.json [--scenes lw,sw] [--sizes small,medium]
-               [--ranks 2] [--timeout S]
+    stripes.py --tessera BIN --work DIR --json OUT.json [--scenes lw,sw,lw-2rolls] [--sizes small,medium]
+               [--ranks 2] [--timeout S] [--keep-outputs]
 
 For every scene (NIRCam LW F300M and SW F200W, 2x2 tiles x 4 dithers, the simulator's default stripes:
 per-amplifier 1/f rows, weaker columns, a slow ripple) and size (small = 256^2 detectors with 64-column
@@ -186,6 +186,10 @@ def measure(args, scene, size):
             r[area] = [float(v) for v in np.sqrt(np.mean(p ** 2, axis=0))]
         log(f"{scene} {size} {name}: " + ", ".join(f"{a} {r[a][0]:.5f} / {r[a][1]:.5f}" for a in sels))
         res["runs"][key] = r
+        if not args.keep_outputs:   # the stage products (HDF5 stores, ~1 GB per medium run); m.fits stays
+            shutil.rmtree(base / f"run-{key}" / "out", ignore_errors=True)
+    if not args.keep_outputs:
+        shutil.rmtree(base / "run-twin" / "out", ignore_errors=True)
     return res
 
 
@@ -224,6 +228,7 @@ def main():
     ap.add_argument("--sizes", default="small,medium")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=7200)
+    ap.add_argument("--keep-outputs", action="store_true", help="keep every run's out/ folder (stage products)")
     args = ap.parse_args()
     args.tessera = str(Path(args.tessera).resolve())
     for s in args.scenes.split(","):
