@@ -38,6 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.dont_write_bytecode = True   # no __pycache__ in the repository's scripts folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import simulate, write_json  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 
 # scene name -> (tessera simulate --set overrides, extra tessera --set for the mosaic, label).
@@ -143,19 +147,6 @@ def score(truth, sim, world_of):
 
 # ---------------------------------------------------------------- tessera
 
-def simulate(tessera, sets, sim):
-    if (sim / "truth" / "truth.json").exists():
-        return
-    if sim.exists():
-        shutil.rmtree(sim)
-    cmd = [tessera]
-    for s in sets:
-        cmd += ["--set", s]
-    cmd += ["simulate", "--out", str(sim)]
-    log(" ".join(cmd))
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-
-
 def run_tessera(tessera, sim, work, extra, timeout):
     if work.exists():
         shutil.rmtree(work)
@@ -195,8 +186,6 @@ def v2v3_gwcs(h, shape):
     from gwcs import coordinate_frames as cf
     from gwcs import wcs as gwcs_wcs
     from jwst.assign_wcs.pointing import _v23tosky
-    sys.dont_write_bytecode = True   # no __pycache__ in the repository's scripts folder
-    sys.path.insert(0, str(HERE))
     from prep_jwst import _cd, tan_sip_gwcs
 
     det_to_sky = tan_sip_gwcs(h, shape).forward_transform
@@ -315,7 +304,7 @@ def bench_scene(args, name):
     sets, extra, label = SCENES[name]
     root = Path(args.work) / name
     sim = root / "sim"
-    simulate(args.tessera, sets, sim)
+    simulate(args.tessera, sets, sim, log)
     truth = json.loads((sim / "truth" / "truth.json").read_text())
     row = {"scene": name, "label": label, "simulate": sets,
            "n_exposures": sum(1 for e in truth["exposures"] if not e["is_off"]),
@@ -399,10 +388,7 @@ def main():
     warnings.simplefilter("ignore")
     rows = [bench_scene(args, s) for s in args.scenes.split(",") if s]
     out = {"scenes": rows, "table_md": table_md(rows, args.tweakreg)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(args.json)
+    write_json(args.json, out)
     print(out["table_md"])
     return 0
 

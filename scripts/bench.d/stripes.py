@@ -33,6 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.dont_write_bytecode = True   # no __pycache__ in the repository's scripts folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables import simulate, write_json  # noqa: E402
+
 # scene -> (instrument, seed, label, roll offsets in deg: one coverage per roll)
 SCENES = {
     "lw": ("nircam_lw", "21", "NIRCam LW F300M", [0.0]),
@@ -59,19 +63,6 @@ def sim_sets(inst, seed, size, rolls, stripes):
     if rolls != [0.0]:
         s.append("simulate.rolls_deg=[" + ", ".join(str(r) for r in rolls) + "]")
     return s if stripes else s + ["simulate.stripe_rms_mjysr=0.0"]
-
-
-def simulate(tessera, sets, sim):
-    if (sim / "truth" / "truth.json").exists():
-        return
-    if sim.exists():
-        shutil.rmtree(sim)
-    cmd = [tessera]
-    for s in sets:
-        cmd += ["--set", s]
-    cmd += ["simulate", "--out", str(sim)]
-    log(" ".join(cmd))
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
 def mosaic(args, sim, work, flags, sets):
@@ -146,8 +137,8 @@ def measure(args, scene, size):
     inst, seed, label, rolls = SCENES[scene]
     base = Path(args.work) / f"{scene}-{size}"
     striped, twin = base / "sim", base / "sim-twin"
-    simulate(args.tessera, sim_sets(inst, seed, size, rolls, True), striped)
-    simulate(args.tessera, sim_sets(inst, seed, size, rolls, False), twin)
+    simulate(args.tessera, sim_sets(inst, seed, size, rolls, True), striped, log)
+    simulate(args.tessera, sim_sets(inst, seed, size, rolls, False), twin, log)
     twin_m, _ = mosaic(args, twin, base / "run-twin", ["--no-destripe"], [])
     ref = fits.getdata(twin_m, "SCI").astype(np.float64)
     mw = WCS(fits.getheader(twin_m, "SCI"))
@@ -246,10 +237,7 @@ def main():
                 log(f"{scene} {size}: {e}")
                 rows.append({"scene": scene, "size": size, "label": SCENES[scene][2], "error": str(e)})
     out = {"scenes": rows, "table_md": table_md(rows)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(args.json)
+    write_json(args.json, out)
     print(out["table_md"])
     return 0
 
