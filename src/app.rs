@@ -131,12 +131,7 @@ fn set_threads(cfg: &Config) {
 /// # Errors
 /// Any stage error, with its context chain.
 pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
-    // Fault injection for the test suite: a panic on one rank must abort the job, not hang it.
-    if let Ok(r) = std::env::var("TESSERA_TEST_PANIC_RANK") {
-        if r.parse::<usize>().ok() == Some(comm.rank()) {
-            panic!("TESSERA_TEST_PANIC_RANK={r}: injected panic");
-        }
-    }
+    crate::fault::point("start", comm.rank());
     match &cli.command {
         Command::Config { action: ConfigAction::Default } => {
             if comm.rank() == 0 {

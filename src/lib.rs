@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dist;
 pub mod error;
+pub mod fault;
 pub mod geom;
 pub mod io;
 pub mod kernels;

@@ -74,7 +74,7 @@ fn a_panic_on_one_rank_aborts_the_job_instead_of_hanging() {
         .args(["120", "mpirun", "-n", "2", "--oversubscribe", crate::common::bin(), "plan", "/nonexistent-dir"])
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("TESSERA_TEST_PANIC_RANK", "1")
+        .env("TESSERA_FAULT", "start@1:panic")
         .current_dir(work.path())
         .output()
         .unwrap();
