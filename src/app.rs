@@ -6,8 +6,10 @@
 
 use crate::cli::{Cli, Command, ConfigAction};
 use crate::config::{self, Config, RawConfig, DEFAULT_TOML};
+use crate::dist::CommExt;
 use crate::dist::{Comm, SerialComm};
-use crate::stages::{self, Outcome};
+use crate::stages::runner::{Invocation, Mode};
+use crate::stages::{self, Outcome, Stage};
 
 /// Exit code: everything finished cleanly.
 pub const EXIT_OK: u8 = 0;
@@ -164,25 +166,61 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
             if nranks == 0 {
                 anyhow::bail!("--ranks must be at least 1");
             }
-            let out = stages::plan::run(comm, &raw, &cfg, &args.inputs, nranks)?;
+            // for this job's rank count, plan is the first stage of a run (manifest entry);
+            // for another rank count, a dry run
+            let (plan, outcome) = if nranks == comm.size() {
+                let inv = Invocation { comm, raw: &raw, cfg: &cfg, inputs: &args.inputs, output: None, catalog: None };
+                let outcome = stages::runner::run(&inv, Mode::Only(Stage::Plan))?;
+                let f: stages::plan::PlanFile = comm.on_root_then_broadcast(0, || {
+                    crate::io::json::read_json(&cfg.run.output_dir.join("plan").join("plan.json"))
+                })?;
+                (f.plan, outcome)
+            } else {
+                let out = stages::plan::run(comm, &raw, &cfg, &args.inputs, nranks)?;
+                (out.plan, out.outcome)
+            };
             if comm.rank() == 0 {
-                print!("{}", stages::plan::summary(&out.plan));
+                print!("{}", stages::plan::summary(&plan));
                 if let Some(p) = &args.json {
-                    crate::io::json::write_json(p, &out.plan)?;
+                    crate::io::json::write_json(p, &plan)?;
                     println!("plan written to {}", p.display());
                 }
             }
-            Ok(out.outcome)
+            Ok(outcome)
         }
-        Command::Run { config_file } => {
+        Command::Run { config_file, resume, overwrite } => {
             let (raw, cfg) = config::load(Some(config_file), &cli.sets)?;
             set_threads(&cfg);
-            stages::campaign::run(comm, &raw, &cfg)
+            stages::campaign::run(comm, &raw, &cfg, *resume, *overwrite)
         }
         Command::Mosaic(args) => {
             let (raw, cfg) = load_config(cli, &args.as_sets())?;
             set_threads(&cfg);
-            stages::mosaic::run(comm, &raw, &cfg, &args.inputs, &args.output, args.catalog.as_deref())
+            stages::mosaic::run(
+                comm,
+                &raw,
+                &cfg,
+                &args.inputs,
+                &args.output,
+                args.catalog.as_deref(),
+                args.resume,
+                args.overwrite,
+            )
+        }
+        cmd => {
+            let (name, args) = cmd.stage_args().expect("every other command is a stage");
+            let stage = Stage::from_name(name).expect("the CLI names stages by their names");
+            let (raw, cfg) = load_config(cli, &[])?;
+            set_threads(&cfg);
+            let inv = Invocation {
+                comm,
+                raw: &raw,
+                cfg: &cfg,
+                inputs: &args.inputs,
+                output: args.output.as_deref(),
+                catalog: args.catalog.as_deref(),
+            };
+            stages::runner::run(&inv, Mode::Only(stage))
         }
     }
 }

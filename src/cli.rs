@@ -36,7 +36,32 @@ pub enum Command {
     Run {
         /// The campaign configuration (TOML).
         config_file: PathBuf,
+        /// Keep what earlier runs finished (checked against each band's manifest), run the rest.
+        #[arg(long, conflicts_with = "overwrite")]
+        resume: bool,
+        /// Delete the products of earlier runs in the bands' folders and start clean.
+        #[arg(long)]
+        overwrite: bool,
     },
+    /// Stage prep alone, on the products in run.output_dir (MIRI off-source background, DQ masks).
+    Prep(StageArgs),
+    /// Stage destripe alone (NIRCam 1/f stripes of each exposure).
+    Destripe(StageArgs),
+    /// Stage align alone (one shift per visit).
+    Align(StageArgs),
+    /// Stage level alone (background level matching).
+    Level(StageArgs),
+    /// Stage destripe_multi alone (residual stripes against the other exposures).
+    #[command(name = "destripe_multi")]
+    DestripeMulti(StageArgs),
+    /// Stage outlier alone (cosmic rays and other outliers).
+    Outlier(StageArgs),
+    /// Stage drizzle alone (the band store).
+    Drizzle(StageArgs),
+    /// Stage assemble alone (the mosaic FITS at -o from the band store).
+    Assemble(StageArgs),
+    /// Stage astrometry alone (the mosaic against a reference catalogue).
+    Astrometry(StageArgs),
     /// Print the commented default configuration, or check a configuration file.
     Config {
         #[command(subcommand)]
@@ -116,10 +141,49 @@ pub struct MosaicArgs {
     /// Skip NIRCam 1/f destriping, for comparison  [destripe.enabled = destripe_multi.enabled = false]
     #[arg(long)]
     pub no_destripe: bool,
-    /// Stop after this stage (its products written, no mosaic): prep, destripe, align, level,
-    /// destripe_multi or outlier  [run.stop_after]
+    /// Stop after this stage (its products written): plan, prep, destripe, align, level,
+    /// destripe_multi, outlier, drizzle or assemble  [run.stop_after]
     #[arg(long, value_name = "STAGE")]
     pub stop_after: Option<String>,
+    /// Continue the run in run.output_dir: skip every stage the manifest says is done whose
+    /// configuration, inputs and products (checksums) are unchanged; rerun the rest.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Delete the products of an earlier run in run.output_dir and start clean.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// The arguments of a per-stage command.
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    /// Cal files, or directories holding *_cal.fits (the same as for the stages before).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// The mosaic FITS (assemble writes it, astrometry corrects it; default: the manifest's).
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Reference catalogue (CSV/ECSV/FITS with ra, dec in deg), for astrometry.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+}
+
+impl Command {
+    /// The stage name and arguments of a per-stage command.
+    pub fn stage_args(&self) -> Option<(&'static str, &StageArgs)> {
+        Some(match self {
+            Command::Prep(a) => ("prep", a),
+            Command::Destripe(a) => ("destripe", a),
+            Command::Align(a) => ("align", a),
+            Command::Level(a) => ("level", a),
+            Command::DestripeMulti(a) => ("destripe_multi", a),
+            Command::Outlier(a) => ("outlier", a),
+            Command::Drizzle(a) => ("drizzle", a),
+            Command::Assemble(a) => ("assemble", a),
+            Command::Astrometry(a) => ("astrometry", a),
+            _ => return None,
+        })
+    }
 }
 
 impl MosaicArgs {

@@ -86,3 +86,80 @@ pub fn expand_cal_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, IoError> {
     files.dedup();
     Ok(files)
 }
+
+/// The size in bytes and the SHA-256 (lower-case hex) of a file, read in 1 MiB blocks.
+///
+/// # Errors
+/// [`IoError::Fs`] naming the file.
+pub fn sha256_file(path: &Path) -> Result<(u64, String), IoError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| IoError::fs(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| IoError::fs(path, e))?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((bytes, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Every regular file below `dir` (recursively), sorted, without the temporary files of
+/// [`write_atomic`] and the HDF5 partial stores (names starting with `.` or ending in `.partial`).
+/// An absent `dir` has no files.
+///
+/// # Errors
+/// [`IoError::Fs`] for an unreadable folder.
+pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
+    let mut out = vec![];
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| IoError::fs(&d, e))? {
+            let path = entry.map_err(|e| IoError::fs(&d, e))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name.starts_with('.') || name.ends_with(".partial") {
+                continue;
+            }
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Remove the folder `dir` and everything in it, if it exists (a stage's own product folder, before
+/// the stage runs again).
+///
+/// # Errors
+/// [`IoError::Fs`] naming the folder.
+pub fn remove_tree(dir: &Path) -> Result<(), IoError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(IoError::fs(dir, e)),
+    }
+}
+
+/// Remove one file, if it exists.
+///
+/// # Errors
+/// [`IoError::Fs`] naming the file.
+pub fn remove_file(path: &Path) -> Result<(), IoError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(IoError::fs(path, e)),
+    }
+}

@@ -339,11 +339,7 @@ pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> any
             Ok(solve(plan, metas, cfg, tangent, fwhm, &reference_band, per_exp, notes))
         })?
     };
-    let aligned: Vec<CalMeta> = metas
-        .iter()
-        .zip(&plan.exposures)
-        .map(|(m, e)| CalMeta { wcs: report.correction(&e.visit).apply(&m.wcs), ..m.clone() })
-        .collect();
+    let aligned = apply(plan, metas, &report);
     if comm.rank() == 0 {
         for w in &report.warnings {
             tracing::warn!("[align] {w}");
@@ -528,6 +524,45 @@ fn solve(
     };
     out.exposures = exposure_rows(plan, metas, &out, &counts);
     out
+}
+
+/// The exposures' metadata with the visit shifts of `f` applied to their WCSs (`metas` in the order
+/// of `plan`'s exposure table, whose visits name the shifts).
+pub fn apply(plan: &Plan, metas: &[CalMeta], f: &AlignFile) -> Vec<CalMeta> {
+    metas
+        .iter()
+        .zip(&plan.exposures)
+        .map(|(m, e)| CalMeta { wcs: f.correction(&e.visit).apply(&m.wcs), ..m.clone() })
+        .collect()
+}
+
+/// The `align` stage for the runner: the shifts in `align/align.json`, and the plan rebuilt from the
+/// aligned WCSs in `align/plan.json` (later stages rebuild it themselves from the shifts).
+///
+/// # Errors
+/// As [`run`], or a plan error after alignment.
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    let (comm, cfg) = (ctx.comm, ctx.cfg);
+    let t = std::time::Instant::now();
+    let (m, report) = run(comm, &b.plan, &b.metas, cfg)?;
+    let p = crate::plan::build_plan(&m, &cfg.plan, cfg.run.mem_budget_mb, comm.size())
+        .map_err(|e| anyhow::anyhow!("plan after align: {e}"))?;
+    if comm.rank() == 0 {
+        let solved = report.visits.iter().filter(|v| v.solved).count();
+        let rms = (report.visits.iter().map(|v| v.shift_arcsec[0].powi(2) + v.shift_arcsec[1].powi(2)).sum::<f64>()
+            / report.visits.len().max(1) as f64)
+            .sqrt();
+        super::plan::write_plan(&cfg.run.output_dir.join(STAGE).join("plan.json"), &p)?;
+        tracing::info!(
+            "[align] {solved} of {} visits aligned ({}), rms shift {:.1} mas; report in {} ({:.1} s)",
+            report.visits.len(),
+            report.method,
+            1000.0 * rms,
+            cfg.run.output_dir.join(STAGE).display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Default::default())
 }
 
 #[cfg(test)]

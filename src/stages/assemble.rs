@@ -10,6 +10,9 @@ use crate::io::hdf5::{read_rows_f32, read_rows_u32};
 use crate::kernels::dq;
 use crate::plan::{CalMeta, Plan};
 use anyhow::Context;
+
+/// The stage name.
+pub const STAGE: &str = "assemble";
 use std::path::Path;
 
 /// Write the mosaic FITS `out` from the band store (rank 0 only).
@@ -83,4 +86,30 @@ pub fn run(
     }
     w.finish()?;
     Ok(())
+}
+
+/// The `assemble` stage for the runner: rank 0 streams the band store into the `-o` mosaic.
+///
+/// # Errors
+/// No `-o` mosaic named, or as [`run`] (on every rank).
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    use crate::dist::CommExt;
+    let (comm, cfg, plan) = (ctx.comm, ctx.cfg, &b.plan);
+    let Some(output) = ctx.output else {
+        anyhow::bail!("assemble needs the mosaic to write: give -o MOSAIC.fits");
+    };
+    let store = super::drizzle::store_path(&cfg.run.output_dir, &plan.band);
+    comm.on_root_then_broadcast(0, || -> Result<(), String> {
+        let t = std::time::Instant::now();
+        run(plan, &b.metas, &store, output, cfg.assemble.row_block, ctx.prov).map_err(|e| format!("{e:#}"))?;
+        tracing::info!(
+            "[assemble] {} ({}x{}) in {:.1} s",
+            output.display(),
+            plan.grid.nx,
+            plan.grid.ny,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })?;
+    Ok(Default::default())
 }

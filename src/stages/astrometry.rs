@@ -389,3 +389,35 @@ fn residual_png(
         ],
     )
 }
+
+/// The `astrometry` stage for the runner: the mosaic against the reference catalogue (or the
+/// reference band's solution), the `-o` mosaic's WCS corrected and tweakback files written.
+///
+/// # Errors
+/// No `-o` mosaic known, or as [`run`].
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    let (comm, cfg) = (ctx.comm, ctx.cfg);
+    let Some(output) = ctx.output else {
+        anyhow::bail!("astrometry needs the mosaic: give -o MOSAIC.fits");
+    };
+    let t = std::time::Instant::now();
+    let r = run(comm, &b.plan, &b.metas, cfg, output, ctx.catalog)?;
+    if comm.rank() == 0 {
+        match &r.correction {
+            Some(c) => tracing::info!(
+                "[astrometry] shift ({:.1}, {:.1}) mas E,N, rotation {:.5} deg ({}, {} matches); mosaic WCS \
+                 updated, {} tweakback files in {} ({:.1} s)",
+                1e3 * c.shift_arcsec[0],
+                1e3 * c.shift_arcsec[1],
+                c.rotation_deg,
+                r.method,
+                r.steps.last().map_or(0, |s| s.n_matches),
+                r.tweakback.len(),
+                cfg.run.output_dir.join(STAGE).display(),
+                t.elapsed().as_secs_f64()
+            ),
+            None => tracing::warn!("[astrometry] no solution: the mosaic and exposure WCSs are unchanged"),
+        }
+    }
+    Ok(super::runner::Written { rewrote_mosaic: r.correction.is_some(), ..Default::default() })
+}

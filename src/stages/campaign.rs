@@ -72,9 +72,29 @@ fn with_reference(c: &mut Config, align_ref: Option<(&str, &Path)>, astro_ref: O
 ///
 /// # Errors
 /// A config without targets, or unreadable inputs of a target.
-pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &Config) -> anyhow::Result<Outcome> {
+pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &Config, resume: bool, overwrite: bool) -> anyhow::Result<Outcome> {
     if cfg.targets.is_empty() {
         anyhow::bail!("the config lists no [[target]]: nothing to run (see `tessera config default`)");
+    }
+    // another campaign's products: refuse before anything runs, unless told what to do with them
+    if !resume && !overwrite {
+        comm.on_root_then_broadcast(0, || -> Result<(), String> {
+            for t in &cfg.targets {
+                let tdir = cfg.run.output_dir.join(&t.name);
+                let Ok(entries) = std::fs::read_dir(&tdir) else { continue };
+                for e in entries.flatten() {
+                    if e.path().join(super::manifest::FILE).is_file() {
+                        return Err(format!(
+                            "{} already holds the products of another run ({}). Use --resume to continue it, \
+                             --overwrite to start clean, or another run.output_dir",
+                            e.path().display(),
+                            super::manifest::FILE
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })?;
     }
     let mut outcome = Outcome::Clean;
     let mut failed = vec![];
@@ -138,7 +158,7 @@ pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &Config) -> anyhow::Result<Out
             if comm.rank() == 0 {
                 tracing::info!("[run] target {} band {}: {} files -> {}", t.name, band, files.len(), out.display());
             }
-            let result = super::mosaic::run(comm, raw, &c, files, &out, t.catalog.as_deref());
+            let result = super::mosaic::run(comm, raw, &c, files, &out, t.catalog.as_deref(), resume, overwrite);
             if result.is_ok() {
                 done.insert(band.clone(), dir.clone());
             }

@@ -18,7 +18,8 @@
 //! on every rank (ranks agree first). What does not live here: the multi-exposure pass
 //! (`destripe_multi`), plotting.
 
-use super::pieces::{Corrections, BAD_BITS};
+use super::corrections::Corrections;
+use super::pieces::BAD_BITS;
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
 use crate::io::fits::{read_region_dq, read_region_f32};
@@ -244,4 +245,31 @@ pub(crate) fn write_store(
     store.close()?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
     Ok(())
+}
+
+/// The `destripe` stage for the runner: the models, and their part of the corrections in
+/// `destripe/corrections.json`.
+///
+/// # Errors
+/// As [`run`].
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    let (comm, cfg, metas) = (ctx.comm, ctx.cfg, &b.metas);
+    let t = std::time::Instant::now();
+    let none = Corrections::none(metas.len());
+    let (c, report) = run(comm, &b.plan, metas, cfg, &none)?;
+    if comm.rank() == 0 {
+        let dir = cfg.run.output_dir.join(STAGE);
+        crate::io::json::write_json(&dir.join(super::runner::CORRECTIONS), &c.stripes_beyond(&none))?;
+        for note in &report.notes {
+            tracing::warn!("[destripe] {note}");
+        }
+        let done = report.exposures.iter().filter(|e| e.status == "destriped").count();
+        tracing::info!(
+            "[destripe] {done} of {} exposures destriped; models in {} ({:.1} s)",
+            metas.len(),
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Default::default())
 }

@@ -25,8 +25,9 @@
 //!   (both passes' model rms per exposure) and `destripe_multi/<band>.h5` (group `destripe_multi`:
 //!   per exposure the sum of the models this stage subtracted).
 
+use super::corrections::Corrections;
 use super::destripe::{applies_to, rms, write_store, DestripeReport, ExposureReport};
-use super::pieces::{resample_alone, Corrections, Part, BAD_BITS};
+use super::pieces::{resample_alone, Part, BAD_BITS};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
 use crate::io::fits::{read_region_dq, read_region_f32};
@@ -255,4 +256,24 @@ pub fn run(
         Ok(())
     })?;
     Ok((after_a.with_stripes(large), report))
+}
+
+/// The `destripe_multi` stage for the runner: the models, and their part of the corrections in
+/// `destripe_multi/corrections.json`.
+///
+/// # Errors
+/// As [`run`].
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    let (comm, cfg) = (ctx.comm, ctx.cfg);
+    let t = std::time::Instant::now();
+    let (c, report) = run(comm, &b.plan, &b.metas, cfg, &b.corr)?;
+    if comm.rank() == 0 {
+        let dir = cfg.run.output_dir.join(STAGE);
+        crate::io::json::write_json(&dir.join(super::runner::CORRECTIONS), &c.stripes_beyond(&b.corr))?;
+        for note in &report.notes {
+            tracing::warn!("[destripe_multi] {note}");
+        }
+        tracing::info!("[destripe_multi] models in {} ({:.1} s)", dir.display(), t.elapsed().as_secs_f64());
+    }
+    Ok(Default::default())
 }

@@ -5,8 +5,8 @@
 //! One chunk is held at a time: each rank loops over as many rounds as the busiest rank has chunks,
 //! writing `None` (an empty selection) once it has none left, because the writes are collective.
 
-use super::outlier::OutlierFlags;
-use super::pieces::{read_piece, Corrections, Want};
+use super::corrections::{Corrections, OutlierFlags};
+use super::pieces::{read_piece, Want};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
 use crate::io::hdf5::{BandStore, Dtype, ProductSpec};
@@ -20,6 +20,8 @@ use std::path::Path;
 pub const F32_PRODUCTS: [&str; 6] = ["SCI", "ERR", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"];
 /// The HDF5 group (the stage name).
 pub const GROUP: &str = "drizzle";
+/// The stage name.
+pub const STAGE: &str = "drizzle";
 
 /// Number of 32-bit context planes for `n` exposures.
 pub fn context_planes(n: usize) -> usize {
@@ -149,6 +151,9 @@ pub fn run(
         let mut done = [out.as_ref().map_or(0.0, |o| o.pixels_in as f64), if out.is_some() { 1.0 } else { 0.0 }];
         comm.all_reduce_sum_f64(&mut done);
         progress.add(done[1] as usize, done[0] / 1e6);
+        if round == 0 {
+            crate::fault::point("drizzle.chunk", comm.rank());
+        }
     }
     bs.close().with_context(|| format!("closing {}", store.display()))?;
     let ok = comm.all_ok(failure.is_none());
@@ -157,4 +162,41 @@ pub fn run(
         None if !ok => anyhow::bail!("another rank failed in the drizzle stage (see its error above)"),
         None => Ok(()),
     }
+}
+
+/// The `drizzle` stage for the runner: the band store `drizzle/<band>.h5`, written collectively
+/// under a temporary name and renamed when closed.
+///
+/// # Errors
+/// As [`run`], or a failed rename (on every rank).
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    let (comm, cfg, plan, prov) = (ctx.comm, ctx.cfg, &b.plan, ctx.prov);
+    let store = store_path(&cfg.run.output_dir, &plan.band);
+    let partial = store.with_extension("h5.partial");
+    comm.on_root_then_broadcast(0, || {
+        std::fs::create_dir_all(store.parent().expect("has parent")).map_err(|e| e.to_string())
+    })?;
+    let attrs = [
+        ("tessera_version", prov.tessera_version.clone()),
+        ("config_sha256", prov.config_sha256.clone()),
+        ("config_toml", prov.config_toml.clone()),
+        ("ranks", prov.ranks.to_string()),
+        ("threads_per_rank", prov.threads_per_rank.to_string()),
+        ("band", plan.band.clone()),
+    ];
+    let root = comm.rank() == 0;
+    let mut progress =
+        super::progress::Progress::new(STAGE, "chunks", plan.chunks.len(), cfg.run.progress_interval_s, root);
+    run(comm, plan, &b.metas, cfg, &b.flags, &b.corr, &partial, &attrs, &mut progress)?;
+    progress.finish();
+    comm.barrier();
+    comm.on_root_then_broadcast(0, || -> Result<(), String> {
+        std::fs::rename(&partial, &store).map_err(|e| format!("{}: {e}", store.display()))
+    })?;
+    Ok(Default::default())
+}
+
+/// The band store of `band` under `output_dir`.
+pub fn store_path(output_dir: &Path, band: &str) -> std::path::PathBuf {
+    output_dir.join(STAGE).join(format!("{band}.h5"))
 }

@@ -20,7 +20,8 @@
 //! a report (`level/level.json`, `level/pairs.csv`) of every pair and the solved offsets.
 //! What does not live here: the statistics and the solve themselves (`kernels::level`).
 
-use super::pieces::{resample_alone, Corrections, Part};
+use super::corrections::Corrections;
+use super::pieces::{resample_alone, Part};
 use crate::config::{Config, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
@@ -901,4 +902,26 @@ fn write_report(dir: &std::path::Path, r: &LevelReport) -> anyhow::Result<()> {
     }
     crate::io::json::write_text(&dir.join("pairs.csv"), &csv)?;
     Ok(())
+}
+
+/// The `level` stage for the runner: on top of the stripe models upstream, its part of the
+/// corrections (offsets, Lyot levels, tile planes) in `level/corrections.json`.
+///
+/// # Errors
+/// As [`run`].
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    let (comm, cfg) = (ctx.comm, ctx.cfg);
+    let t = std::time::Instant::now();
+    let (c, report) = run(comm, &b.plan, &b.metas, cfg, &b.corr)?;
+    if comm.rank() == 0 {
+        let dir = cfg.run.output_dir.join(STAGE);
+        crate::io::json::write_json(&dir.join(super::runner::CORRECTIONS), &c.without_stripes())?;
+        tracing::info!(
+            "[level] band sky {:.4} MJy/sr subtracted; report in {} ({:.1} s)",
+            report.band_sky_mjysr,
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Default::default())
 }

@@ -6,16 +6,19 @@ pub mod align;
 pub mod assemble;
 pub mod astrometry;
 pub mod campaign;
+pub mod corrections;
 pub mod destripe;
 pub mod destripe_multi;
 pub mod drizzle;
 pub mod level;
+pub mod manifest;
 pub mod mosaic;
 pub mod outlier;
 pub mod pieces;
 pub mod plan;
 pub mod prep;
 pub mod progress;
+pub mod runner;
 pub mod simulate;
 
 use crate::config::RawConfig;
@@ -23,7 +26,10 @@ use crate::dist::Comm;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The pipeline stages in run order (SPEC section 3). One name everywhere.
+/// The pipeline stages in run order (SPEC section 3). One name everywhere: the CLI subcommand, the
+/// `stages::<name>` driver, the TOML section, the HDF5 group, the output folder, the log prefix
+/// and the manifest key. Each driver module has a `stage` function that `runner` calls with the
+/// band loaded from the products of the stages it [reads](Stage::reads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -75,6 +81,33 @@ impl Stage {
             Stage::Anchor => "anchor",
             Stage::Psfmatch => "psfmatch",
             Stage::Release => "release",
+        }
+    }
+
+    /// The stage called `name`.
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.iter().copied().find(|s| s.name() == name)
+    }
+
+    /// Position in the run order.
+    pub fn order(self) -> usize {
+        Stage::ALL.iter().position(|&s| s == self).expect("listed")
+    }
+
+    /// The stages whose products this stage reads (their checksums enter its dependency hash).
+    pub fn reads(self) -> &'static [Stage] {
+        use Stage::*;
+        match self {
+            Plan => &[],
+            Prep => &[Plan],
+            Destripe | Align => &[Plan, Prep],
+            Level => &[Plan, Prep, Destripe, Align],
+            DestripeMulti => &[Plan, Prep, Destripe, Align, Level],
+            Outlier => &[Plan, Prep, Destripe, Align, Level, DestripeMulti],
+            Drizzle => &[Plan, Prep, Destripe, Align, Level, DestripeMulti, Outlier],
+            Assemble => &[Plan, Prep, Align, Drizzle],
+            Astrometry => &[Plan, Prep, Align, Assemble],
+            Anchor | Psfmatch | Release => &[Plan, Assemble, Astrometry],
         }
     }
 }

@@ -13,7 +13,8 @@
 //! Every decision is made by exactly one owner from values that do not depend on where chunk edges
 //! fall, so the flags are the same for any rank count and chunk layout.
 
-use super::pieces::{exposure_weights, read_piece, resample_alone, Corrections, Part, Piece, Want};
+use super::corrections::{Corrections, OutlierFlags};
+use super::pieces::{exposure_weights, read_piece, resample_alone, Part, Piece, Want};
 use crate::config::{Config, OutlierConfig, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::geom::TanSip;
@@ -23,37 +24,11 @@ use crate::kernels::outlier::{
 use crate::plan::{CalMeta, Chunk, Plan};
 use anyhow::Context;
 use ndarray::{s, Array2, Array3};
-use serde::{Deserialize, Serialize};
+
 use std::ops::Range;
 
-/// Outlier flags of every exposure: sorted linear pixel indices `y * nx + x`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct OutlierFlags {
-    pub per_exposure: Vec<Vec<u64>>,
-}
-
-impl OutlierFlags {
-    /// Whether nothing is flagged.
-    pub fn total(&self) -> usize {
-        self.per_exposure.iter().map(Vec::len).sum()
-    }
-
-    /// The flags of exposure `index` (with `nx` columns) inside `rows` x `cols`, as a mask.
-    pub fn mask(&self, index: usize, nx: usize, rows: Range<usize>, cols: Range<usize>) -> Array2<bool> {
-        let mut m = Array2::from_elem((rows.len(), cols.len()), false);
-        if let Some(v) = self.per_exposure.get(index) {
-            let lo = v.partition_point(|&i| i < (rows.start * nx) as u64);
-            let hi = v.partition_point(|&i| i < (rows.end * nx) as u64);
-            for &i in &v[lo..hi] {
-                let (y, x) = ((i / nx as u64) as usize, (i % nx as u64) as usize);
-                if cols.contains(&x) {
-                    m[[y - rows.start, x - cols.start]] = true;
-                }
-            }
-        }
-        m
-    }
-}
+/// The stage name.
+pub const STAGE: &str = "outlier";
 
 fn params(o: &OutlierConfig) -> OutlierParams {
     OutlierParams { snr1: o.snr1, snr2: o.snr2, scale1: o.scale1, scale2: o.scale2, maskpt: o.maskpt, backg: 0.0 }
@@ -324,4 +299,30 @@ fn flag_chunk_exposure(
         }
     }
     Ok(out)
+}
+
+/// The `outlier` stage for the runner: the flags in `outlier/flags.json`.
+///
+/// # Errors
+/// As [`run`], or a failed write.
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    let (comm, cfg, metas) = (ctx.comm, ctx.cfg, &b.metas);
+    let t = std::time::Instant::now();
+    let f = run(comm, &b.plan, metas, cfg, &b.corr)?;
+    if comm.rank() == 0 {
+        let path = cfg.run.output_dir.join(STAGE).join("flags.json");
+        let files: Vec<String> = metas.iter().map(CalMeta::file_name).collect();
+        let nx: Vec<usize> = metas.iter().map(|m| m.shape[1]).collect();
+        crate::io::json::write_json(&path, &f.report(&files, &nx))?;
+        let npix: usize = metas.iter().map(|m| m.shape[0] * m.shape[1]).sum();
+        tracing::info!(
+            "[outlier] {} pixels flagged ({:.3}% of {:.1} Mpix) in {:.1} s, written to {}",
+            f.total(),
+            100.0 * f.total() as f64 / npix as f64,
+            npix as f64 / 1e6,
+            t.elapsed().as_secs_f64(),
+            path.display()
+        );
+    }
+    Ok(Default::default())
 }

@@ -2,17 +2,16 @@
 //! cfitsio subset reads (never the whole file), with its pixel map onto the output grid and the input
 //! weights the drizzle uses. Shared by the `outlier` and `drizzle` stages.
 
-use super::outlier::OutlierFlags;
+use super::corrections::{Corrections, OutlierFlags};
 use crate::config::WeightType;
 use crate::geom::pixmap::{input_window, pixel_map, DEFAULT_STEP};
 use crate::geom::TanSip;
 use crate::io::fits::{read_region_dq, read_region_f32, FitsError, FitsProblem};
-use crate::kernels::destripe::StripeModel;
 use crate::kernels::dq;
 use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams, InputWindow};
 use crate::plan::CalMeta;
 use ndarray::{Array2, Array3, ArrayView2};
-use serde::{Deserialize, Serialize};
+
 use std::ops::Range;
 
 /// DQ bits that make a pixel unusable (JWST resample's default `good_bits = ~DO_NOT_USE+NON_SCIENCE`).
@@ -39,117 +38,8 @@ pub struct Piece {
     pub inner: InputWindow,
 }
 
-/// Additive corrections found by the `prep`, `destripe`, `level` and `destripe_multi` stages, in
-/// MJy/sr per exposure (indexed like the plan's exposure table). [`read_piece`] subtracts them from
-/// SCI, so every later stage sees corrected pixels and no stage can forget them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Corrections {
-    /// Constant subtracted from each exposure, MJy/sr (empty = none).
-    pub offset_mjysr: Vec<f64>,
-    /// MIRI: a further constant subtracted inside each exposure's Lyot box (level-matched as its own
-    /// image and recombined), MJy/sr (empty = none).
-    #[serde(default)]
-    pub lyot_offset_mjysr: Vec<f64>,
-    /// The Lyot box `[y0, y1, x0, x1]` of each exposure, where there is one.
-    #[serde(default)]
-    pub lyot_box: Vec<Option<[usize; 4]>>,
-    /// A plane subtracted from each exposure (`level.tile_fit = "plane"`): `[value at
-    /// plane_origin_xy, d/dx, d/dy]` in MJy/sr and MJy/sr per output-grid pixel (empty = none).
-    #[serde(default)]
-    pub plane: Vec<Option<[f64; 3]>>,
-    /// Output-grid pixel `[x, y]` where the planes' values are given.
-    #[serde(default)]
-    pub plane_origin_xy: [f64; 2],
-    /// Stripe models subtracted from each exposure (`destripe`, then `destripe_multi`, in that
-    /// order), in the kernels' factored form (empty or `[]` = none).
-    #[serde(default)]
-    pub stripes: Vec<Vec<StripeModel>>,
-}
-
-impl Corrections {
-    /// No correction for `n` exposures.
-    pub fn none(n: usize) -> Self {
-        Self { offset_mjysr: vec![0.0; n], ..Self::default() }
-    }
-
-    /// This table with `models` (one per exposure, `None` = none) added after the stripe models
-    /// already held.
-    pub fn with_stripes(&self, models: Vec<Option<StripeModel>>) -> Self {
-        let mut c = self.clone();
-        c.stripes.resize(models.len().max(c.stripes.len()), vec![]);
-        for (k, m) in models.into_iter().enumerate() {
-            if let Some(m) = m.filter(|m| !m.is_zero()) {
-                c.stripes[k].push(m);
-            }
-        }
-        c
-    }
-
-    /// Subtract the exposure's corrections from `sci`, the exposure's pixels `rows` x `cols`:
-    /// the stripe models (f32 arithmetic, exact zeros and NaN kept, as pjpipe restores them),
-    /// then the constant.
-    pub fn apply_window(&self, index: usize, rows: Range<usize>, cols: Range<usize>, sci: &mut Array2<f32>) {
-        for m in self.stripes.get(index).into_iter().flatten() {
-            if m.ny < rows.end || m.nx < cols.end {
-                continue; // a model of another shape cannot be this exposure's
-            }
-            let w = m.window(rows.clone(), cols.clone());
-            ndarray::Zip::from(&mut *sci).and(&w).for_each(|v, &s| {
-                if *v != 0.0 {
-                    *v -= s;
-                }
-            });
-        }
-        self.apply(index, sci, rows, cols);
-    }
-
-    /// The constant of exposure `index` (0 when none is known).
-    pub fn offset(&self, index: usize) -> f64 {
-        self.offset_mjysr.get(index).copied().unwrap_or(0.0)
-    }
-
-    /// The extra constant of exposure `index` inside its Lyot box, with the box.
-    pub fn lyot(&self, index: usize) -> Option<(f64, [usize; 4])> {
-        let b = self.lyot_box.get(index).copied().flatten()?;
-        Some((self.lyot_offset_mjysr.get(index).copied().unwrap_or(0.0), b))
-    }
-
-    /// Subtract the exposure's correction from `sci`, the exposure's pixels `rows` x `cols` (f32
-    /// arithmetic, NaN stays NaN).
-    pub fn apply(&self, index: usize, sci: &mut Array2<f32>, rows: Range<usize>, cols: Range<usize>) {
-        let c = self.offset(index) as f32;
-        if c != 0.0 {
-            sci.mapv_inplace(|v| v - c);
-        }
-        if let Some((l, [y0, y1, x0, x1])) = self.lyot(index).filter(|(l, _)| *l != 0.0) {
-            let (ya, yb) = (y0.max(rows.start), y1.min(rows.end));
-            let (xa, xb) = (x0.max(cols.start), x1.min(cols.end));
-            if ya < yb && xa < xb {
-                let mut part =
-                    sci.slice_mut(ndarray::s![ya - rows.start..yb - rows.start, xa - cols.start..xb - cols.start]);
-                part.mapv_inplace(|v| v - l as f32);
-            }
-        }
-    }
-}
-
 /// Pixels left out on each side of the Lyot box edge when the two parts are matched.
 pub const LYOT_GAP_PX: usize = 2;
-
-impl Corrections {
-    /// Subtract the exposure's plane, if any, from `sci`, whose pixels land at output-grid positions
-    /// `pixmap` (`[y, x, (x_out, y_out)]`) relative to the grid pixel `origin = (y0, x0)`.
-    pub fn apply_plane(&self, index: usize, sci: &mut Array2<f32>, pixmap: &Array3<f64>, origin: (usize, usize)) {
-        let Some([p0, sx, sy]) = self.plane.get(index).copied().flatten() else {
-            return;
-        };
-        let (ox, oy) = (origin.1 as f64 - self.plane_origin_xy[0], origin.0 as f64 - self.plane_origin_xy[1]);
-        sci.indexed_iter_mut().for_each(|((y, x), v)| {
-            let (gx, gy) = (pixmap[[y, x, 0]] + ox, pixmap[[y, x, 1]] + oy);
-            *v -= (p0 + sx * gx + sy * gy) as f32;
-        });
-    }
-}
 
 /// Which pixels of an exposure take part: the whole frame, or (for level matching) the MIRI imager
 /// field without the Lyot box, or the Lyot box alone.

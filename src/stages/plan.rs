@@ -28,11 +28,35 @@ pub struct PlanOutput {
     pub outcome: Outcome,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Inventory {
-    metas: Vec<CalMeta>,
-    offs: Vec<CalMeta>,
-    skipped: Vec<(PathBuf, String)>,
+/// What the plan stage read from the inputs' headers, as read (`plan/inventory.json`): later stages
+/// rebuild the plan from it for their own rank count, without reading the headers again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The science exposures, in the order read.
+    pub metas: Vec<CalMeta>,
+    /// The off-source exposures (every band).
+    pub offs: Vec<CalMeta>,
+    /// Inputs that could not be read, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The inventory's file inside the plan stage's folder.
+pub const INVENTORY: &str = "inventory.json";
+
+/// Every file the plan stage reads: the cal files of `inputs` and the off-source exposures of the
+/// `off/` folders beside them and of `prep.off_inputs`, sorted, each once.
+///
+/// # Errors
+/// Inputs that cannot be listed.
+pub fn input_files(inputs: &[PathBuf], cfg: &Config) -> anyhow::Result<Vec<PathBuf>> {
+    let off_dirs = off_locations(inputs, cfg);
+    let mut all = crate::io::expand_cal_inputs(inputs)?;
+    if !off_dirs.is_empty() {
+        all.extend(crate::io::expand_cal_inputs(&off_dirs)?);
+    }
+    all.sort();
+    all.dedup();
+    Ok(all)
 }
 
 /// Where off-source exposures are looked for: `off/` beside (inside) each input directory, and the
@@ -116,7 +140,32 @@ pub fn run(
         };
         read().map_err(|e| format!("{e:#}"))
     })?;
-    // Every rank builds the plan; the ranks agree on the outcome before anyone fails.
+    let out = from_inventory(comm, cfg, &inv, nranks)?;
+    if comm.rank() == 0 {
+        let dir = cfg.run.output_dir.join("plan");
+        let path = dir.join("plan.json");
+        let file =
+            PlanFile { provenance: Provenance::new(raw, comm), skipped: inv.skipped.clone(), plan: out.plan.clone() };
+        crate::io::json::write_json(&path, &file)?;
+        crate::io::json::write_json(&dir.join(INVENTORY), &inv)?;
+        tracing::info!(
+            "[plan] {} exposures, grid {}x{}, written to {}",
+            out.plan.exposures.len(),
+            out.plan.grid.nx,
+            out.plan.grid.ny,
+            path.display()
+        );
+    }
+    Ok(out)
+}
+
+/// The plan for `nranks` ranks from an inventory: every rank builds it with the pure
+/// `plan::build_plan`, and the ranks check that they agree (a hash of the plan gathered to rank 0)
+/// before anyone fails. The exposures' metadata come back in the plan's order.
+///
+/// # Errors
+/// A plan error, or ranks that disagree (on every rank).
+pub fn from_inventory(comm: &dyn Comm, cfg: &Config, inv: &Inventory, nranks: usize) -> anyhow::Result<PlanOutput> {
     let built = build_plan(&inv.metas, &cfg.plan, cfg.run.mem_budget_mb, nranks);
     let digest = match &built {
         Ok(p) => hex(&Sha256::digest(serde_json::to_vec(p).expect("plan serialises"))),
@@ -132,25 +181,12 @@ pub fn run(
     });
     agree?;
     let plan = built.context("plan")?;
-    if comm.rank() == 0 {
-        let path = cfg.run.output_dir.join("plan").join("plan.json");
-        let file =
-            PlanFile { provenance: Provenance::new(raw, comm), skipped: inv.skipped.clone(), plan: plan.clone() };
-        crate::io::json::write_json(&path, &file)?;
-        tracing::info!(
-            "[plan] {} exposures, grid {}x{}, written to {}",
-            plan.exposures.len(),
-            plan.grid.nx,
-            plan.grid.ny,
-            path.display()
-        );
-    }
     let outcome = if inv.skipped.is_empty() { Outcome::Clean } else { Outcome::Partial };
     let by_path: std::collections::HashMap<&Path, &CalMeta> = inv.metas.iter().map(|m| (m.path.as_path(), m)).collect();
     let metas = plan.exposures.iter().map(|e| (*by_path[e.path.as_path()]).clone()).collect();
-    let mut offs: Vec<CalMeta> = inv.offs.into_iter().filter(|m| m.band() == plan.band).collect();
+    let mut offs: Vec<CalMeta> = inv.offs.iter().filter(|m| m.band() == plan.band).cloned().collect();
     offs.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(PlanOutput { plan, metas, skipped: inv.skipped, offs, outcome })
+    Ok(PlanOutput { plan, metas, skipped: inv.skipped.clone(), offs, outcome })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -201,4 +237,13 @@ pub fn summary(plan: &Plan) -> String {
 /// [`crate::io::IoError`] naming the path.
 pub fn write_plan(path: &Path, plan: &Plan) -> Result<(), crate::io::IoError> {
     crate::io::json::write_json(path, plan)
+}
+
+/// The `plan` stage for the runner: read the inputs' headers, write the plan and the inventory.
+///
+/// # Errors
+/// As [`run`].
+pub(crate) fn stage(ctx: &super::runner::Ctx) -> anyhow::Result<super::runner::Written> {
+    let out = run(ctx.comm, ctx.raw, ctx.cfg, ctx.inputs, ctx.comm.size())?;
+    Ok(super::runner::Written { partial: out.outcome == Outcome::Partial, ..Default::default() })
 }

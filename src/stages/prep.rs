@@ -243,6 +243,15 @@ pub fn run(
     Ok((new_metas, report))
 }
 
+/// The `prep` stage for the runner (its report and the corrected copies are its products).
+///
+/// # Errors
+/// As [`run`].
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+    run(ctx.comm, &b.plan, &b.metas, &b.offs, ctx.cfg)?;
+    Ok(Default::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

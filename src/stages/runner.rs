@@ -1,0 +1,604 @@
+//! The stage runner: one chain for `tessera mosaic` and `tessera run`, one stage at a time for the
+//! per-stage commands (`tessera level ...`), with the manifest and `--resume`.
+//!
+//! Every stage runs from products alone. [`Band::load`] rebuilds what a stage needs from the
+//! products of the stages before it: the exposure table from `plan/inventory.json` (the plan is
+//! rebuilt for this run's rank count), the corrected copies of `prep`, the visit shifts of `align`,
+//! the correction parts of `destripe`, `level` and `destripe_multi` (composed by
+//! [`corrections::compose`](super::corrections::compose)) and the flags of `outlier`. No stage hands
+//! another an in-memory value.
+//!
+//! Resuming: before anything runs, every stage's dependency hash is recomputed (its config sections,
+//! the checksums of the products it reads, for `plan` the inputs' checksums) and compared with the
+//! manifest, and the products of finished stages are checked against their checksums (by all ranks
+//! in parallel). The chain reruns from the first stage that fails any check, and every stage after
+//! it reruns too. `astrometry` rewrites the `-o` mosaic that `assemble` wrote, so when astrometry
+//! reruns, assemble reruns first.
+//!
+//! Ranks agree on every decision: rank 0 decides and broadcasts.
+
+use super::corrections::{compose, Corrections, OutlierFlags};
+use super::manifest::{display_path, hash_files, hash_json, FileSum, Manifest, StageEntry, Status};
+use super::plan::{Inventory, PlanOutput};
+use super::{Outcome, Provenance, Stage};
+use crate::config::{Config, RawConfig};
+use crate::dist::{Comm, CommExt};
+use crate::plan::{CalMeta, Plan};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The stages `tessera mosaic` chains, in order.
+pub const CHAIN: [Stage; 10] = [
+    Stage::Plan,
+    Stage::Prep,
+    Stage::Destripe,
+    Stage::Align,
+    Stage::Level,
+    Stage::DestripeMulti,
+    Stage::Outlier,
+    Stage::Drizzle,
+    Stage::Assemble,
+    Stage::Astrometry,
+];
+
+/// What one invocation works on.
+pub struct Invocation<'a> {
+    pub comm: &'a dyn Comm,
+    pub raw: &'a RawConfig,
+    pub cfg: &'a Config,
+    /// Cal files or folders, as given.
+    pub inputs: &'a [PathBuf],
+    /// The `-o` mosaic (per-stage commands may leave it to the manifest).
+    pub output: Option<&'a Path>,
+    /// The reference catalogue (`--catalog`, else `astrometry.catalog`).
+    pub catalog: Option<&'a Path>,
+}
+
+/// How the invocation runs the stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The whole chain (`mosaic`, `run`): refuse a folder holding another run's products unless
+    /// `resume` (keep what is done and verified) or `overwrite` (start clean).
+    Chain { resume: bool, overwrite: bool },
+    /// One stage on the products already in `run.output_dir` (the per-stage commands).
+    Only(Stage),
+}
+
+/// The band as a stage sees it, loaded from the products of the stages before it.
+pub struct Band {
+    /// The plan for this run's ranks (rebuilt from the aligned exposures when `align` has run).
+    pub plan: Plan,
+    /// Exposure metadata in plan order: `prep`'s corrected copies, `align`'s shifted WCSs.
+    pub metas: Vec<CalMeta>,
+    /// The plan and metadata before `align` (what `align` itself works on).
+    pub plan_before_align: Plan,
+    pub metas_before_align: Vec<CalMeta>,
+    /// Off-source exposures of the band.
+    pub offs: Vec<CalMeta>,
+    pub skipped: Vec<(PathBuf, String)>,
+    /// The corrections of the correcting stages upstream.
+    pub corr: Corrections,
+    /// The outlier flags (empty when `outlier` has not run or is upstream-skipped).
+    pub flags: OutlierFlags,
+}
+
+impl Band {
+    /// Load the band for `stage` from the products in `dir` of the stages `done` (finished, in
+    /// chain order) before it.
+    ///
+    /// # Errors
+    /// A missing or malformed product, naming it (on every rank).
+    pub fn load(comm: &dyn Comm, cfg: &Config, dir: &Path, stage: Stage, done: &[Stage]) -> anyhow::Result<Band> {
+        let before = |s: Stage| done.contains(&s) && s.order() < stage.order();
+        let read = |s: Stage, file: &str| dir.join(s.name()).join(file);
+        let inv: Inventory = comm.on_root_then_broadcast(0, || {
+            crate::io::json::read_json(&read(Stage::Plan, super::plan::INVENTORY)).map_err(|e| e.to_string())
+        })?;
+        let PlanOutput { plan: plan0, metas: mut metas0, offs, skipped, .. } =
+            super::plan::from_inventory(comm, cfg, &inv, comm.size())?;
+        let n = metas0.len();
+        if before(Stage::Prep) {
+            let rep: super::prep::PrepReport = comm.on_root_then_broadcast(0, || {
+                crate::io::json::read_json(&read(Stage::Prep, "prep.json")).map_err(|e| e.to_string())
+            })?;
+            anyhow::ensure!(
+                rep.exposures.len() == n,
+                "prep/prep.json lists {} exposures, the plan {n}",
+                rep.exposures.len()
+            );
+            for (m, r) in metas0.iter_mut().zip(&rep.exposures) {
+                if let Some(p) = &r.written {
+                    m.path = p.clone();
+                    m.dt_bgr_days = r.dt_bgr_days;
+                }
+            }
+        }
+        let (plan, metas) = if before(Stage::Align) {
+            let f: super::align::AlignFile = comm.on_root_then_broadcast(0, || {
+                crate::io::json::read_json(&read(Stage::Align, "align.json")).map_err(|e| e.to_string())
+            })?;
+            let m = super::align::apply(&plan0, &metas0, &f);
+            let p = crate::plan::build_plan(&m, &cfg.plan, cfg.run.mem_budget_mb, comm.size())
+                .context("plan after align")?;
+            (p, m)
+        } else {
+            (plan0.clone(), metas0.clone())
+        };
+        let mut parts = vec![];
+        for s in [Stage::Destripe, Stage::Level, Stage::DestripeMulti] {
+            if before(s) {
+                let c: Corrections = comm.on_root_then_broadcast(0, || {
+                    crate::io::json::read_json(&read(s, CORRECTIONS)).map_err(|e| e.to_string())
+                })?;
+                parts.push(c);
+            }
+        }
+        let corr = compose(n, &parts);
+        let flags = if before(Stage::Outlier) {
+            let files: Vec<String> = metas.iter().map(CalMeta::file_name).collect();
+            comm.on_root_then_broadcast(0, || -> Result<OutlierFlags, String> {
+                let p = read(Stage::Outlier, "flags.json");
+                let v: serde_json::Value = crate::io::json::read_json(&p).map_err(|e| e.to_string())?;
+                OutlierFlags::from_report(&v, &files).map_err(|e| format!("{}: {e}", p.display()))
+            })?
+        } else {
+            OutlierFlags { per_exposure: vec![vec![]; n] }
+        };
+        Ok(Band { plan, metas, plan_before_align: plan0, metas_before_align: metas0, offs, skipped, corr, flags })
+    }
+}
+
+/// The file in which a correcting stage writes its part of the corrections.
+pub const CORRECTIONS: &str = "corrections.json";
+
+/// The config sections a stage's results depend on (besides the products it reads). Stages read the
+/// plan's grid; `level` also samples on a lattice sized from the memory budget; `level` reads
+/// `prep`'s Lyot switch; `outlier` drizzles single images with the drizzle settings.
+fn config_sections(stage: Stage) -> &'static [&'static str] {
+    match stage {
+        Stage::Plan => &["plan", "prep.off_name", "prep.off_inputs"],
+        Stage::Prep => &["plan", "prep"],
+        Stage::Destripe => &["plan", "destripe"],
+        Stage::Align => &["plan", "align"],
+        Stage::Level => &["plan", "level", "prep", "run.mem_budget_mb"],
+        Stage::DestripeMulti => &["plan", "destripe", "destripe_multi"],
+        Stage::Outlier => &["plan", "outlier", "drizzle"],
+        Stage::Drizzle => &["plan", "drizzle"],
+        Stage::Assemble => &["plan", "assemble"],
+        Stage::Astrometry => &["plan", "astrometry"],
+        _ => &[],
+    }
+}
+
+/// The value of a config section (`level`) or key (`run.mem_budget_mb`) as JSON.
+fn config_value(raw: &RawConfig, path: &str) -> serde_json::Value {
+    let all = serde_json::to_value(raw).expect("config serialises");
+    path.split('.').fold(all, |v, k| v.get(k).cloned().unwrap_or(serde_json::Value::Null))
+}
+
+/// Whether the stage is turned off by the config or has nothing to do (the reason), or runs.
+fn skip_reason(stage: Stage, cfg: &Config, band: &str, catalog: Option<&Path>) -> Option<String> {
+    let off = |on: bool, key: &str| (!on).then(|| format!("{key}.enabled = false"));
+    match stage {
+        Stage::Prep => off(cfg.prep.enabled, "prep"),
+        Stage::Destripe => off(cfg.destripe.enabled, "destripe"),
+        Stage::Align => off(cfg.align.enabled, "align"),
+        Stage::Level => off(cfg.level.enabled, "level"),
+        Stage::DestripeMulti => off(cfg.destripe_multi.enabled, "destripe_multi"),
+        Stage::Outlier => off(cfg.outlier.enabled, "outlier"),
+        Stage::Astrometry => (!super::astrometry::wanted(cfg, band, catalog)).then(|| {
+            "no reference catalogue (--catalog or astrometry.catalog) and no reference band's solution".into()
+        }),
+        _ => None,
+    }
+}
+
+/// Run the invocation.
+///
+/// # Errors
+/// A stage's error (the manifest then says `failed`), a refused output folder, missing upstream
+/// products for a per-stage command. All ranks return the same error.
+pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
+    let Invocation { comm, raw, cfg, .. } = *inv;
+    let dir = cfg.run.output_dir.clone();
+    let root = comm.rank() == 0;
+    let prov = Provenance::new(raw, comm);
+    if let Some(c) = inv.catalog {
+        if !c.is_file() {
+            anyhow::bail!("--catalog {}: no such file", c.display());
+        }
+    }
+
+    // the old manifest, and what to do about it
+    let catalog = inv.catalog.or(cfg.astrometry.catalog.as_deref());
+    let old: Option<Manifest> = comm.on_root_then_broadcast(0, || -> anyhow::Result<Option<Manifest>> {
+        let m = Manifest::read(&dir)?;
+        let leftovers: Vec<&str> = CHAIN.iter().map(|s| s.name()).filter(|s| dir.join(s).is_dir()).collect();
+        match mode {
+            Mode::Chain { overwrite: true, .. } => {
+                if m.is_some() || !leftovers.is_empty() {
+                    tracing::warn!("[run] --overwrite: removing the products of the earlier run in {}", dir.display());
+                    for s in CHAIN {
+                        crate::io::remove_tree(&dir.join(s.name()))?;
+                    }
+                    crate::io::remove_file(&dir.join(super::manifest::FILE))?;
+                }
+                Ok(None)
+            }
+            Mode::Chain { resume: false, .. } if m.is_some() || !leftovers.is_empty() => anyhow::bail!(
+                "{} already holds the products of another run ({}). Use --resume to continue that run, \
+                 --overwrite to delete its products and start clean, or another run.output_dir",
+                dir.display(),
+                if m.is_some() { "manifest.json".to_string() } else { format!("folders {}", leftovers.join(", ")) }
+            ),
+            Mode::Chain { resume: true, .. } if m.is_none() && !leftovers.is_empty() => anyhow::bail!(
+                "{} holds stage folders ({}) but no manifest.json: nothing can be verified to resume from. \
+                 Use --overwrite to start clean",
+                dir.display(),
+                leftovers.join(", ")
+            ),
+            Mode::Only(s) if s != Stage::Plan && m.is_none() => anyhow::bail!(
+                "{}: no manifest.json, so no upstream stage has run here: run `tessera plan` (and the stages \
+                 after it) or `tessera mosaic` first",
+                dir.display()
+            ),
+            _ => Ok(m),
+        }
+    })?;
+    let output: Option<PathBuf> = match inv.output {
+        Some(o) => Some(absolute(o)),
+        None => old.as_ref().and_then(|m| m.mosaic.clone()),
+    };
+
+    // inputs and their checksums (all ranks)
+    let files: Vec<PathBuf> =
+        comm.on_root_then_broadcast(0, || super::plan::input_files(inv.inputs, cfg).map_err(|e| format!("{e:#}")))?;
+    let t = Instant::now();
+    let sums = hash_files(comm, &files, Path::new(""))?;
+    let inputs: Vec<FileSum> = files
+        .iter()
+        .zip(sums)
+        .map(|(p, s)| s.ok_or_else(|| anyhow::anyhow!("{}: cannot be read", p.display())))
+        .collect::<anyhow::Result<_>>()?;
+    if root {
+        let gb = inputs.iter().map(|s| s.bytes).sum::<u64>() as f64 / 1e9;
+        tracing::info!("[run] {} inputs ({gb:.2} GB) checksummed in {:.1} s", inputs.len(), t.elapsed().as_secs_f64());
+    }
+    let mut man = Manifest {
+        tessera_version: prov.tessera_version.clone(),
+        config_sha256: prov.config_sha256.clone(),
+        config_toml: prov.config_toml.clone(),
+        mosaic: output.clone(),
+        inputs,
+        stages: vec![],
+    };
+
+    // which recorded stages still hold: verify every product of every done stage at once
+    let recorded: Vec<StageEntry> = old.as_ref().map(|m| m.stages.clone()).unwrap_or_default();
+    let product_paths: Vec<PathBuf> = recorded
+        .iter()
+        .filter(|e| e.status == Status::Done)
+        .flat_map(|e| e.products.iter().map(|p| resolve(&dir, &p.path)))
+        .collect();
+    let t = Instant::now();
+    let current: Vec<Option<FileSum>> = hash_files(comm, &product_paths, &dir)?;
+    if root && !product_paths.is_empty() {
+        tracing::debug!(
+            "[run] {} recorded products verified in {:.1} s",
+            product_paths.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let current_of = |path: &str| -> Option<&FileSum> {
+        product_paths.iter().zip(&current).find(|(p, _)| display_path(p, &dir) == path).and_then(|(_, s)| s.as_ref())
+    };
+    // a product is checked against the last finished stage that wrote it
+    let last_writer_sha = |path: &str| -> Option<String> {
+        recorded
+            .iter()
+            .filter(|e| e.status == Status::Done)
+            .flat_map(|e| e.products.iter())
+            .filter(|p| p.path == path)
+            .last()
+            .map(|p| p.sha256.clone())
+    };
+
+    // the dependency hash of `stage` given the entries before it in `entries`
+    let depends = |stage: Stage, entries: &[StageEntry], inputs: &[FileSum]| -> String {
+        let cfgs: serde_json::Map<String, serde_json::Value> =
+            config_sections(stage).iter().map(|k| (k.to_string(), config_value(raw, k))).collect();
+        let reads: Vec<serde_json::Value> = entries
+            .iter()
+            .filter(|e| stage.reads().iter().any(|r| r.name() == e.stage))
+            .map(|e| {
+                // the plan reports (plan/plan.json, align/plan.json) hold the owners of this run's
+                // rank count; what later stages read from plan and align is the rest
+                let read: Vec<(&String, &String)> = e
+                    .products
+                    .iter()
+                    .filter(|p| !p.path.ends_with("plan.json"))
+                    .map(|p| (&p.path, &p.sha256))
+                    .collect();
+                serde_json::json!({ "stage": e.stage, "status": e.status, "products": read })
+            })
+            .collect();
+        let mut v = serde_json::json!({
+            "stage": stage.name(),
+            "tessera_version": crate::VERSION,
+            "config": cfgs,
+            "reads": reads,
+        });
+        match stage {
+            Stage::Plan => {
+                v["inputs"] = serde_json::json!(inputs.iter().map(|s| (&s.path, &s.sha256)).collect::<Vec<_>>())
+            }
+            Stage::Assemble => v["output"] = serde_json::json!(output),
+            Stage::Astrometry => {
+                v["output"] = serde_json::json!(output);
+                v["catalog"] = serde_json::json!(catalog);
+            }
+            _ => {}
+        }
+        hash_json(&v)
+    };
+
+    // decide: which stages to run
+    let (todo, kept): (Vec<Stage>, Vec<StageEntry>) = comm.on_root_then_broadcast(0, || -> anyhow::Result<_> {
+        let targets: Vec<Stage> = match mode {
+            Mode::Only(s) => vec![s],
+            Mode::Chain { .. } => {
+                let stop = cfg.run.stop_after.as_deref().and_then(Stage::from_name);
+                CHAIN.iter().copied().take_while(|s| stop.is_none_or(|x| s.order() <= x.order())).collect()
+            }
+        };
+        let first_target = targets[0];
+        let resume = matches!(mode, Mode::Chain { resume: true, .. }) || matches!(mode, Mode::Only(_));
+        let mut kept: Vec<StageEntry> = vec![];
+        let mut first_run: Option<(Stage, String)> = None;
+        for s in CHAIN {
+            let must_keep = matches!(mode, Mode::Only(_)) && s.order() < first_target.order();
+            if s.order() >= first_target.order() && matches!(mode, Mode::Only(_)) {
+                break;
+            }
+            let why = if !resume {
+                Some("a new run".to_string())
+            } else {
+                match recorded.iter().find(|e| e.stage == s.name()) {
+                    None => Some("not run yet".to_string()),
+                    Some(e) if e.status == Status::Failed => Some("failed last time".into()),
+                    Some(e) if e.status == Status::Running => Some("interrupted last time".into()),
+                    Some(e) if e.depends_sha256 != depends(s, &kept, &man.inputs) => Some(format!(
+                        "its configuration ({}) or the products it reads changed",
+                        config_sections(s).join(", ")
+                    )),
+                    Some(e) => e.products.iter().find_map(|p| {
+                        let want = last_writer_sha(&p.path).unwrap_or_default();
+                        match current_of(&p.path) {
+                            None => Some(format!("its product {} is missing", p.path)),
+                            Some(c) if c.sha256 != want => {
+                                Some(format!("its product {} changed since it was written (checksum)", p.path))
+                            }
+                            _ => None,
+                        }
+                    }),
+                }
+            };
+            match why {
+                None => {
+                    let mut e = recorded.iter().find(|e| e.stage == s.name()).expect("found").clone();
+                    e.reused = true;
+                    kept.push(e);
+                }
+                Some(_) if must_keep && s != Stage::Plan && skip_reason(s, cfg, "", catalog).is_some() => {
+                    // turned off in the config: nothing to have run
+                    let why = skip_reason(s, cfg, "", catalog).expect("checked");
+                    kept.push(StageEntry {
+                        stage: s.name().to_string(),
+                        status: Status::Skipped,
+                        reason: Some(why),
+                        depends_sha256: depends(s, &kept, &man.inputs),
+                        wall_s: 0.0,
+                        ranks: comm.size(),
+                        threads_per_rank: rayon::current_num_threads(),
+                        reused: false,
+                        products: vec![],
+                    });
+                }
+                Some(why) if must_keep => anyhow::bail!(
+                    "the upstream stage `{}` is not usable in {} ({why}): run `tessera {}` first, or `tessera \
+                     mosaic --resume`",
+                    s.name(),
+                    dir.display(),
+                    s.name()
+                ),
+                Some(why) => {
+                    first_run = Some((s, why));
+                    break;
+                }
+            }
+        }
+        // astrometry rewrites assemble's mosaic: rerun assemble with it
+        if let Some((Stage::Astrometry, why)) = &first_run {
+            if kept.last().is_some_and(|e| e.stage == "assemble") && targets.contains(&Stage::Assemble) {
+                kept.pop();
+                first_run = Some((Stage::Assemble, format!("astrometry reruns ({why}) and rewrites its mosaic")));
+            }
+        }
+        let todo: Vec<Stage> = match (mode, &first_run) {
+            (Mode::Only(s), _) => vec![s],
+            (_, Some((f, _))) => targets.iter().copied().filter(|s| s.order() >= f.order()).collect(),
+            (_, None) => vec![],
+        };
+        if matches!(mode, Mode::Chain { resume: true, .. }) {
+            for e in &kept {
+                tracing::info!("[{}] done in an earlier run, products verified: skipped (--resume)", e.stage);
+            }
+            if let Some((f, why)) = &first_run {
+                tracing::info!("[run] resuming at {}: {why}", f.name());
+            }
+        }
+        Ok((todo, kept))
+    })?;
+    // a per-stage command keeps the entries after its stage: `--resume` finds them out of date when
+    // what they read has changed
+    man.stages = match mode {
+        Mode::Only(s) => {
+            let mut all = kept.clone();
+            all.extend(
+                recorded.iter().filter(|e| Stage::from_name(&e.stage).is_some_and(|x| x.order() > s.order())).cloned(),
+            );
+            all
+        }
+        Mode::Chain { .. } => kept.clone(),
+    };
+    let mut outcome = Outcome::Clean;
+    for stage in todo {
+        let done: Vec<Stage> =
+            man.stages.iter().filter(|e| e.status == Status::Done).filter_map(|e| Stage::from_name(&e.stage)).collect();
+        let band = if stage == Stage::Plan { None } else { Some(Band::load(comm, cfg, &dir, stage, &done)?) };
+        let band_name = band.as_ref().map_or(String::new(), |b| b.plan.band.clone());
+        let deps = depends(stage, &man.stages, &man.inputs);
+        let mut entry = StageEntry {
+            stage: stage.name().to_string(),
+            status: Status::Running,
+            reason: None,
+            depends_sha256: deps,
+            wall_s: 0.0,
+            ranks: comm.size(),
+            threads_per_rank: rayon::current_num_threads(),
+            reused: false,
+            products: vec![],
+        };
+        if let Some(why) = skip_reason(stage, cfg, &band_name, catalog) {
+            if root {
+                tracing::info!("[{}] skipped: {why}", stage.name());
+            }
+            entry.status = Status::Skipped;
+            entry.reason = Some(why);
+            man.set(entry);
+            if root {
+                man.write(&dir)?;
+            }
+            continue;
+        }
+        // start clean: the stage's own folder goes (a killed run's partial files with it)
+        comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
+            if stage != Stage::Assemble {
+                crate::io::remove_tree(&dir.join(stage.name()))?;
+            }
+            man.set(entry.clone());
+            man.write(&dir)?;
+            Ok(())
+        })?;
+        man.set(entry.clone());
+        let t = Instant::now();
+        let ctx = Ctx { comm, inputs: inv.inputs, raw, cfg, prov: &prov, output: output.as_deref(), catalog };
+        let result = run_stage(&ctx, stage, band.as_ref());
+        entry.wall_s = t.elapsed().as_secs_f64();
+        let written = match result {
+            Ok(w) => w,
+            Err(e) => {
+                entry.status = Status::Failed;
+                entry.reason = Some(format!("{e:#}"));
+                man.set(entry);
+                if root {
+                    let _ = man.write(&dir);
+                }
+                return Err(e.context(format!("stage {}", stage.name())));
+            }
+        };
+        if written.partial {
+            outcome = Outcome::Partial;
+        }
+        // products: everything in the stage's folder, and the mosaic for assemble and astrometry
+        let mut paths: Vec<PathBuf> = comm
+            .on_root_then_broadcast(0, || crate::io::list_files(&dir.join(stage.name())).map_err(|e| e.to_string()))?;
+        if matches!(stage, Stage::Assemble) || (stage == Stage::Astrometry && written.rewrote_mosaic) {
+            paths.extend(output.clone());
+        }
+        let sums = hash_files(comm, &paths, &dir)?;
+        entry.products = paths
+            .iter()
+            .zip(sums)
+            .map(|(p, s)| {
+                s.ok_or_else(|| anyhow::anyhow!("{}: product vanished after stage {}", p.display(), stage.name()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        entry.status = Status::Done;
+        man.set(entry);
+        if root {
+            man.write(&dir)?;
+        }
+    }
+    // finished inputs that were skipped make the run partial, whether or not plan ran now
+    let skipped_inputs = comm.on_root_then_broadcast(0, || -> Result<usize, String> {
+        let p = dir.join("plan").join(super::plan::INVENTORY);
+        if !p.is_file() {
+            return Ok(0);
+        }
+        crate::io::json::read_json::<Inventory>(&p).map(|i| i.skipped.len()).map_err(|e| e.to_string())
+    })?;
+    if skipped_inputs > 0 {
+        outcome = Outcome::Partial;
+    }
+    if root && matches!(mode, Mode::Chain { .. }) && cfg.run.stop_after.is_none() {
+        if let Some(o) = &output {
+            println!("mosaic:      {}", o.display());
+        }
+        println!("manifest:    {}", dir.join(super::manifest::FILE).display());
+    }
+    Ok(outcome)
+}
+
+/// A path from the manifest: relative ones are below `dir`.
+fn resolve(dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// `p` made absolute against the working directory (not resolving links).
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// What every stage gets besides the band.
+pub struct Ctx<'a> {
+    pub comm: &'a dyn Comm,
+    /// The inputs as given (the plan stage reads them).
+    pub inputs: &'a [PathBuf],
+    pub raw: &'a RawConfig,
+    pub cfg: &'a Config,
+    pub prov: &'a Provenance,
+    pub output: Option<&'a Path>,
+    pub catalog: Option<&'a Path>,
+}
+
+/// What a stage reports back to the runner.
+#[derive(Default)]
+pub struct Written {
+    /// Some items were skipped or failed and reported.
+    pub partial: bool,
+    /// `astrometry` rewrote the `-o` mosaic's WCS.
+    pub rewrote_mosaic: bool,
+}
+
+fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> anyhow::Result<Written> {
+    match (stage, band) {
+        (Stage::Plan, _) => super::plan::stage(ctx),
+        (Stage::Prep, Some(b)) => super::prep::stage(ctx, b),
+        (Stage::Destripe, Some(b)) => super::destripe::stage(ctx, b),
+        (Stage::Align, Some(b)) => super::align::stage(ctx, b),
+        (Stage::Level, Some(b)) => super::level::stage(ctx, b),
+        (Stage::DestripeMulti, Some(b)) => super::destripe_multi::stage(ctx, b),
+        (Stage::Outlier, Some(b)) => super::outlier::stage(ctx, b),
+        (Stage::Drizzle, Some(b)) => super::drizzle::stage(ctx, b),
+        (Stage::Assemble, Some(b)) => super::assemble::stage(ctx, b),
+        (Stage::Astrometry, Some(b)) => super::astrometry::stage(ctx, b),
+        (s, _) => anyhow::bail!("stage {} is not part of the single-band chain", s.name()),
+    }
+}
