@@ -24,6 +24,8 @@ mod mpi;
 mod plan;
 #[path = "integration/python.rs"]
 mod python;
+#[path = "integration/resume.rs"]
+mod resume;
 #[path = "integration/simulate.rs"]
 mod simulate;
 #[path = "integration/tidy.rs"]

@@ -345,7 +345,8 @@ pub struct RawRun {
     pub threads: usize,
     /// Seconds between progress lines on rank 0.
     pub progress_interval_s: f64,
-    /// `tessera mosaic` stops after this stage (its products written, no mosaic); empty = run all.
+    /// `tessera mosaic` stops after this stage (its products written; `--resume` continues); empty =
+    /// run all.
     pub stop_after: String,
 }
 
@@ -574,8 +575,8 @@ mem_budget_mb = 4096
 threads = 0
 # Seconds between progress lines on rank 0.
 progress_interval_s = 5.0
-# `tessera mosaic` stops after this stage (its products written, no mosaic): one of prep, destripe,
-# align, level, destripe_multi, outlier; empty = run all.
+# `tessera mosaic` stops after this stage (its products written; `--resume` continues): one of plan,
+# prep, destripe, align, level, destripe_multi, outlier, drizzle, assemble; empty = run all.
 stop_after = ""
 
 [plan]

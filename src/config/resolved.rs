@@ -158,7 +158,8 @@ pub struct RunConfig {
 }
 
 /// The stages `run.stop_after` may name, in chain order.
-pub const STOPPABLE_STAGES: [&str; 6] = ["prep", "destripe", "align", "level", "destripe_multi", "outlier"];
+pub const STOPPABLE_STAGES: [&str; 9] =
+    ["plan", "prep", "destripe", "align", "level", "destripe_multi", "outlier", "drizzle", "assemble"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanConfig {

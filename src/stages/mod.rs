@@ -182,6 +182,10 @@ pub struct Provenance {
 impl Provenance {
     /// Provenance of this run.
     pub fn new(raw: &RawConfig, comm: &dyn Comm) -> Provenance {
+        // `run.stop_after` says where an invocation stops, not how anything is computed: a run
+        // stopped and resumed writes the provenance of the uninterrupted run
+        let mut raw = raw.clone();
+        raw.run.stop_after.clear();
         let config_toml = raw.to_toml();
         let config_sha256 = Sha256::digest(config_toml.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
         #[cfg(feature = "mpi")]

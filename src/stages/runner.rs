@@ -419,8 +419,13 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
             }
         }
         // astrometry rewrites assemble's mosaic: rerun assemble with it
+        let astrometry_wrote =
+            recorded.iter().any(|e| e.stage == Stage::Astrometry.name() && e.status != Status::Skipped);
         if let Some((Stage::Astrometry, why)) = &first_run {
-            if kept.last().is_some_and(|e| e.stage == "assemble") && targets.contains(&Stage::Assemble) {
+            if astrometry_wrote
+                && kept.last().is_some_and(|e| e.stage == "assemble")
+                && targets.contains(&Stage::Assemble)
+            {
                 kept.pop();
                 first_run = Some((Stage::Assemble, format!("astrometry reruns ({why}) and rewrites its mosaic")));
             }
@@ -530,6 +535,10 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
         if root {
             man.write(&dir)?;
         }
+    }
+    // the manifest of this invocation, also when every stage was kept
+    if root {
+        man.write(&dir)?;
     }
     // finished inputs that were skipped make the run partial, whether or not plan ran now
     let skipped_inputs = comm.on_root_then_broadcast(0, || -> Result<usize, String> {
