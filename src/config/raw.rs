@@ -270,6 +270,9 @@ pub struct RawOutlier {
     /// Interpolation of the median blotted back to each exposure: "bicubic" (keeps undersampled
     /// star cores) or "bilinear" (the JWST pipeline's choice).
     pub blot_interp: String,
+    /// Also write `outlier/<stem>_crf.fits`: each exposure with its outlier flags set in DQ
+    /// (DO_NOT_USE + OUTLIER, as in the JWST pipeline's `*_crf` files).
+    pub write_crf: bool,
 }
 
 impl Default for RawOutlier {
@@ -283,6 +286,7 @@ impl Default for RawOutlier {
             maskpt: 0.7,
             pixfrac: 0.7,
             blot_interp: "bicubic".into(),
+            write_crf: false,
         }
     }
 }
@@ -713,6 +717,10 @@ pixfrac = 0.7
 # Interpolation of the median blotted back to each exposure: "bicubic" (keeps undersampled star
 # cores) or "bilinear" (the JWST pipeline's choice).
 blot_interp = "bicubic"
+# Also write outlier/<stem>_crf.fits: each exposure with its outlier flags set in DQ (DO_NOT_USE +
+# OUTLIER, JWST DQ bits 0 and 4, as in the JWST pipeline's *_crf files). The tweakback files of the
+# astrometry stage carry the same flags.
+write_crf = false
 
 [drizzle]
 # Fraction of the input pixel side drizzled (square kernel), 0 < pixfrac <= 1.

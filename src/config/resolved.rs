@@ -113,6 +113,8 @@ pub struct OutlierConfig {
     pub pixfrac: f64,
     /// Bicubic (true) or bilinear (false) blot.
     pub blot_bicubic: bool,
+    /// Write `outlier/<stem>_crf.fits` copies with the flags in DQ.
+    pub write_crf: bool,
 }
 
 /// How input pixels are weighted in drizzle.
@@ -555,6 +557,7 @@ impl RawConfig {
                     ))
                 }
             },
+            write_crf: o.write_crf,
         };
         let d = &self.drizzle;
         let drizzle = DrizzleConfig {

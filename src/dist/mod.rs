@@ -17,6 +17,8 @@ use serde::{de::DeserializeOwned, Serialize};
 pub enum DistError {
     #[error("rank {rank}: {message}")]
     Rank { rank: usize, message: String },
+    #[error("{message}")]
+    Failed { message: String },
     #[error("could not decode a message from rank {rank}: {message}")]
     Decode { rank: usize, message: String },
 }
@@ -176,11 +178,30 @@ pub trait CommExt: Comm {
         shared.map_err(|message| DistError::Rank { rank: root, message })
     }
 
-    /// Whether every rank says `ok` (collective logical AND).
-    fn all_ok(&self, ok: bool) -> bool {
-        let mut v = [u64::from(!ok)];
-        self.all_reduce_sum_u64(&mut v);
-        v[0] == 0
+    /// The one way ranks agree before they fail, when every rank does its own part of the work:
+    /// each rank passes its own result, and every rank returns its value only if no rank failed;
+    /// otherwise every rank returns the same error, listing each failed rank's message (`rank r:
+    /// ...`). Collective: call it on every rank, also after a local failure, and never return
+    /// between two collectives without it. (When one rank does the work, use
+    /// [`CommExt::on_root_then_broadcast`].)
+    ///
+    /// # Errors
+    /// [`DistError::Failed`] on every rank when any rank failed; [`DistError::Decode`].
+    fn agree<T, E: std::fmt::Display>(&self, local: Result<T, E>) -> Result<T, DistError> {
+        let mine: Option<String> = local.as_ref().err().map(|e| format!("{e:#}"));
+        let all = self.all_gather_bytes(&serde_json::to_vec(&mine).expect("a string serialises"));
+        let mut failed = vec![];
+        for (rank, part) in all.iter().enumerate() {
+            let m: Option<String> =
+                serde_json::from_slice(part).map_err(|e| DistError::Decode { rank, message: e.to_string() })?;
+            if let Some(m) = m {
+                failed.push(if self.size() > 1 { format!("rank {rank}: {m}") } else { m });
+            }
+        }
+        match local {
+            Ok(v) if failed.is_empty() => Ok(v),
+            _ => Err(DistError::Failed { message: failed.join("; ") }),
+        }
     }
 }
 
@@ -217,6 +238,7 @@ mod tests {
         assert_eq!(r, vec![(0, vec![1, 2, 3])]);
         let e = c.on_root_then_broadcast::<u8, String, _>(0, || Err("boom".to_string())).unwrap_err();
         assert!(e.to_string().contains("rank 0: boom"));
-        assert!(c.all_ok(true) && !c.all_ok(false));
+        assert_eq!(c.agree(Ok::<u8, String>(7)).unwrap(), 7);
+        assert_eq!(c.agree(Err::<u8, _>("bad")).unwrap_err().to_string(), "bad");
     }
 }

@@ -99,6 +99,16 @@ fn hdu(f: &mut FitsFile, path: &Path, name: &str) -> Result<FitsHdu, FitsError> 
     f.hdu(name).map_err(|_| FitsError::new(path, Some(name), None, FitsProblem::MissingHdu))
 }
 
+/// `[ny, nx]` of a 2-D image extension.
+fn image_shape(path: &Path, name: &str) -> Result<[usize; 2], FitsError> {
+    let mut f = open(path)?;
+    let h = hdu(&mut f, path, name)?;
+    match &h.info {
+        HduInfo::ImageInfo { shape, .. } if shape.len() == 2 => Ok([shape[0], shape[1]]),
+        _ => Err(FitsError::new(path, Some(name), Some("NAXIS"), FitsProblem::BadData("not a 2-D image".into()))),
+    }
+}
+
 fn optional_hdu(f: &mut FitsFile, name: &str) -> Option<FitsHdu> {
     f.hdu(name).ok()
 }
@@ -786,9 +796,46 @@ pub fn copy_with_wcs(
     wcs_cards: &[Card],
     history: &[String],
 ) -> Result<(), FitsError> {
+    copy_with_wcs_and_flags(src, dst, hdus, wcs_cards, history, &[], 0)
+}
+
+/// [`copy_with_wcs`], and `bits` OR-ed into the DQ extension at the pixels `flagged` (sorted linear
+/// indices `y * nx + x`, 0-based): the tweakback files and the `*_crf.fits` copies carry the outlier
+/// flags this way, as the JWST pipeline's `*_crf` files do.
+///
+/// # Errors
+/// As [`copy_with_wcs`]; a flagged index outside the DQ image.
+pub fn copy_with_wcs_and_flags(
+    src: &Path,
+    dst: &Path,
+    hdus: &[&str],
+    wcs_cards: &[Card],
+    history: &[String],
+    flagged: &[u64],
+    bits: u32,
+) -> Result<(), FitsError> {
     if !src.is_file() {
         return Err(FitsError::cfitsio(src, None, "file does not exist"));
     }
+    let dq = if flagged.is_empty() {
+        None
+    } else {
+        let [ny, nx] = image_shape(src, "DQ")?;
+        let mut dq = read_region_dq(src, 0..ny, 0..nx)?;
+        let flat = dq.as_slice_mut().expect("a fresh array is contiguous");
+        for &i in flagged {
+            let v = flat.get_mut(i as usize).ok_or_else(|| {
+                FitsError::new(
+                    src,
+                    Some("DQ"),
+                    None,
+                    FitsProblem::BadData(format!("flagged pixel {i} outside the {ny}x{nx} image")),
+                )
+            })?;
+            *v |= bits;
+        }
+        Some(dq)
+    };
     crate::io::write_atomic(dst, |tmp| -> Result<(), FitsError> {
         std::fs::copy(src, tmp).map_err(|e| FitsError::cfitsio(dst, None, e))?;
         let mut f = FitsFile::edit(tmp).map_err(|e| FitsError::cfitsio(dst, None, e))?;
@@ -796,6 +843,10 @@ pub fn copy_with_wcs(
             if f.hdu(*name).is_ok() {
                 put_cards(&mut f, dst, name, wcs_cards)?;
             }
+        }
+        if let Some(dq) = &dq {
+            let h = hdu(&mut f, dst, "DQ")?;
+            h.write_image(&mut f, &std_slice(dq)).map_err(|e| FitsError::cfitsio(dst, Some("DQ"), e))?;
         }
         f.primary_hdu().map_err(|e| FitsError::cfitsio(dst, Some("PRIMARY"), e))?;
         put_history(&mut f, dst, "PRIMARY", history)

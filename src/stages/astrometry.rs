@@ -24,10 +24,11 @@
 //! (`solution_file`) unchanged, as pjpipe's align_mapping does for MIRI.
 
 use super::align::{detect_with_errors, fwhm_arcsec, project};
+use super::corrections::OutlierFlags;
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
 use crate::geom::{tangent_arcsec_to_sky, SkyCorrection};
-use crate::io::fits::{copy_with_wcs, read_ext_f32};
+use crate::io::fits::{copy_with_wcs, copy_with_wcs_and_flags, read_ext_f32};
 use crate::kernels::matching::{
     match_catalogs, match_catalogs_weighted, FitGeometry, MatchParams, MatchResult, Transform,
 };
@@ -115,10 +116,12 @@ pub fn wanted(cfg: &Config, band: &str, catalog: Option<&Path>) -> bool {
 /// # Errors
 /// Unreadable mosaic, unwritable products (all ranks return it). A catalogue that cannot be read
 /// or matched is a warning, not an error.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     comm: &dyn Comm,
     plan: &Plan,
     metas: &[CalMeta],
+    flags: &OutlierFlags,
     cfg: &Config,
     mosaic: &Path,
     catalog: Option<&Path>,
@@ -171,7 +174,12 @@ pub fn run(
         for e in plan.exposures_of(comm.rank()) {
             let m = &metas[e.index];
             let wcs = c.apply(&m.wcs);
-            if let Err(err) = copy_with_wcs(&m.path, &tweakback_name(&dir, m), &["SCI"], &wcs.to_cards(), &history) {
+            // the outlier flags in DQ, as the JWST pipeline's outlier step leaves them
+            let flagged = flags.per_exposure.get(e.index).map_or(&[][..], Vec::as_slice);
+            let bits = crate::kernels::dq::DO_NOT_USE | crate::kernels::dq::OUTLIER;
+            let dst = tweakback_name(&dir, m);
+            if let Err(err) = copy_with_wcs_and_flags(&m.path, &dst, &["SCI"], &wcs.to_cards(), &history, flagged, bits)
+            {
                 errors.push(err.to_string());
             }
         }
@@ -401,7 +409,7 @@ pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow
         anyhow::bail!("astrometry needs the mosaic: give -o MOSAIC.fits");
     };
     let t = std::time::Instant::now();
-    let r = run(comm, &b.plan, &b.metas, cfg, output, ctx.catalog)?;
+    let r = run(comm, &b.plan, &b.metas, &b.flags, cfg, output, ctx.catalog)?;
     if comm.rank() == 0 {
         match &r.correction {
             Some(c) => tracing::info!(

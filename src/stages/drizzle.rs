@@ -112,17 +112,19 @@ pub fn run(
     let mut products: Vec<ProductSpec> =
         F32_PRODUCTS.iter().map(|n| ProductSpec { name: n.to_string(), dtype: Dtype::F32, planes: 1 }).collect();
     products.push(ProductSpec { name: "CON".into(), dtype: Dtype::U32, planes: nplanes });
-    let bs = BandStore::create(
-        store,
-        comm.hdf5_handle(),
-        GROUP,
-        plan.grid.ny,
-        plan.grid.nx,
-        plan.chunk_px,
-        &products,
-        attrs,
-    )
-    .with_context(|| format!("creating the band store {}", store.display()))?;
+    let bs = comm.agree(
+        BandStore::create(
+            store,
+            comm.hdf5_handle(),
+            GROUP,
+            plan.grid.ny,
+            plan.grid.nx,
+            plan.chunk_px,
+            &products,
+            attrs,
+        )
+        .with_context(|| format!("creating the band store {}", store.display())),
+    )?;
     let mine: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
     let mut counts = [mine.len() as f64];
     comm.all_reduce_max_f64(&mut counts);
@@ -139,14 +141,22 @@ pub fn run(
             },
             _ => None,
         };
+        // every rank enters every collective write; a failed write is kept, not returned, so that
+        // no rank leaves the others waiting in the next one
         for (i, name) in F32_PRODUCTS.iter().enumerate() {
             let block = out.as_ref().map(|o| (o.y0, o.x0, o.planes[i].view()));
-            bs.write_block_f32(name, block).with_context(|| format!("writing {name} to {}", store.display()))?;
+            let w = bs.write_block_f32(name, block).with_context(|| format!("writing {name} to {}", store.display()));
+            if let (Err(e), None) = (w, &failure) {
+                failure = Some(e);
+            }
         }
         for p in 0..nplanes {
             let plane = out.as_ref().map(|o| o.context.index_axis(ndarray::Axis(0), p).to_owned());
             let block = out.as_ref().zip(plane.as_ref()).map(|(o, a)| (o.y0, o.x0, a.view()));
-            bs.write_block_u32("CON", p, block).with_context(|| format!("writing CON to {}", store.display()))?;
+            let w = bs.write_block_u32("CON", p, block).with_context(|| format!("writing CON to {}", store.display()));
+            if let (Err(e), None) = (w, &failure) {
+                failure = Some(e);
+            }
         }
         let mut done = [out.as_ref().map_or(0.0, |o| o.pixels_in as f64), if out.is_some() { 1.0 } else { 0.0 }];
         comm.all_reduce_sum_f64(&mut done);
@@ -155,13 +165,12 @@ pub fn run(
             crate::fault::point("drizzle.chunk", comm.rank());
         }
     }
-    bs.close().with_context(|| format!("closing {}", store.display()))?;
-    let ok = comm.all_ok(failure.is_none());
-    match failure {
-        Some(e) => Err(e),
-        None if !ok => anyhow::bail!("another rank failed in the drizzle stage (see its error above)"),
-        None => Ok(()),
-    }
+    let closed = bs.close().with_context(|| format!("closing {}", store.display()));
+    let mine = match (failure, closed) {
+        (Some(e), _) | (None, Err(e)) => Err(e),
+        (None, Ok(())) => Ok(()),
+    };
+    Ok(comm.agree(mine)?)
 }
 
 /// The `drizzle` stage for the runner: the band store `drizzle/<band>.h5`, written collectively

@@ -22,7 +22,7 @@ pub mod runner;
 pub mod simulate;
 
 use crate::config::RawConfig;
-use crate::dist::Comm;
+use crate::dist::{Comm, CommExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -106,7 +106,7 @@ impl Stage {
             Outlier => &[Plan, Prep, Destripe, Align, Level, DestripeMulti],
             Drizzle => &[Plan, Prep, Destripe, Align, Level, DestripeMulti, Outlier],
             Assemble => &[Plan, Prep, Align, Drizzle],
-            Astrometry => &[Plan, Prep, Align, Assemble],
+            Astrometry => &[Plan, Prep, Align, Outlier, Assemble],
             Anchor | Psfmatch | Release => &[Plan, Assemble, Astrometry],
         }
     }
@@ -131,29 +131,26 @@ pub(crate) fn on_exposure_owners<T: Serialize + serde::de::DeserializeOwned>(
     let todo: Vec<usize> = plan.exposures_of(comm.rank()).map(|e| e.index).filter(|&k| wanted(k)).collect();
     let mut progress =
         progress::Progress::new(stage, "exposures (rank 0's share)", todo.len(), interval_s, comm.rank() == 0);
-    let mine: Vec<(usize, Result<T, String>)> = todo
-        .into_iter()
-        .map(|k| {
-            let r = (k, f(k).map_err(|e| format!("{e:#}")));
-            progress.add(1, 0.0);
-            r
-        })
-        .collect();
+    let mut errors = vec![];
+    let mut mine: Vec<(usize, T)> = vec![];
+    for k in todo {
+        match f(k) {
+            Ok(v) => mine.push((k, v)),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+        progress.add(1, 0.0);
+    }
+    // the ranks agree before anyone fails, then share the results
+    let local = if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) };
+    comm.agree(local).map_err(|e| anyhow::anyhow!("{stage}: {e}"))?;
     let bytes = serde_json::to_vec(&mine).map_err(|e| anyhow::anyhow!("{stage}: encoding the results: {e}"))?;
     let mut all: Vec<Option<T>> = (0..plan.exposures.len()).map(|_| None).collect();
-    let mut errors = vec![];
     for (rank, part) in comm.all_gather_bytes(&bytes).iter().enumerate() {
-        let got: Vec<(usize, Result<T, String>)> = serde_json::from_slice(part)
+        let got: Vec<(usize, T)> = serde_json::from_slice(part)
             .map_err(|e| anyhow::anyhow!("{stage}: decoding the results of rank {rank}: {e}"))?;
-        for (k, r) in got {
-            match r {
-                Ok(v) => all[k] = Some(v),
-                Err(e) => errors.push(e),
-            }
+        for (k, v) in got {
+            all[k] = Some(v);
         }
-    }
-    if !errors.is_empty() {
-        anyhow::bail!("{stage}: {}", errors.join("; "));
     }
     Ok(all)
 }

@@ -110,15 +110,10 @@ pub fn run(
     Ok(OutlierFlags { per_exposure })
 }
 
-/// Run `f`; every rank learns whether all succeeded before any returns an error.
+/// Run `f` on every rank; every rank learns whether all succeeded before any returns an error
+/// ([`CommExt::agree`]).
 pub(crate) fn agree<T>(comm: &dyn Comm, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let r = f();
-    let ok = comm.all_ok(r.is_ok());
-    match r {
-        Err(e) => Err(e),
-        Ok(_) if !ok => anyhow::bail!("another rank failed in this stage (see its error above)"),
-        Ok(v) => Ok(v),
-    }
+    Ok(comm.agree(f())?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -324,5 +319,38 @@ pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow
             path.display()
         );
     }
+    if cfg.outlier.write_crf {
+        // every owner writes its exposures' copies; the ranks agree before anyone fails
+        let bits = crate::kernels::dq::DO_NOT_USE | crate::kernels::dq::OUTLIER;
+        let history = ["tessera outlier: flagged pixels marked DO_NOT_USE + OUTLIER in DQ".to_string()];
+        let errors: Vec<String> = b
+            .plan
+            .exposures_of(comm.rank())
+            .filter_map(|e| {
+                let m = &metas[e.index];
+                let dst = cfg.run.output_dir.join(STAGE).join(crf_name(m));
+                crate::io::fits::copy_with_wcs_and_flags(
+                    &m.path,
+                    &dst,
+                    &[],
+                    &[],
+                    &history,
+                    &f.per_exposure[e.index],
+                    bits,
+                )
+                .err()
+                .map(|e| e.to_string())
+            })
+            .collect();
+        let mine = if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) };
+        comm.agree(mine).map_err(|e| anyhow::anyhow!("writing the *_crf.fits copies: {e}"))?;
+    }
     Ok(Default::default())
+}
+
+/// `<cal name without _cal.fits>_crf.fits`.
+pub fn crf_name(m: &CalMeta) -> String {
+    let name = m.file_name();
+    let stem = name.strip_suffix("_cal.fits").or_else(|| name.strip_suffix(".fits")).unwrap_or(&name);
+    format!("{stem}_crf.fits")
 }

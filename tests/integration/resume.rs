@@ -213,3 +213,32 @@ fn a_folder_with_another_runs_products_is_refused_unless_resume_or_overwrite() {
     assert_eq!(std::fs::read(w.path().join("out/plan/plan.json")).unwrap(), before, "refused, yet touched");
     ok(&run(0, w.path(), scene, &["--stop-after", "plan", "--overwrite"]));
 }
+
+#[test]
+fn outlier_flags_reach_the_dq_of_the_crf_copies_and_the_tweakback_files() {
+    let scene = tiny_lw();
+    let w = tmp();
+    ok(&run(0, w.path(), scene, &["--set", "outlier.write_crf=true"]));
+    let flags: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path().join("out/outlier/flags.json")).unwrap()).unwrap();
+    let rows = flags["exposures"].as_array().unwrap();
+    assert_eq!(rows.len(), 32);
+    let total: u64 = rows.iter().map(|r| r["n_flagged"].as_u64().unwrap()).sum();
+    assert!(total > 100, "the scene's cosmic rays give flags to carry ({total})");
+    let bits = 1u32 | 16; // DO_NOT_USE | OUTLIER (JWST DQ bits 0 and 4)
+    for r in rows {
+        let file = r["file"].as_str().unwrap();
+        let stem = file.strip_suffix("_cal.fits").unwrap();
+        let cal = scene.join(file);
+        let (ny, nx) = (64, r["nx"].as_u64().unwrap() as usize);
+        let mut want = tessera::io::fits::read_region_dq(&cal, 0..ny, 0..nx).unwrap();
+        for p in r["pixels"].as_array().unwrap() {
+            let i = p.as_u64().unwrap() as usize;
+            want[[i / nx, i % nx]] |= bits;
+        }
+        for f in [format!("out/outlier/{stem}_crf.fits"), format!("out/astrometry/{stem}_tweakback.fits")] {
+            let got = tessera::io::fits::read_region_dq(&w.path().join(&f), 0..ny, 0..nx).unwrap();
+            assert!(got == want, "{f}: DQ is not the cal file's with the flags OR-ed in");
+        }
+    }
+}
