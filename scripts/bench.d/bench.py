@@ -836,8 +836,59 @@ def destripe_section(runs):
     return L
 
 
+# checksums (--checksums): what the manifest's SHA-256s cost in a whole run
+
+def checksums_run(args, scene):
+    """The whole chain (`tessera mosaic`, every stage) on a scene under mpirun -n 2, then the manifest's
+    own account: wall time of the invocation and the part spent computing checksums (inputs, products)."""
+    sim = simulate(args, scene)
+    files = sorted(sim.glob("*_cal.fits"))
+    ranks = 2
+    rd = Path(args.work) / "runs" / scene / "tessera-checksums-2r"
+    if rd.exists():
+        shutil.rmtree(rd)
+    rd.mkdir(parents=True)
+    cmd = ["mpirun", "-n", str(ranks), "--bind-to", "none", HERE / "rank-time", rd / "rss",
+           args.tessera, "--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", "run.threads=1",
+           "mosaic", sim, "-o", rd / "mosaic.fits"]
+    log(f"[{scene}] tessera whole chain for the checksum cost, {ranks} ranks ...")
+    rec = {"scene": scene, "ranks": ranks, "threads": 1, "exposures": len(files),
+           "input_gb": sum(f.stat().st_size for f in files) / 1e9,
+           "load_avg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    rec.update(run_timed(cmd, rd, args.timeout, rank_prefix=rd / "rss"))
+    man = rd / "out" / "manifest.json"
+    if man.exists():
+        m = json.loads(man.read_text())
+        rec["invocation_wall_s"] = m.get("invocation_wall_s")
+        rec["checksum_s"] = m.get("checksum_s")
+        rec["product_gb"] = sum(p["bytes"] for e in m["stages"] for p in e.get("products", [])) / 1e9
+        if rec["invocation_wall_s"]:
+            rec["checksum_pct"] = 100.0 * (rec["checksum_s"] or 0.0) / rec["invocation_wall_s"]
+    if not args.keep_outputs:
+        shutil.rmtree(rd / "out", ignore_errors=True)
+    log(f"[{scene}] checksums: {rec.get('checksum_s')} s of {rec.get('invocation_wall_s')} s")
+    return rec
+
+
+def checksums_section(runs):
+    L = ["## Checksums in the manifest", "",
+         "The whole chain (`tessera mosaic`, every stage, no catalogue) under `mpirun -n 2 --bind-to none` with "
+         "`run.threads=1` on the timing scenes above; the time spent computing SHA-256 checksums of the inputs "
+         "and of every stage's products (all ranks in parallel, files dealt by size) as the manifest "
+         "(`manifest.json`: `checksum_s`, `invocation_wall_s`) accounts it. Target: below 5% of the run.", "",
+         "| scene | exposures | inputs GB | products GB | whole run s | checksums s | share | load at start | status |",
+         "|---|--:|--:|--:|--:|--:|--:|---|---|"]
+    for r in runs:
+        L.append(f"| {r['scene']}{' *(earlier run)*' if r.get('reused_from') else ''} | {r.get('exposures')} | "
+                 f"{fmt(r.get('input_gb'), 2)} | {fmt(r.get('product_gb'), 2)} | {fmt(r.get('invocation_wall_s'))} | "
+                 f"{fmt(r.get('checksum_s'))} | {fmt(r.get('checksum_pct'), 1)}% | {r.get('load_avg_at_start', '')} | "
+                 f"{r.get('status')} |")
+    L.append("")
+    return L
+
+
 def write_report(args, facts, results, json_path, quality=None, quality_json=None, destripe=None,
-                 astrometry=None, astrometry_json=None, stripes=None, stripes_json=None):
+                 astrometry=None, astrometry_json=None, stripes=None, stripes_json=None, checksums=None):
     v = facts["versions"]
     L = ["# Benchmarks", "",
          "Produced by `scripts/bench` (do not edit by hand; rerun it). Command:", "",
@@ -939,6 +990,8 @@ def write_report(args, facts, results, json_path, quality=None, quality_json=Non
         L += astrometry_section(astrometry, astrometry_json)
     if destripe:
         L += destripe_section(destripe)
+    if checksums:
+        L += checksums_section(checksums)
     if stripes is not None:
         L += stripes_section(stripes, stripes_json)
     L += ["## Reading against the targets", ""]
@@ -1012,6 +1065,8 @@ def main():
                     help="an earlier bench-results/*-stripes.json: its stripe table, not rerun")
     ap.add_argument("--destripe", default="",
                     help="comma-separated scenes on which to time tessera's destriping alone (e.g. large)")
+    ap.add_argument("--checksums", default="",
+                    help="comma-separated scenes on which to measure the manifest's checksum cost in a whole run")
     ap.add_argument("--timeout", type=float, default=3 * 3600)
     ap.add_argument("--keep-outputs", action="store_true")
     ap.add_argument("--cmdline", default="scripts/bench")
@@ -1077,6 +1132,12 @@ def main():
             if r.get("scene") not in [x["scene"] for x in destripe]:
                 r["reused_from"] = str(path)
                 destripe.append(r)
+    checksums = [checksums_run(args, sc) for sc in args.checksums.split(",") if sc and sc != "none"]
+    for path in args.reuse:
+        for r in json.loads(Path(path).read_text()).get("checksums") or []:
+            if r.get("scene") not in [x["scene"] for x in checksums]:
+                r["reused_from"] = str(path)
+                checksums.append(r)
     Path(args.results_dir).mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     jp = Path(args.results_dir) / f"{stamp}.json"
@@ -1100,11 +1161,13 @@ def main():
     sp = saved(args.stripes_from, stripes, "stripes")
     jp.write_text(json.dumps({"command": args.cmdline, "machine": facts, "scenes": results,
                               "quality": None if qp is None else str(rel(qp)), "destripe": destripe,
+                              "checksums": checksums,
                               "astrometry": None if ap_ is None else str(rel(ap_)),
                               "stripes": None if sp is None else str(rel(sp)),
                               "mem_budget_mb": args.mem_budget_mb or args.default_budget_mb}, indent=1))
     write_report(args, facts, results, rel(jp), quality, None if qp is None else rel(qp), destripe,
-                 astrometry, None if ap_ is None else rel(ap_), stripes, None if sp is None else rel(sp))
+                 astrometry, None if ap_ is None else rel(ap_), stripes, None if sp is None else rel(sp),
+                 checksums)
     log(f"wrote {args.out} and {jp}" + (f" and {qp}" if qp else ""))
     for res in results:
         print(f"\n## {res['scene']}")

@@ -71,6 +71,12 @@ pub struct Manifest {
     pub inputs: Vec<FileSum>,
     /// The stages in chain order, as far as they ran.
     pub stages: Vec<StageEntry>,
+    /// Wall time of the last invocation so far, seconds, and the part of it spent computing
+    /// checksums (inputs, recorded products, new products).
+    #[serde(default)]
+    pub invocation_wall_s: f64,
+    #[serde(default)]
+    pub checksum_s: f64,
 }
 
 impl Manifest {

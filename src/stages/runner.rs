@@ -204,6 +204,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
     let dir = cfg.run.output_dir.clone();
     let root = comm.rank() == 0;
     let prov = Provenance::new(raw, comm);
+    let started = Instant::now();
     if let Some(c) = inv.catalog {
         if !c.is_file() {
             anyhow::bail!("--catalog {}: no such file", c.display());
@@ -256,6 +257,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
         comm.on_root_then_broadcast(0, || super::plan::input_files(inv.inputs, cfg).map_err(|e| format!("{e:#}")))?;
     let t = Instant::now();
     let sums = hash_files(comm, &files, Path::new(""))?;
+    let mut checksum_s = t.elapsed().as_secs_f64();
     let inputs: Vec<FileSum> = files
         .iter()
         .zip(sums)
@@ -272,6 +274,8 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
         mosaic: output.clone(),
         inputs,
         stages: vec![],
+        invocation_wall_s: 0.0,
+        checksum_s: 0.0,
     };
 
     // which recorded stages still hold: verify every product of every done stage at once
@@ -283,6 +287,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
         .collect();
     let t = Instant::now();
     let current: Vec<Option<FileSum>> = hash_files(comm, &product_paths, &dir)?;
+    checksum_s += t.elapsed().as_secs_f64();
     if root && !product_paths.is_empty() {
         tracing::debug!(
             "[run] {} recorded products verified in {:.1} s",
@@ -522,7 +527,9 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
         if matches!(stage, Stage::Assemble) || (stage == Stage::Astrometry && written.rewrote_mosaic) {
             paths.extend(output.clone());
         }
+        let th = Instant::now();
         let sums = hash_files(comm, &paths, &dir)?;
+        checksum_s += th.elapsed().as_secs_f64();
         entry.products = paths
             .iter()
             .zip(sums)
@@ -532,11 +539,15 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
             .collect::<anyhow::Result<_>>()?;
         entry.status = Status::Done;
         man.set(entry);
+        man.invocation_wall_s = started.elapsed().as_secs_f64();
+        man.checksum_s = checksum_s;
         if root {
             man.write(&dir)?;
         }
     }
     // the manifest of this invocation, also when every stage was kept
+    man.invocation_wall_s = started.elapsed().as_secs_f64();
+    man.checksum_s = checksum_s;
     if root {
         man.write(&dir)?;
     }
