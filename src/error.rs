@@ -20,6 +20,74 @@ pub enum Error {
     Plan(#[from] crate::plan::PlanError),
     #[error(transparent)]
     Dist(#[from] crate::dist::DistError),
+    /// A stage's own finding (a refused folder, a missing upstream stage, an inconsistent product).
+    #[error("{0}")]
+    Msg(String),
+    /// What was being done when `source` happened (the message shows both, so the chain is printed
+    /// once whether or not the printer follows `source()`).
+    #[error("{context}: {source}")]
+    Context { context: String, source: Box<Error> },
+}
+
+impl Error {
+    /// An error with this message.
+    pub fn msg(m: impl std::fmt::Display) -> Error {
+        Error::Msg(m.to_string())
+    }
+
+    /// This error with what was being done around it.
+    pub fn context(self, c: impl std::fmt::Display) -> Error {
+        Error::Context { context: c.to_string(), source: Box::new(self) }
+    }
+}
+
+/// `.context(...)` and `.with_context(|| ...)` on any result whose error folds into [`Error`].
+pub trait Context<T> {
+    /// Say what was being done.
+    ///
+    /// # Errors
+    /// The error, wrapped.
+    fn context(self, c: impl std::fmt::Display) -> Result<T>;
+    /// Say what was being done (computed only on error).
+    ///
+    /// # Errors
+    /// The error, wrapped.
+    fn with_context<C: std::fmt::Display>(self, c: impl FnOnce() -> C) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn context(self, c: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| e.into().context(c))
+    }
+    fn with_context<C: std::fmt::Display>(self, c: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|e| e.into().context(c()))
+    }
+}
+
+/// Return early with an [`Error::Msg`] made by `format!`.
+#[macro_export]
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err($crate::Error::Msg(format!($($t)*)))
+    };
+}
+
+/// Return early with an [`Error::Msg`] unless the condition holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($t:tt)*) => {
+        if !$cond {
+            return Err($crate::Error::Msg(format!($($t)*)));
+        }
+    };
+}
+
+/// An [`Error::Msg`] made by `format!`.
+#[macro_export]
+macro_rules! err {
+    ($($t:tt)*) => {
+        $crate::Error::Msg(format!($($t)*))
+    };
 }
 
 /// Result with the library's [`Error`].

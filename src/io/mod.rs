@@ -30,10 +30,20 @@ impl IoError {
     }
 }
 
-/// The temporary name used while `path` is being written.
+/// The temporary name used while `path` is being written: `.<name>.tmp` beside it, the one
+/// convention for every product (the same on every rank, so that a store written collectively has
+/// one temporary name too). Hidden names are never listed as products.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Move a completely written temporary file (from [`temp_path`]) to its final name.
+///
+/// # Errors
+/// [`IoError::Fs`] naming the final path.
+pub fn finish(tmp: &Path, path: &Path) -> Result<(), IoError> {
+    std::fs::rename(tmp, path).map_err(|e| IoError::fs(path, e))
 }
 
 /// Write `path` atomically: `write` fills the temporary file, which is then renamed over `path`.
@@ -110,7 +120,7 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String), IoError> {
 }
 
 /// Every regular file below `dir` (recursively), sorted, without the temporary files of
-/// [`write_atomic`] and the HDF5 partial stores (names starting with `.` or ending in `.partial`).
+/// [`write_atomic`] (names starting with `.`).
 /// An absent `dir` has no files.
 ///
 /// # Errors
@@ -125,7 +135,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
         for entry in std::fs::read_dir(&d).map_err(|e| IoError::fs(&d, e))? {
             let path = entry.map_err(|e| IoError::fs(&d, e))?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if name.starts_with('.') || name.ends_with(".partial") {
+            if name.starts_with('.') {
                 continue;
             }
             if path.is_dir() {
@@ -162,4 +172,12 @@ pub fn remove_file(path: &Path) -> Result<(), IoError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(IoError::fs(path, e)),
     }
+}
+
+/// Create the folder `dir` and its parents (nothing when it exists).
+///
+/// # Errors
+/// [`IoError::Fs`] naming the folder.
+pub fn make_dir(dir: &Path) -> Result<(), IoError> {
+    std::fs::create_dir_all(dir).map_err(|e| IoError::fs(dir, e))
 }

@@ -128,7 +128,7 @@ pub fn run(
 ) -> anyhow::Result<AstrometryFile> {
     let dir = cfg.run.output_dir.join(STAGE);
     let report: AstrometryFile = comm.on_root_then_broadcast(0, || -> Result<AstrometryFile, String> {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::io::make_dir(&dir).map_err(|e| e.to_string())?;
         let a = &cfg.astrometry;
         let from_file = match (&a.reference_band, &a.solution_file) {
             (Some(rb), Some(f)) if *rb != plan.band => Some(f.clone()),

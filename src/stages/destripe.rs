@@ -137,7 +137,7 @@ pub(crate) fn plot_model(
 ) -> anyhow::Result<()> {
     use crate::io::plot::{display_range, image_panels, robust_range, Panel};
     if let Some(dir) = png.parent() {
-        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        crate::io::make_dir(dir)?;
     }
     let corrected = data - model;
     // a difference against the other exposures is noise, stripes and a few residuals: a symmetric
@@ -203,7 +203,7 @@ pub fn run(
     }
     let out = cfg.run.output_dir.join(STAGE);
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
-        std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+        crate::io::make_dir(&out)?;
         crate::io::json::write_json(&out.join("destripe.json"), &report)?;
         let parts: Vec<Vec<&StripeModel>> = models.iter().map(|m| m.iter().collect()).collect();
         write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &parts)?;
@@ -243,7 +243,7 @@ pub(crate) fn write_store(
         store.write_block_f32(name, Some((0, 0, a.view())))?;
     }
     store.close()?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    crate::io::finish(&tmp, path)?;
     Ok(())
 }
 

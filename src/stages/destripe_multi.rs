@@ -250,7 +250,7 @@ pub fn run(
         models.iter().zip(&large).map(|(a, b)| a.iter().chain(b.iter()).collect()).collect();
     let out = cfg.run.output_dir.join(STAGE);
     comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
-        std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+        crate::io::make_dir(&out)?;
         crate::io::json::write_json(&out.join("destripe_multi.json"), &report)?;
         write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &parts)?;
         Ok(())

@@ -181,9 +181,9 @@ pub fn run(
 pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
     let (comm, cfg, plan, prov) = (ctx.comm, ctx.cfg, &b.plan, ctx.prov);
     let store = store_path(&cfg.run.output_dir, &plan.band);
-    let partial = store.with_extension("h5.partial");
+    let partial = crate::io::temp_path(&store);
     comm.on_root_then_broadcast(0, || {
-        std::fs::create_dir_all(store.parent().expect("has parent")).map_err(|e| e.to_string())
+        crate::io::make_dir(store.parent().expect("has parent"))
     })?;
     let attrs = [
         ("tessera_version", prov.tessera_version.clone()),
@@ -200,7 +200,7 @@ pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow
     progress.finish();
     comm.barrier();
     comm.on_root_then_broadcast(0, || -> Result<(), String> {
-        std::fs::rename(&partial, &store).map_err(|e| format!("{}: {e}", store.display()))
+        crate::io::finish(&partial, &store).map_err(|e| e.to_string())
     })?;
     Ok(Default::default())
 }

@@ -562,6 +562,9 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
     if skipped_inputs > 0 {
         outcome = Outcome::Partial;
     }
+    if let (true, Mode::Chain { .. }, Some(s)) = (root, mode, cfg.run.stop_after.as_deref()) {
+        tracing::info!("[run] stopping after {s} (run.stop_after): its products are written; --resume continues");
+    }
     if root && matches!(mode, Mode::Chain { .. }) && cfg.run.stop_after.is_none() {
         if let Some(o) = &output {
             println!("mosaic:      {}", o.display());

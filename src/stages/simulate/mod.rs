@@ -108,7 +108,7 @@ pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &SimulateConfig, out: &Path) -
     }
     let ok = comm.on_root_then_broadcast(0, || -> Result<(), String> {
         for d in ["", "truth", "truth/stripes", "aux", "off"] {
-            std::fs::create_dir_all(out.join(d)).map_err(|e| format!("{}: {e}", out.join(d).display()))?;
+            crate::io::make_dir(&out.join(d)).map_err(|e| e.to_string())?;
         }
         Ok(())
     });
