@@ -25,6 +25,7 @@ pub mod matching;
 pub mod outlier;
 pub mod scene;
 pub mod sources;
+pub mod stats;
 #[cfg(test)]
 mod test_rng;
 
