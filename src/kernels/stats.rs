@@ -61,9 +61,9 @@ pub struct ClippedStats {
     pub median: f64,
     /// Standard deviation (ddof 0) of the surviving values: the pair `rms`. NaN when none survive.
     pub std: f64,
-    /// Lower clipping bound of the last iteration (the smallest value when no iteration ran).
+    /// Lower bound of the last clipping applied (the smallest value when none was).
     pub lo: f64,
-    /// Upper clipping bound of the last iteration (the largest value when no iteration ran).
+    /// Upper bound of the last clipping applied (the largest value when none was).
     pub hi: f64,
 }
 
