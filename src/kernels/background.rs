@@ -2,7 +2,7 @@
 //! background exposures, as the JWST pipeline's `bkg_subtract` combines them (astropy
 //! `sigma_clip`, median centre, standard deviation, then the mean of what survives).
 
-use super::level::{sigma_clipped_stats, ClipParams};
+use super::stats::{sigma_clipped_stats, ClipParams};
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 

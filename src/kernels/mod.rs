@@ -15,6 +15,8 @@
 //! - `background`: the per-pixel clipped combination of MIRI off-source exposures.
 //! - `level`: background level matching: mergeable sigma-clipped pair statistics, pair rejection,
 //!   the weighted least-squares offsets (pjpipe level_match, solved directly).
+//! - `stats`: the exact sigma-clipped statistics (astropy's `sigma_clipped_stats`, in the variants
+//!   level, destripe and sources need) and numpy-convention medians, shared by the kernels above.
 
 pub mod background;
 pub mod destripe;
@@ -25,6 +27,7 @@ pub mod matching;
 pub mod outlier;
 pub mod scene;
 pub mod sources;
+pub mod stats;
 #[cfg(test)]
 mod test_rng;
 

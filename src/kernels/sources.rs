@@ -1,12 +1,13 @@
-//! Point-source detection for astrometry (`align` and `astrometry` stages): sigma-clipped
-//! statistics, a background/noise mesh, DAOFIND-style detection, centroids and point-source
-//! selection, as pure functions on `[y, x]` ndarray views.
+//! Point-source detection for astrometry (`align` and `astrometry` stages): a background/noise
+//! mesh, DAOFIND-style detection, centroids and point-source selection, as pure functions on
+//! `[y, x]` ndarray views. The sigma-clipped statistics of the mesh boxes are `kernels::stats`'s.
 //!
 //! The chain in [`find_sources`]:
 //! 1. **Background and noise** ([`estimate_background`]): the image is cut into a mesh of boxes of
 //!    about `box_px` (default 64) pixels; in each box the astropy-style sigma-clipped statistics
-//!    ([`sigma_clipped_stats`]) give a level (SExtractor's mode estimator, `2.5 median - 1.5 mean`,
-//!    or the median when the two disagree by more than 0.3 sigma, as photutils' `Background2D` with
+//!    ([`sigma_clipped_stats_sorted_nonempty`]) give a level (SExtractor's mode estimator,
+//!    `2.5 median - 1.5 mean`, or the median when the two disagree by more than 0.3 sigma, as
+//!    photutils' `Background2D` with
 //!    `SExtractorBackground`); boxes with too few valid pixels are filled from their neighbours, the
 //!    mesh is median-filtered (3x3, point-reflected at the edges so a gradient passes) and
 //!    interpolated bilinearly between box centres (constant beyond the outermost centres). The noise
@@ -54,6 +55,8 @@
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
+use super::stats::{sigma_clipped_stats_nonempty, sigma_clipped_stats_sorted_nonempty, sorted_median, ClipParams};
+
 /// `2 sqrt(2 ln 2)`, FWHM of a Gaussian in units of its sigma.
 pub const FWHM_PER_SIGMA: f64 = 2.354_820_045_030_949_4;
 
@@ -96,72 +99,6 @@ fn check(name: &'static str, value: f64, ok: bool, reason: &'static str) -> Resu
         Ok(())
     } else {
         Err(SourceError::Param { name, value, reason })
-    }
-}
-
-// ----------------------------------------------------------------------------- sigma clipping
-
-/// Sigma-clipped statistics of a sample.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ClipStats {
-    /// Mean of the surviving values.
-    pub mean: f64,
-    /// Median of the surviving values (mean of the two middle ones for an even count).
-    pub median: f64,
-    /// Population standard deviation (ddof 0) of the surviving values.
-    pub std: f64,
-    /// Number of surviving values.
-    pub n_kept: usize,
-}
-
-/// Sigma-clipped mean, median and standard deviation with astropy's conventions
-/// (`sigma_clipped_stats`, cenfunc median, stdfunc std): each pass keeps the values within
-/// `median +- sigma * std` of the current survivors (bounds inclusive, clipped values never return),
-/// until nothing changes or `max_iters` passes were made. Non-finite values are ignored.
-///
-/// Returns `None` if there is no finite value.
-pub fn sigma_clipped_stats(values: &[f64], sigma: f64, max_iters: usize) -> Option<ClipStats> {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    v.sort_unstable_by(f64::total_cmp);
-    clip_sorted(&v, sigma, max_iters)
-}
-
-/// [`sigma_clipped_stats`] on an already sorted slice of finite values. Survivors of a symmetric
-/// clip of a sorted sample are always a contiguous range, so each pass only moves two indices.
-fn clip_sorted(v: &[f64], sigma: f64, max_iters: usize) -> Option<ClipStats> {
-    if v.is_empty() {
-        return None;
-    }
-    let (mut lo, mut hi) = (0, v.len());
-    let mut iters = 0;
-    loop {
-        let s = &v[lo..hi];
-        let n = s.len() as f64;
-        let mean = s.iter().sum::<f64>() / n;
-        let std = (s.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
-        let median = median_sorted(s);
-        let stats = ClipStats { mean, median, std, n_kept: s.len() };
-        if iters == max_iters || std == 0.0 {
-            return Some(stats);
-        }
-        let (lo_b, hi_b) = (median - sigma * std, median + sigma * std);
-        let nlo = lo + s.partition_point(|&x| x < lo_b);
-        let nhi = lo + s.partition_point(|&x| x <= hi_b);
-        iters += 1;
-        if (nlo == lo && nhi == hi) || nhi <= nlo {
-            return Some(stats);
-        }
-        lo = nlo;
-        hi = nhi;
-    }
-}
-
-fn median_sorted(s: &[f64]) -> f64 {
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
     }
 }
 
@@ -298,8 +235,9 @@ fn background_impl(
         v.sort_unstable_by(f64::total_cmp);
         Some(v)
     };
+    let clip = ClipParams::with_usize_iters(p.clip_sigma, Some(p.clip_iters));
     let level_cell = |k: usize| -> Option<f64> {
-        let s = clip_sorted(&box_values(k, None)?, p.clip_sigma, p.clip_iters)?;
+        let s = sigma_clipped_stats_sorted_nonempty(&box_values(k, None)?, &clip)?;
         Some(if s.std == 0.0 || (s.mean - s.median).abs() / s.std >= 0.3 {
             s.median
         } else {
@@ -322,8 +260,9 @@ fn background_impl(
 
     // Pass 2: the noise is the clipped std of the image minus the interpolated level, so that the
     // background's own gradient across a box does not count as noise.
-    let rms_cell =
-        |k: usize| -> Option<f64> { Some(clip_sorted(&box_values(k, Some(&level))?, p.clip_sigma, p.clip_iters)?.std) };
+    let rms_cell = |k: usize| -> Option<f64> {
+        Some(sigma_clipped_stats_sorted_nonempty(&box_values(k, Some(&level))?, &clip)?.std)
+    };
     let cells: Vec<Option<f64>> = if parallel {
         (0..my * mx).into_par_iter().map(rms_cell).collect()
     } else {
@@ -440,7 +379,7 @@ fn median_filter(m: &Array2<f64>, size: usize) -> Array2<f64> {
             }
         }
         v.sort_unstable_by(f64::total_cmp);
-        median_sorted(&v)
+        sorted_median(&v)
     })
 }
 
@@ -767,7 +706,7 @@ fn find_impl(
     }
     let mut r: Vec<f64> = bkg.mesh_rms.iter().copied().collect();
     r.sort_unstable_by(f64::total_cmp);
-    Ok(SourceList { sources, n_candidates: peaks.len(), rejected, median_rms: median_sorted(&r) })
+    Ok(SourceList { sources, n_candidates: peaks.len(), rejected, median_rms: sorted_median(&r) })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -822,7 +761,11 @@ impl Ctx<'_> {
                 }
             }
         }
-        let lb = if ann.len() >= 8 { sigma_clipped_stats(&ann, 3.0, 5).map_or(0.0, |s| s.median) } else { 0.0 };
+        let lb = if ann.len() >= 8 {
+            sigma_clipped_stats_nonempty(&ann, &ClipParams { sigma: 3.0, maxiters: Some(5) }).map_or(0.0, |s| s.median)
+        } else {
+            0.0
+        };
         let d = |y: isize, x: isize| r[[y as usize, x as usize]] - lb;
         let (iy, ix) = (py as isize, px as isize);
         let hw = hc.max(hm).max(hf) as isize;
@@ -1189,26 +1132,6 @@ mod tests {
                     .copied()
             })
             .collect()
-    }
-
-    #[test]
-    fn sigma_clip_by_hand() {
-        // 0..19 and one outlier: the first pass (median 10, std 207.3) clips 1000, the second
-        // keeps 0..19: mean = median = 9.5, std = sqrt((20^2 - 1) / 12).
-        let mut v: Vec<f64> = (0..20).map(|i| i as f64).collect();
-        v.push(1000.0);
-        v.push(f64::NAN);
-        let s = sigma_clipped_stats(&v, 3.0, 10).unwrap();
-        assert_eq!(s.n_kept, 20);
-        assert_eq!(s.mean, 9.5);
-        assert_eq!(s.median, 9.5);
-        assert!((s.std - (399.0f64 / 12.0).sqrt()).abs() < 1e-12);
-        // No pass: plain statistics of all 21 finite values.
-        let s0 = sigma_clipped_stats(&v, 3.0, 0).unwrap();
-        assert_eq!(s0.n_kept, 21);
-        assert!((s0.mean - (190.0 + 1000.0) / 21.0).abs() < 1e-12);
-        assert_eq!(s0.median, 10.0);
-        assert!(sigma_clipped_stats(&[f64::NAN], 3.0, 5).is_none());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The unit tests' seeded generator (SplitMix64 with Box-Muller normals, small and dependency-free,
-//! so synthetic test data is the same on every platform) and synthetic stars. Compiled for tests
+//! so synthetic test data is the same on every platform), synthetic stars and synthetic pair
+//! differences (for the clipped statistics). Compiled for tests
 //! only; the simulator draws from ChaCha streams instead (`stages::simulate`).
 
 use super::sources::FWHM_PER_SIGMA;
@@ -54,4 +55,28 @@ pub(crate) fn add_star(img: &mut Array2<f64>, x0: f64, y0: f64, flux: f64, fwhm:
             img[[y as usize, x as usize]] += norm * v;
         }
     }
+}
+
+/// Synthetic pair differences (MJy/sr): Gaussian noise about `offset`, a fraction `tail` of
+/// pixels with (mostly positive) log-normal source emission, `n_cr` cosmic-ray-like outliers
+/// of either sign, a few NaN; values rounded to f32 like differences of f32 images.
+pub(crate) fn synth_differences(seed: u64, n: usize, offset: f64, sigma: f64, tail: f64, n_cr: usize) -> Vec<f64> {
+    let mut r = Rng(seed);
+    let mut v = Vec::with_capacity(n + n_cr + 10);
+    for _ in 0..n {
+        let mut d = offset + sigma * r.normal();
+        if r.uniform() < tail {
+            let e = (1.5 * r.normal()).exp() * 0.5;
+            d += if r.uniform() < 0.8 { e } else { -e };
+        }
+        v.push(d as f32 as f64);
+    }
+    for _ in 0..n_cr {
+        let m = 100.0 + 4900.0 * r.uniform();
+        v.push(if r.uniform() < 0.5 { m } else { -m });
+    }
+    for k in 0..10 {
+        v.insert((k * 7919) % v.len(), f64::NAN);
+    }
+    v
 }
