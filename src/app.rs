@@ -157,7 +157,7 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
         Command::Simulate(args) => {
             let (raw, cfg) = load_config(cli, &args.as_sets())?;
             set_threads(&cfg);
-            stages::simulate::run(comm, &raw, &cfg.simulate, &args.out)
+            Ok(stages::simulate::run(comm, &raw, &cfg.simulate, &args.out)?)
         }
         Command::Plan(args) => {
             let (raw, cfg) = load_config(cli, &[])?;
@@ -191,12 +191,12 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
         Command::Run { config_file, resume, overwrite } => {
             let (raw, cfg) = config::load(Some(config_file), &cli.sets)?;
             set_threads(&cfg);
-            stages::campaign::run(comm, &raw, &cfg, *resume, *overwrite)
+            Ok(stages::campaign::run(comm, &raw, &cfg, *resume, *overwrite)?)
         }
         Command::Mosaic(args) => {
             let (raw, cfg) = load_config(cli, &args.as_sets())?;
             set_threads(&cfg);
-            stages::mosaic::run(
+            Ok(stages::mosaic::run(
                 comm,
                 &raw,
                 &cfg,
@@ -205,7 +205,7 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
                 args.catalog.as_deref(),
                 args.resume,
                 args.overwrite,
-            )
+            )?)
         }
         cmd => {
             let (name, args) = cmd.stage_args().expect("every other command is a stage");
@@ -220,7 +220,7 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
                 output: args.output.as_deref(),
                 catalog: args.catalog.as_deref(),
             };
-            stages::runner::run(&inv, Mode::Only(stage))
+            Ok(stages::runner::run(&inv, Mode::Only(stage))?)
         }
     }
 }

@@ -20,6 +20,15 @@ pub enum Error {
     Plan(#[from] crate::plan::PlanError),
     #[error(transparent)]
     Dist(#[from] crate::dist::DistError),
+    #[error(transparent)]
+    Store(#[from] crate::io::hdf5::StoreError),
+    #[error(transparent)]
+    Destripe(#[from] crate::kernels::destripe::DestripeError),
+    #[error(transparent)]
+    Level(#[from] crate::kernels::level::LevelError),
+    /// Values exchanged between ranks (or held for them) that do not encode or decode: a bug.
+    #[error("data exchanged between ranks: {0}")]
+    Exchange(#[from] serde_json::Error),
     /// A stage's own finding (a refused folder, a missing upstream stage, an inconsistent product).
     #[error("{0}")]
     Msg(String),
@@ -61,6 +70,15 @@ impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
     }
     fn with_context<C: std::fmt::Display>(self, c: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|e| e.into().context(c()))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, c: impl std::fmt::Display) -> Result<T> {
+        self.ok_or_else(|| Error::Msg(c.to_string()))
+    }
+    fn with_context<C: std::fmt::Display>(self, c: impl FnOnce() -> C) -> Result<T> {
+        self.ok_or_else(|| Error::Msg(c().to_string()))
     }
 }
 

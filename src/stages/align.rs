@@ -306,7 +306,7 @@ fn gauss_solve(mut a: Vec<Vec<f64>>) -> Vec<f64> {
 ///
 /// # Errors
 /// An unreadable `[align] shifts_file`, an unwritable report (all ranks return it).
-pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> anyhow::Result<(Vec<CalMeta>, AlignFile)> {
+pub fn run(comm: &dyn Comm, plan: &Plan, metas: &[CalMeta], cfg: &Config) -> crate::Result<(Vec<CalMeta>, AlignFile)> {
     let band = plan.band.clone();
     let reference_band =
         cfg.align.reference_band.clone().unwrap_or_else(|| default_reference_band(plan.instrument).to_string());
@@ -541,12 +541,12 @@ pub fn apply(plan: &Plan, metas: &[CalMeta], f: &AlignFile) -> Vec<CalMeta> {
 ///
 /// # Errors
 /// As [`run`], or a plan error after alignment.
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     let (comm, cfg) = (ctx.comm, ctx.cfg);
     let t = std::time::Instant::now();
     let (m, report) = run(comm, &b.plan, &b.metas, cfg)?;
     let p = crate::plan::build_plan(&m, &cfg.plan, cfg.run.mem_budget_mb, comm.size())
-        .map_err(|e| anyhow::anyhow!("plan after align: {e}"))?;
+        .map_err(|e| crate::err!("plan after align: {e}"))?;
     if comm.rank() == 0 {
         let solved = report.visits.iter().filter(|v| v.solved).count();
         let rms = (report.visits.iter().map(|v| v.shift_arcsec[0].powi(2) + v.shift_arcsec[1].powi(2)).sum::<f64>()

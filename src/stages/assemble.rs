@@ -5,11 +5,11 @@
 
 use super::drizzle::{context_planes, F32_PRODUCTS, GROUP};
 use super::Provenance;
+use crate::error::Context;
 use crate::io::fits::{card_int, card_text, Card, ExtKind, ExtSpec, MosaicWriter};
 use crate::io::hdf5::{read_rows_f32, read_rows_u32};
 use crate::kernels::dq;
 use crate::plan::{CalMeta, Plan};
-use anyhow::Context;
 
 /// The stage name.
 pub const STAGE: &str = "assemble";
@@ -26,7 +26,7 @@ pub fn run(
     out: &Path,
     row_block: usize,
     prov: &Provenance,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let (ny, nx) = (plan.grid.ny, plan.grid.nx);
     let wcs_cards = plan.grid.wcs().to_cards();
     let with_wcs = |unit: Option<&str>| -> Vec<Card> {
@@ -92,11 +92,11 @@ pub fn run(
 ///
 /// # Errors
 /// No `-o` mosaic named, or as [`run`] (on every rank).
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     use crate::dist::CommExt;
     let (comm, cfg, plan) = (ctx.comm, ctx.cfg, &b.plan);
     let Some(output) = ctx.output else {
-        anyhow::bail!("assemble needs the mosaic to write: give -o MOSAIC.fits");
+        crate::bail!("assemble needs the mosaic to write: give -o MOSAIC.fits");
     };
     let store = super::drizzle::store_path(&cfg.run.output_dir, &plan.band);
     comm.on_root_then_broadcast(0, || -> Result<(), String> {

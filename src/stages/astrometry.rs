@@ -125,7 +125,7 @@ pub fn run(
     cfg: &Config,
     mosaic: &Path,
     catalog: Option<&Path>,
-) -> anyhow::Result<AstrometryFile> {
+) -> crate::Result<AstrometryFile> {
     let dir = cfg.run.output_dir.join(STAGE);
     let report: AstrometryFile = comm.on_root_then_broadcast(0, || -> Result<AstrometryFile, String> {
         crate::io::make_dir(&dir).map_err(|e| e.to_string())?;
@@ -210,7 +210,7 @@ pub fn tweakback_name(dir: &Path, m: &CalMeta) -> PathBuf {
 }
 
 /// Rank 0: detect, read the catalogue, match in two steps, write the matched-source table.
-fn solve(plan: &Plan, cfg: &Config, mosaic: &Path, catalog: &Path, dir: &Path) -> anyhow::Result<AstrometryFile> {
+fn solve(plan: &Plan, cfg: &Config, mosaic: &Path, catalog: &Path, dir: &Path) -> crate::Result<AstrometryFile> {
     let a = &cfg.astrometry;
     let grid = plan.grid.wcs();
     let tangent = plan.grid.crval_deg;
@@ -403,10 +403,10 @@ fn residual_png(
 ///
 /// # Errors
 /// No `-o` mosaic known, or as [`run`].
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     let (comm, cfg) = (ctx.comm, ctx.cfg);
     let Some(output) = ctx.output else {
-        anyhow::bail!("astrometry needs the mosaic: give -o MOSAIC.fits");
+        crate::bail!("astrometry needs the mosaic: give -o MOSAIC.fits");
     };
     let t = std::time::Instant::now();
     let r = run(comm, &b.plan, &b.metas, &b.flags, cfg, output, ctx.catalog)?;

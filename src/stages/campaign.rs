@@ -72,9 +72,9 @@ fn with_reference(c: &mut Config, align_ref: Option<(&str, &Path)>, astro_ref: O
 ///
 /// # Errors
 /// A config without targets, or unreadable inputs of a target.
-pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &Config, resume: bool, overwrite: bool) -> anyhow::Result<Outcome> {
+pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &Config, resume: bool, overwrite: bool) -> crate::Result<Outcome> {
     if cfg.targets.is_empty() {
-        anyhow::bail!("the config lists no [[target]]: nothing to run (see `tessera config default`)");
+        crate::bail!("the config lists no [[target]]: nothing to run (see `tessera config default`)");
     }
     // another campaign's products: refuse before anything runs, unless told what to do with them
     if !resume && !overwrite {

@@ -22,11 +22,11 @@ use super::corrections::Corrections;
 use super::pieces::BAD_BITS;
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
+use crate::error::Context;
 use crate::io::fits::{read_region_dq, read_region_f32};
 use crate::io::hdf5::{BandStore, ProductSpec};
 use crate::kernels::destripe::{par_single_tile_model, AmpLayout, ButterworthParams, SingleTileParams, StripeModel};
 use crate::plan::{CalMeta, Plan};
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// The stage name (CLI, TOML section, HDF5 group, output folder).
@@ -108,7 +108,7 @@ pub fn applies_to(meta: &CalMeta) -> bool {
 ///
 /// # Errors
 /// A failed read (naming file and extension), a kernel parameter error or a failed PNG write.
-pub fn exposure_model(meta: &CalMeta, index: usize, cfg: &Config, prior: &Corrections) -> anyhow::Result<StripeModel> {
+pub fn exposure_model(meta: &CalMeta, index: usize, cfg: &Config, prior: &Corrections) -> crate::Result<StripeModel> {
     let [ny, nx] = meta.shape;
     let mut sci = read_region_f32(&meta.path, "SCI", 0..ny, 0..nx)?;
     prior.apply_window(index, 0..ny, 0..nx, &mut sci);
@@ -134,7 +134,7 @@ pub(crate) fn plot_model(
     data: &ndarray::Array2<f32>,
     model: &ndarray::Array2<f32>,
     what: &str,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     use crate::io::plot::{display_range, image_panels, robust_range, Panel};
     if let Some(dir) = png.parent() {
         crate::io::make_dir(dir)?;
@@ -171,7 +171,7 @@ pub fn run(
     metas: &[CalMeta],
     cfg: &Config,
     prior: &Corrections,
-) -> anyhow::Result<(Corrections, DestripeReport)> {
+) -> crate::Result<(Corrections, DestripeReport)> {
     // owners compute their exposures' models
     let models = super::on_exposure_owners(
         comm,
@@ -202,7 +202,7 @@ pub fn run(
         });
     }
     let out = cfg.run.output_dir.join(STAGE);
-    comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
+    comm.on_root_then_broadcast(0, || -> crate::Result<()> {
         crate::io::make_dir(&out)?;
         crate::io::json::write_json(&out.join("destripe.json"), &report)?;
         let parts: Vec<Vec<&StripeModel>> = models.iter().map(|m| m.iter().collect()).collect();
@@ -220,7 +220,7 @@ pub(crate) fn write_store(
     group: &str,
     metas: &[CalMeta],
     models: &[Vec<&StripeModel>],
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let present: Vec<(String, &Vec<&StripeModel>)> = metas
         .iter()
         .zip(models)
@@ -252,7 +252,7 @@ pub(crate) fn write_store(
 ///
 /// # Errors
 /// As [`run`].
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     let (comm, cfg, metas) = (ctx.comm, ctx.cfg, &b.metas);
     let t = std::time::Instant::now();
     let none = Corrections::none(metas.len());

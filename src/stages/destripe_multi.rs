@@ -30,13 +30,13 @@ use super::destripe::{applies_to, rms, write_store, DestripeReport, ExposureRepo
 use super::pieces::{resample_alone, Part, BAD_BITS};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
+use crate::error::Context;
 use crate::io::fits::{read_region_dq, read_region_f32};
 use crate::kernels::destripe::{
     default_large_scale_filter_px, large_scale_mask, large_scale_smooth, par_multi_tile_model, row_profile,
     stripe_direction, AmpLayout, MultiTileParams, StripeDirection, StripeModel,
 };
 use crate::plan::{CalMeta, Plan};
-use anyhow::Context;
 use ndarray::{Array1, Array2, Zip};
 
 /// The stage name (CLI, TOML section, HDF5 group, output folder).
@@ -50,7 +50,7 @@ fn average_of_others(
     index: usize,
     cfg: &Config,
     prior: &Corrections,
-) -> anyhow::Result<Option<(Array2<f64>, usize)>> {
+) -> crate::Result<Option<(Array2<f64>, usize)>> {
     let me = &metas[index];
     let [ny, nx] = me.shape;
     let mut wsum = Array2::<f64>::zeros((ny, nx));
@@ -96,7 +96,7 @@ fn direction_on(metas: &[CalMeta], index: usize) -> StripeDirection {
 /// Pass B's reference correction on exposure `index`'s frame: the row profile of the stripes
 /// common to the average `avg` (`avg` minus its large-scale smoothing across the stripe direction,
 /// under the two-sided source mask).
-fn common_stripes(metas: &[CalMeta], index: usize, cfg: &Config, avg: &Array2<f64>) -> anyhow::Result<Array1<f64>> {
+fn common_stripes(metas: &[CalMeta], index: usize, cfg: &Config, avg: &Array2<f64>) -> crate::Result<Array1<f64>> {
     let me = &metas[index];
     let dir = direction_on(metas, index);
     let l = match cfg.destripe_multi.large_scale_filter_px {
@@ -116,7 +116,7 @@ fn difference(
     index: usize,
     prior: &Corrections,
     reference: &Array2<f64>,
-) -> anyhow::Result<(Array2<f32>, Array2<bool>)> {
+) -> crate::Result<(Array2<f32>, Array2<bool>)> {
     let [ny, nx] = me.shape;
     let mut sci = read_region_f32(&me.path, "SCI", 0..ny, 0..nx)?;
     prior.apply_window(index, 0..ny, 0..nx, &mut sci);
@@ -132,7 +132,7 @@ fn difference(
 }
 
 /// The per-amplifier row-median model of `diff` (pass A's step 4, also pass B's last step).
-fn amp_model(me: &CalMeta, cfg: &Config, diff: &Array2<f32>, bad: &Array2<bool>) -> anyhow::Result<StripeModel> {
+fn amp_model(me: &CalMeta, cfg: &Config, diff: &Array2<f32>, bad: &Array2<bool>) -> crate::Result<StripeModel> {
     let nx = me.shape[1];
     let full = me.subarray.trim().eq_ignore_ascii_case("FULL");
     let p = MultiTileParams {
@@ -166,7 +166,7 @@ pub fn exposure_model(
     cfg: &Config,
     prior: &Corrections,
     pass: Pass,
-) -> anyhow::Result<(StripeModel, usize)> {
+) -> crate::Result<(StripeModel, usize)> {
     let me = &metas[index];
     let [ny, nx] = me.shape;
     // level's tile planes are given in output-grid pixels, and here the grid is this exposure's own
@@ -205,8 +205,8 @@ pub fn run(
     metas: &[CalMeta],
     cfg: &Config,
     prior: &Corrections,
-) -> anyhow::Result<(Corrections, DestripeReport)> {
-    let pass = |prior: &Corrections, pass: Pass| -> anyhow::Result<(Vec<Option<StripeModel>>, Vec<usize>)> {
+) -> crate::Result<(Corrections, DestripeReport)> {
+    let pass = |prior: &Corrections, pass: Pass| -> crate::Result<(Vec<Option<StripeModel>>, Vec<usize>)> {
         let results = super::on_exposure_owners(
             comm,
             plan,
@@ -249,7 +249,7 @@ pub fn run(
     let parts: Vec<Vec<&StripeModel>> =
         models.iter().zip(&large).map(|(a, b)| a.iter().chain(b.iter()).collect()).collect();
     let out = cfg.run.output_dir.join(STAGE);
-    comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
+    comm.on_root_then_broadcast(0, || -> crate::Result<()> {
         crate::io::make_dir(&out)?;
         crate::io::json::write_json(&out.join("destripe_multi.json"), &report)?;
         write_store(&out.join(format!("{}.h5", plan.band)), STAGE, metas, &parts)?;
@@ -263,7 +263,7 @@ pub fn run(
 ///
 /// # Errors
 /// As [`run`].
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     let (comm, cfg) = (ctx.comm, ctx.cfg);
     let t = std::time::Instant::now();
     let (c, report) = run(comm, &b.plan, &b.metas, cfg, &b.corr)?;

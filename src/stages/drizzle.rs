@@ -9,10 +9,10 @@ use super::corrections::{Corrections, OutlierFlags};
 use super::pieces::{read_piece, Want};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
+use crate::error::Context;
 use crate::io::hdf5::{BandStore, Dtype, ProductSpec};
 use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams};
 use crate::plan::{CalMeta, Chunk, Plan};
-use anyhow::Context;
 use ndarray::Array2;
 use std::path::Path;
 
@@ -50,7 +50,7 @@ pub fn drizzle_chunk(
     cfg: &Config,
     flags: &OutlierFlags,
     corr: &Corrections,
-) -> anyhow::Result<ChunkOut> {
+) -> crate::Result<ChunkOut> {
     let grid = plan.grid.wcs();
     let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
     let mut acc = DrizzleAccum::with_origin([c.y0, c.x0], ny, nx, 3, plan.exposures.len());
@@ -107,7 +107,7 @@ pub fn run(
     store: &Path,
     attrs: &[(&str, String)],
     progress: &mut super::progress::Progress,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let nplanes = context_planes(plan.exposures.len());
     let mut products: Vec<ProductSpec> =
         F32_PRODUCTS.iter().map(|n| ProductSpec { name: n.to_string(), dtype: Dtype::F32, planes: 1 }).collect();
@@ -129,7 +129,7 @@ pub fn run(
     let mut counts = [mine.len() as f64];
     comm.all_reduce_max_f64(&mut counts);
     let rounds = counts[0] as usize;
-    let mut failure: Option<anyhow::Error> = None;
+    let mut failure: Option<crate::Error> = None;
     for round in 0..rounds {
         let out = match (mine.get(round), &failure) {
             (Some(c), None) => match drizzle_chunk(c, plan, metas, cfg, flags, corr) {
@@ -178,13 +178,11 @@ pub fn run(
 ///
 /// # Errors
 /// As [`run`], or a failed rename (on every rank).
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     let (comm, cfg, plan, prov) = (ctx.comm, ctx.cfg, &b.plan, ctx.prov);
     let store = store_path(&cfg.run.output_dir, &plan.band);
     let partial = crate::io::temp_path(&store);
-    comm.on_root_then_broadcast(0, || {
-        crate::io::make_dir(store.parent().expect("has parent"))
-    })?;
+    comm.on_root_then_broadcast(0, || crate::io::make_dir(store.parent().expect("has parent")))?;
     let attrs = [
         ("tessera_version", prov.tessera_version.clone()),
         ("config_sha256", prov.config_sha256.clone()),

@@ -24,6 +24,7 @@ use super::corrections::Corrections;
 use super::pieces::{resample_alone, Part};
 use crate::config::{Config, WeightType};
 use crate::dist::{Comm, CommExt};
+use crate::error::Context;
 use crate::geom::TanSip;
 use crate::kernels::level::{
     lowest_sky, order_by_time, reject_pairs, solve_offsets, solve_planes_gls, weight_from_rms, ClipHistogram,
@@ -31,7 +32,6 @@ use crate::kernels::level::{
     PairStatus, Plane, PlaneFit, PlaneFitParams, PlaneSums, RejectParams, ValueRange, PLANE_WORDS,
 };
 use crate::plan::{CalMeta, Chunk, Plan};
-use anyhow::Context;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,7 +130,7 @@ pub fn run(
     metas: &[CalMeta],
     cfg: &Config,
     prior: &Corrections,
-) -> anyhow::Result<(Corrections, LevelReport)> {
+) -> crate::Result<(Corrections, LevelReport)> {
     let n = metas.len();
     let lattice = lattice_step(comm, plan, cfg);
     let clip = ClipParams { sigma: cfg.level.sigma, maxiters: Some(cfg.level.maxiters) };
@@ -352,11 +352,11 @@ fn match_step(
     gauge: Gauge,
     rows: &mut Vec<PairRow>,
     warnings: &mut Vec<String>,
-) -> anyhow::Result<StepResult> {
+) -> crate::Result<StepResult> {
     let nimg = step.names.len();
     let grid = plan.grid.wcs();
     let owned: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
-    let local = super::outlier::agree(comm, || -> anyhow::Result<Local> {
+    let local = super::outlier::agree(comm, || -> crate::Result<Local> {
         let mut l = Local::default();
         let budget = cfg.run.mem_budget_mb as usize * 1024 * 1024 / 4;
         for c in &owned {
@@ -557,7 +557,7 @@ fn fit_pair_planes(
     local: &Local,
     stats: &[ClippedStats],
     clip: &ClipParams,
-) -> anyhow::Result<Vec<PairFit>> {
+) -> crate::Result<Vec<PairFit>> {
     let params = PlaneFitParams { sigma: clip.sigma, ..PlaneFitParams::default() };
     let mut fits: Vec<PlaneFit> = used
         .iter()
@@ -712,7 +712,7 @@ fn measure_chunk(
     budget_bytes: usize,
     plane_origin: [i32; 2],
     out: &mut Local,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
     let n = c.exposures.len();
     if n == 0 {
@@ -884,7 +884,7 @@ fn clipped_stats_all(comm: &dyn Comm, sets: &[&[f32]], clip: &ClipParams) -> Vec
     result
 }
 
-fn write_report(dir: &std::path::Path, r: &LevelReport) -> anyhow::Result<()> {
+fn write_report(dir: &std::path::Path, r: &LevelReport) -> crate::Result<()> {
     crate::io::json::write_json(&dir.join("level.json"), r)?;
     let mut csv = String::from("step,a,b,npix,median_mjysr,rms_mjysr,status,residual_mjysr\n");
     for p in &r.pairs {
@@ -909,7 +909,7 @@ fn write_report(dir: &std::path::Path, r: &LevelReport) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// As [`run`].
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     let (comm, cfg) = (ctx.comm, ctx.cfg);
     let t = std::time::Instant::now();
     let (c, report) = run(comm, &b.plan, &b.metas, cfg, &b.corr)?;

@@ -126,8 +126,8 @@ pub(crate) fn on_exposure_owners<T: Serialize + serde::de::DeserializeOwned>(
     stage: &'static str,
     interval_s: f64,
     wanted: impl Fn(usize) -> bool,
-    mut f: impl FnMut(usize) -> anyhow::Result<T>,
-) -> anyhow::Result<Vec<Option<T>>> {
+    mut f: impl FnMut(usize) -> crate::Result<T>,
+) -> crate::Result<Vec<Option<T>>> {
     let todo: Vec<usize> = plan.exposures_of(comm.rank()).map(|e| e.index).filter(|&k| wanted(k)).collect();
     let mut progress =
         progress::Progress::new(stage, "exposures (rank 0's share)", todo.len(), interval_s, comm.rank() == 0);
@@ -142,12 +142,12 @@ pub(crate) fn on_exposure_owners<T: Serialize + serde::de::DeserializeOwned>(
     }
     // the ranks agree before anyone fails, then share the results
     let local = if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) };
-    comm.agree(local).map_err(|e| anyhow::anyhow!("{stage}: {e}"))?;
-    let bytes = serde_json::to_vec(&mine).map_err(|e| anyhow::anyhow!("{stage}: encoding the results: {e}"))?;
+    comm.agree(local).map_err(|e| crate::err!("{stage}: {e}"))?;
+    let bytes = serde_json::to_vec(&mine).map_err(|e| crate::err!("{stage}: encoding the results: {e}"))?;
     let mut all: Vec<Option<T>> = (0..plan.exposures.len()).map(|_| None).collect();
     for (rank, part) in comm.all_gather_bytes(&bytes).iter().enumerate() {
         let got: Vec<(usize, T)> = serde_json::from_slice(part)
-            .map_err(|e| anyhow::anyhow!("{stage}: decoding the results of rank {rank}: {e}"))?;
+            .map_err(|e| crate::err!("{stage}: decoding the results of rank {rank}: {e}"))?;
         for (k, v) in got {
             all[k] = Some(v);
         }

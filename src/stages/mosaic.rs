@@ -28,7 +28,7 @@ pub fn run(
     catalog: Option<&Path>,
     resume: bool,
     overwrite: bool,
-) -> anyhow::Result<Outcome> {
+) -> crate::Result<Outcome> {
     let inv = Invocation { comm, raw, cfg, inputs, output: Some(output), catalog };
     super::runner::run(&inv, Mode::Chain { resume, overwrite })
 }

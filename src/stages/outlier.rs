@@ -17,12 +17,12 @@ use super::corrections::{Corrections, OutlierFlags};
 use super::pieces::{exposure_weights, read_piece, resample_alone, Part, Piece, Want};
 use crate::config::{Config, OutlierConfig, WeightType};
 use crate::dist::{Comm, CommExt};
+use crate::error::Context;
 use crate::geom::TanSip;
 use crate::kernels::outlier::{
     flag_outliers_window, interp_bicubic, interp_bilinear, median_stack, weight_threshold, OutlierParams,
 };
 use crate::plan::{CalMeta, Chunk, Plan};
-use anyhow::Context;
 use ndarray::{s, Array2, Array3};
 
 use std::ops::Range;
@@ -51,12 +51,12 @@ pub fn run(
     metas: &[CalMeta],
     cfg: &Config,
     corr: &Corrections,
-) -> anyhow::Result<OutlierFlags> {
+) -> crate::Result<OutlierFlags> {
     let grid = plan.grid.wcs();
     let oc = &cfg.outlier;
     let wt = cfg.drizzle.weight_type;
     // 1. thresholds per exposure, by exposure owners
-    let mine: Vec<(usize, f64)> = agree(comm, || -> anyhow::Result<Vec<(usize, f64)>> {
+    let mine: Vec<(usize, f64)> = agree(comm, || -> crate::Result<Vec<(usize, f64)>> {
         plan.exposures_of(comm.rank())
             .map(|e| {
                 let m = &metas[e.index];
@@ -77,7 +77,7 @@ pub fn run(
     let halo = halo_px(plan, metas);
     let budget = cfg.run.mem_budget_mb as usize * 1024 * 1024 / 2;
     let owned: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
-    let medians: Vec<Array2<f32>> = agree(comm, || -> anyhow::Result<Vec<Array2<f32>>> {
+    let medians: Vec<Array2<f32>> = agree(comm, || -> crate::Result<Vec<Array2<f32>>> {
         owned.iter().map(|c| chunk_median(c, metas, &grid, &thresholds, oc, wt, budget, corr)).collect()
     })?;
 
@@ -86,7 +86,7 @@ pub fn run(
 
     // 4. blot and flag the exposure pixels each chunk owns
     let p = params(oc);
-    let local: Vec<(usize, Vec<u64>)> = agree(comm, || -> anyhow::Result<Vec<(usize, Vec<u64>)>> {
+    let local: Vec<(usize, Vec<u64>)> = agree(comm, || -> crate::Result<Vec<(usize, Vec<u64>)>> {
         let mut out = vec![];
         for (c, (med, r0)) in owned.iter().zip(&extended) {
             for &k in &c.exposures {
@@ -112,7 +112,7 @@ pub fn run(
 
 /// Run `f` on every rank; every rank learns whether all succeeded before any returns an error
 /// ([`CommExt::agree`]).
-pub(crate) fn agree<T>(comm: &dyn Comm, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(crate) fn agree<T>(comm: &dyn Comm, f: impl FnOnce() -> crate::Result<T>) -> crate::Result<T> {
     Ok(comm.agree(f())?)
 }
 
@@ -126,7 +126,7 @@ fn chunk_median(
     wt: WeightType,
     budget_bytes: usize,
     corr: &Corrections,
-) -> anyhow::Result<Array2<f32>> {
+) -> crate::Result<Array2<f32>> {
     let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
     let mut median = Array2::from_elem((ny, nx), f32::NAN);
     let n = c.exposures.len();
@@ -180,7 +180,7 @@ fn exchange_halos(
     owned: &[&Chunk],
     medians: &[Array2<f32>],
     halo: usize,
-) -> anyhow::Result<Vec<(Array2<f32>, (usize, usize))>> {
+) -> crate::Result<Vec<(Array2<f32>, (usize, usize))>> {
     let mut sends: Vec<(usize, Vec<u8>)> = vec![];
     for (c, med) in owned.iter().zip(medians) {
         for dy in -1i64..=1 {
@@ -262,7 +262,7 @@ fn flag_chunk_exposure(
     p: &OutlierParams,
     bicubic: bool,
     corr: &Corrections,
-) -> anyhow::Result<Vec<u64>> {
+) -> crate::Result<Vec<u64>> {
     let Some(piece): Option<Piece> =
         read_piece(meta, k, grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: false, rnoise: false }, corr)
             .with_context(|| format!("outlier: reading {}", meta.path.display()))?
@@ -300,7 +300,7 @@ fn flag_chunk_exposure(
 ///
 /// # Errors
 /// As [`run`], or a failed write.
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     let (comm, cfg, metas) = (ctx.comm, ctx.cfg, &b.metas);
     let t = std::time::Instant::now();
     let f = run(comm, &b.plan, metas, cfg, &b.corr)?;
@@ -343,7 +343,7 @@ pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow
             })
             .collect();
         let mine = if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) };
-        comm.agree(mine).map_err(|e| anyhow::anyhow!("writing the *_crf.fits copies: {e}"))?;
+        comm.agree(mine).map_err(|e| crate::err!("writing the *_crf.fits copies: {e}"))?;
     }
     Ok(Default::default())
 }

@@ -8,8 +8,8 @@
 use super::{Outcome, Provenance};
 use crate::config::{Config, RawConfig};
 use crate::dist::{Comm, CommExt};
+use crate::error::Context;
 use crate::plan::{build_plan, CalMeta, Plan};
-use anyhow::Context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -48,7 +48,7 @@ pub const INVENTORY: &str = "inventory.json";
 ///
 /// # Errors
 /// Inputs that cannot be listed.
-pub fn input_files(inputs: &[PathBuf], cfg: &Config) -> anyhow::Result<Vec<PathBuf>> {
+pub fn input_files(inputs: &[PathBuf], cfg: &Config) -> crate::Result<Vec<PathBuf>> {
     let off_dirs = off_locations(inputs, cfg);
     let mut all = crate::io::expand_cal_inputs(inputs)?;
     if !off_dirs.is_empty() {
@@ -89,7 +89,7 @@ pub struct PlanFile {
 ///
 /// # Errors
 /// When the inputs cannot be listed, or no file could be read.
-pub fn read_inventory(inputs: &[PathBuf]) -> anyhow::Result<(Vec<CalMeta>, Vec<(PathBuf, String)>)> {
+pub fn read_inventory(inputs: &[PathBuf]) -> crate::Result<(Vec<CalMeta>, Vec<(PathBuf, String)>)> {
     let files = crate::io::expand_cal_inputs(inputs)?;
     let results: Vec<_> = files.par_iter().map(|p| (p.clone(), crate::io::fits::read_cal_meta(p))).collect();
     let mut metas = vec![];
@@ -105,7 +105,7 @@ pub fn read_inventory(inputs: &[PathBuf]) -> anyhow::Result<(Vec<CalMeta>, Vec<(
     }
     if metas.is_empty() {
         let first = skipped.first().map(|(_, e)| e.clone()).unwrap_or_default();
-        anyhow::bail!("none of the {} input files could be read; the first error: {first}", skipped.len());
+        crate::bail!("none of the {} input files could be read; the first error: {first}", skipped.len());
     }
     Ok((metas, skipped))
 }
@@ -120,9 +120,9 @@ pub fn run(
     cfg: &Config,
     inputs: &[PathBuf],
     nranks: usize,
-) -> anyhow::Result<PlanOutput> {
+) -> crate::Result<PlanOutput> {
     let inv: Inventory = comm.on_root_then_broadcast(0, || {
-        let read = || -> anyhow::Result<Inventory> {
+        let read = || -> crate::Result<Inventory> {
             let off_dirs = off_locations(inputs, cfg);
             let off_files = if off_dirs.is_empty() { vec![] } else { crate::io::expand_cal_inputs(&off_dirs)? };
             let mut all = inputs.to_vec();
@@ -130,7 +130,7 @@ pub fn run(
             let (metas, skipped) = read_inventory(&all)?;
             let (metas, offs) = split_offs(metas, &off_files, &cfg.prep.off_name);
             if metas.is_empty() {
-                anyhow::bail!(
+                crate::bail!(
                     "all {} readable inputs are off-source exposures (TARGPROP containing `{}`, prep.off_name)",
                     offs.len(),
                     cfg.prep.off_name
@@ -165,7 +165,7 @@ pub fn run(
 ///
 /// # Errors
 /// A plan error, or ranks that disagree (on every rank).
-pub fn from_inventory(comm: &dyn Comm, cfg: &Config, inv: &Inventory, nranks: usize) -> anyhow::Result<PlanOutput> {
+pub fn from_inventory(comm: &dyn Comm, cfg: &Config, inv: &Inventory, nranks: usize) -> crate::Result<PlanOutput> {
     let built = build_plan(&inv.metas, &cfg.plan, cfg.run.mem_budget_mb, nranks);
     let digest = match &built {
         Ok(p) => hex(&Sha256::digest(serde_json::to_vec(p).expect("plan serialises"))),
@@ -243,7 +243,7 @@ pub fn write_plan(path: &Path, plan: &Plan) -> Result<(), crate::io::IoError> {
 ///
 /// # Errors
 /// As [`run`].
-pub(crate) fn stage(ctx: &super::runner::Ctx) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx) -> crate::Result<super::runner::Written> {
     let out = run(ctx.comm, ctx.raw, ctx.cfg, ctx.inputs, ctx.comm.size())?;
     Ok(super::runner::Written { partial: out.outcome == Outcome::Partial, ..Default::default() })
 }

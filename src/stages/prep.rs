@@ -17,12 +17,12 @@
 
 use crate::config::Config;
 use crate::dist::Comm;
+use crate::error::Context;
 use crate::io::fits::{card_real, card_text, read_region_dq, read_region_f32, write_corrected_copy};
 use crate::kernels::background::clipped_mean_stack;
 use crate::kernels::dq;
 use crate::kernels::level::ClipParams;
 use crate::plan::{CalMeta, Plan};
-use anyhow::Context;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -91,7 +91,7 @@ fn closest_group(m: &CalMeta, groups: &[OffGroup]) -> Option<usize> {
 }
 
 /// Combine the members of an off group: per-pixel clipped mean of their good pixels.
-fn combine(g: &OffGroup, clip: &ClipParams) -> anyhow::Result<Array2<f32>> {
+fn combine(g: &OffGroup, clip: &ClipParams) -> crate::Result<Array2<f32>> {
     let mut sci = vec![];
     let mut good = vec![];
     for m in &g.members {
@@ -126,7 +126,7 @@ pub fn run(
     metas: &[CalMeta],
     offs: &[CalMeta],
     cfg: &Config,
-) -> anyhow::Result<(Vec<CalMeta>, PrepReport)> {
+) -> crate::Result<(Vec<CalMeta>, PrepReport)> {
     let pc = &cfg.prep;
     let dir = cfg.run.output_dir.join(STAGE);
     let miri = metas.iter().any(|m| m.instrument.trim().eq_ignore_ascii_case("MIRI"));
@@ -152,7 +152,7 @@ pub fn run(
         STAGE,
         cfg.run.progress_interval_s,
         |_| true,
-        |k| -> anyhow::Result<PrepRow> {
+        |k| -> crate::Result<PrepRow> {
             let m = &metas[k];
             let [ny, nx] = m.shape;
             let dqa = read_region_dq(&m.path, 0..ny, 0..nx)?;
@@ -247,7 +247,7 @@ pub fn run(
 ///
 /// # Errors
 /// As [`run`].
-pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> anyhow::Result<super::runner::Written> {
+pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate::Result<super::runner::Written> {
     run(ctx.comm, &b.plan, &b.metas, &b.offs, ctx.cfg)?;
     Ok(Default::default())
 }

@@ -23,8 +23,8 @@ use super::plan::{Inventory, PlanOutput};
 use super::{Outcome, Provenance, Stage};
 use crate::config::{Config, RawConfig};
 use crate::dist::{Comm, CommExt};
+use crate::error::Context;
 use crate::plan::{CalMeta, Plan};
-use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -89,7 +89,7 @@ impl Band {
     ///
     /// # Errors
     /// A missing or malformed product, naming it (on every rank).
-    pub fn load(comm: &dyn Comm, cfg: &Config, dir: &Path, stage: Stage, done: &[Stage]) -> anyhow::Result<Band> {
+    pub fn load(comm: &dyn Comm, cfg: &Config, dir: &Path, stage: Stage, done: &[Stage]) -> crate::Result<Band> {
         let before = |s: Stage| done.contains(&s) && s.order() < stage.order();
         let read = |s: Stage, file: &str| dir.join(s.name()).join(file);
         let inv: Inventory = comm.on_root_then_broadcast(0, || {
@@ -102,7 +102,7 @@ impl Band {
             let rep: super::prep::PrepReport = comm.on_root_then_broadcast(0, || {
                 crate::io::json::read_json(&read(Stage::Prep, "prep.json")).map_err(|e| e.to_string())
             })?;
-            anyhow::ensure!(
+            crate::ensure!(
                 rep.exposures.len() == n,
                 "prep/prep.json lists {} exposures, the plan {n}",
                 rep.exposures.len()
@@ -199,7 +199,7 @@ fn skip_reason(stage: Stage, cfg: &Config, band: &str, catalog: Option<&Path>) -
 /// # Errors
 /// A stage's error (the manifest then says `failed`), a refused output folder, missing upstream
 /// products for a per-stage command. All ranks return the same error.
-pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
+pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
     let Invocation { comm, raw, cfg, .. } = *inv;
     let dir = cfg.run.output_dir.clone();
     let root = comm.rank() == 0;
@@ -207,13 +207,13 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     if let Some(c) = inv.catalog {
         if !c.is_file() {
-            anyhow::bail!("--catalog {}: no such file", c.display());
+            crate::bail!("--catalog {}: no such file", c.display());
         }
     }
 
     // the old manifest, and what to do about it
     let catalog = inv.catalog.or(cfg.astrometry.catalog.as_deref());
-    let old: Option<Manifest> = comm.on_root_then_broadcast(0, || -> anyhow::Result<Option<Manifest>> {
+    let old: Option<Manifest> = comm.on_root_then_broadcast(0, || -> crate::Result<Option<Manifest>> {
         let m = Manifest::read(&dir)?;
         let leftovers: Vec<&str> = CHAIN.iter().map(|s| s.name()).filter(|s| dir.join(s).is_dir()).collect();
         match mode {
@@ -227,19 +227,19 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
                 }
                 Ok(None)
             }
-            Mode::Chain { resume: false, .. } if m.is_some() || !leftovers.is_empty() => anyhow::bail!(
+            Mode::Chain { resume: false, .. } if m.is_some() || !leftovers.is_empty() => crate::bail!(
                 "{} already holds the products of another run ({}). Use --resume to continue that run, \
                  --overwrite to delete its products and start clean, or another run.output_dir",
                 dir.display(),
                 if m.is_some() { "manifest.json".to_string() } else { format!("folders {}", leftovers.join(", ")) }
             ),
-            Mode::Chain { resume: true, .. } if m.is_none() && !leftovers.is_empty() => anyhow::bail!(
+            Mode::Chain { resume: true, .. } if m.is_none() && !leftovers.is_empty() => crate::bail!(
                 "{} holds stage folders ({}) but no manifest.json: nothing can be verified to resume from. \
                  Use --overwrite to start clean",
                 dir.display(),
                 leftovers.join(", ")
             ),
-            Mode::Only(s) if s != Stage::Plan && m.is_none() => anyhow::bail!(
+            Mode::Only(s) if s != Stage::Plan && m.is_none() => crate::bail!(
                 "{}: no manifest.json, so no upstream stage has run here: run `tessera plan` (and the stages \
                  after it) or `tessera mosaic` first",
                 dir.display()
@@ -261,8 +261,8 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
     let inputs: Vec<FileSum> = files
         .iter()
         .zip(sums)
-        .map(|(p, s)| s.ok_or_else(|| anyhow::anyhow!("{}: cannot be read", p.display())))
-        .collect::<anyhow::Result<_>>()?;
+        .map(|(p, s)| s.ok_or_else(|| crate::err!("{}: cannot be read", p.display())))
+        .collect::<crate::Result<_>>()?;
     if root {
         let gb = inputs.iter().map(|s| s.bytes).sum::<u64>() as f64 / 1e9;
         tracing::info!("[run] {} inputs ({gb:.2} GB) checksummed in {:.1} s", inputs.len(), t.elapsed().as_secs_f64());
@@ -349,7 +349,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
     };
 
     // decide: which stages to run
-    let (todo, kept): (Vec<Stage>, Vec<StageEntry>) = comm.on_root_then_broadcast(0, || -> anyhow::Result<_> {
+    let (todo, kept): (Vec<Stage>, Vec<StageEntry>) = comm.on_root_then_broadcast(0, || -> crate::Result<_> {
         let targets: Vec<Stage> = match mode {
             Mode::Only(s) => vec![s],
             Mode::Chain { .. } => {
@@ -410,7 +410,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
                         products: vec![],
                     });
                 }
-                Some(why) if must_keep => anyhow::bail!(
+                Some(why) if must_keep => crate::bail!(
                     "the upstream stage `{}` is not usable in {} ({why}): run `tessera {}` first, or `tessera \
                      mosaic --resume`",
                     s.name(),
@@ -493,7 +493,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
             continue;
         }
         // start clean: the stage's own folder goes (a killed run's partial files with it)
-        comm.on_root_then_broadcast(0, || -> anyhow::Result<()> {
+        comm.on_root_then_broadcast(0, || -> crate::Result<()> {
             if stage != Stage::Assemble {
                 crate::io::remove_tree(&dir.join(stage.name()))?;
             }
@@ -534,9 +534,9 @@ pub fn run(inv: &Invocation, mode: Mode) -> anyhow::Result<Outcome> {
             .iter()
             .zip(sums)
             .map(|(p, s)| {
-                s.ok_or_else(|| anyhow::anyhow!("{}: product vanished after stage {}", p.display(), stage.name()))
+                s.ok_or_else(|| crate::err!("{}: product vanished after stage {}", p.display(), stage.name()))
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<crate::Result<_>>()?;
         entry.status = Status::Done;
         man.set(entry);
         man.invocation_wall_s = started.elapsed().as_secs_f64();
@@ -610,7 +610,7 @@ pub struct Written {
     pub rewrote_mosaic: bool,
 }
 
-fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> anyhow::Result<Written> {
+fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> crate::Result<Written> {
     match (stage, band) {
         (Stage::Plan, _) => super::plan::stage(ctx),
         (Stage::Prep, Some(b)) => super::prep::stage(ctx, b),
@@ -622,6 +622,6 @@ fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> anyhow::Result<Wri
         (Stage::Drizzle, Some(b)) => super::drizzle::stage(ctx, b),
         (Stage::Assemble, Some(b)) => super::assemble::stage(ctx, b),
         (Stage::Astrometry, Some(b)) => super::astrometry::stage(ctx, b),
-        (s, _) => anyhow::bail!("stage {} is not part of the single-band chain", s.name()),
+        (s, _) => crate::bail!("stage {} is not part of the single-band chain", s.name()),
     }
 }

@@ -14,12 +14,12 @@ use super::progress::Progress;
 use super::{Outcome, Provenance};
 use crate::config::{Instrument, RawConfig, SimulateConfig};
 use crate::dist::{Comm, CommExt};
+use crate::error::Context;
 use crate::geom::{sky_to_tangent_arcsec, tangent_arcsec_to_sky, OutputGrid, TanSip};
 use crate::io::fits::{card_int, card_real, card_text, write_cal, write_image, CalImage, Card};
 use crate::kernels::detector::{self, dq, rng_for, CosmicRay, NoiseParams, StripeModel, StripeParams};
 use crate::kernels::scene::{self, ComponentKind, RenderParams, Scene, SceneParams};
 use crate::plan::{CalMeta, ExposureId};
-use anyhow::Context;
 use ndarray::{Array2, Zip};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -88,7 +88,7 @@ pub struct Truth {
 ///
 /// # Errors
 /// Unwritable output folder or a failed FITS write (named).
-pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &SimulateConfig, out: &Path) -> anyhow::Result<Outcome> {
+pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &SimulateConfig, out: &Path) -> crate::Result<Outcome> {
     let survey = survey::design(cfg);
     let scene = scene::make_scene(&scene_params(cfg, &survey));
     let prov = Provenance::new(raw, comm);
@@ -116,7 +116,7 @@ pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &SimulateConfig, out: &Path) -
 
     let mine: Vec<&ExposurePlan> = survey.exposures.iter().filter(|e| e.index % comm.size() == comm.rank()).collect();
     let progress = Mutex::new(Progress::new("simulate", "exposures", mine.len(), 5.0, comm.rank() == 0));
-    let results: Vec<anyhow::Result<(ExposureTruth, Vec<CosmicRay>)>> = mine
+    let results: Vec<crate::Result<(ExposureTruth, Vec<CosmicRay>)>> = mine
         .par_iter()
         .map(|e| {
             let r = simulate_exposure(cfg, &survey, &scene, e, out, &prov);
@@ -197,7 +197,7 @@ fn simulate_exposure(
     e: &ExposurePlan,
     out: &Path,
     prov: &Provenance,
-) -> anyhow::Result<(ExposureTruth, Vec<CosmicRay>)> {
+) -> crate::Result<(ExposureTruth, Vec<CosmicRay>)> {
     let layout = &survey.layout;
     let [ny, nx] = layout.shape;
     let centre = (survey.target_deg[0], survey.target_deg[1]);
@@ -473,7 +473,7 @@ fn write_truth(
     truths: &[(ExposureTruth, Vec<CosmicRay>)],
     out: &Path,
     prov: &Provenance,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let tdir = out.join("truth");
     let centre = (survey.target_deg[0], survey.target_deg[1]);
     // truth sky on a north-up grid covering the science footprints
