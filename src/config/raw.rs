@@ -452,7 +452,8 @@ pub struct RawSimulate {
     pub background_offset_mjysr: f64,
     /// A background plane per tile, rising by this much (MJy/sr) across the tile in a random direction.
     pub tile_plane_mjysr: f64,
-    /// Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr.
+    /// Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr (real
+    /// cal files show 0.5 to 2 MJy/sr more in the Lyot box).
     pub lyot_offset_mjysr: f64,
     /// rms of the per-visit pointing errors in the header WCS, arcsec.
     pub pointing_error_arcsec: f64,
@@ -488,7 +489,7 @@ impl Default for RawSimulate {
             stripe_rms_mjysr: -1.0,
             background_offset_mjysr: -1.0,
             tile_plane_mjysr: 0.0,
-            lyot_offset_mjysr: 0.3,
+            lyot_offset_mjysr: 1.0,
             pointing_error_arcsec: 0.1,
             absolute_offset_arcsec: 0.25,
             absolute_rotation_deg: 0.01,
@@ -790,8 +791,9 @@ stripe_rms_mjysr = -1.0
 background_offset_mjysr = -1.0
 # A background plane per tile, rising by this much (MJy/sr) across the tile in a random direction.
 tile_plane_mjysr = 0.0
-# Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr.
-lyot_offset_mjysr = 0.3
+# Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr (real
+# cal files show 0.5 to 2 MJy/sr more in the Lyot box).
+lyot_offset_mjysr = 1.0
 # rms of the per-visit pointing errors in the header WCS, arcsec.
 pointing_error_arcsec = 0.1
 # Global absolute offset of all header WCS from the truth, arcsec (along RA and Dec alike).
