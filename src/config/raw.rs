@@ -270,6 +270,10 @@ pub struct RawOutlier {
     /// Interpolation of the median blotted back to each exposure: "bicubic" (keeps undersampled
     /// star cores) or "bilinear" (the JWST pipeline's choice).
     pub blot_interp: String,
+    /// Where two or three resampled exposures remain at a pixel and their median exceeds twice
+    /// their smallest value, compare with the smallest (cosmic rays are positive) instead of the
+    /// median, so a cosmic ray where two overlap, or two on one pixel of three, can be found; false = JWST.
+    pub low_coverage_min: bool,
 }
 
 impl Default for RawOutlier {
@@ -283,6 +287,7 @@ impl Default for RawOutlier {
             maskpt: 0.7,
             pixfrac: 0.7,
             blot_interp: "bicubic".into(),
+            low_coverage_min: true,
         }
     }
 }
@@ -713,6 +718,11 @@ pixfrac = 0.7
 # Interpolation of the median blotted back to each exposure: "bicubic" (keeps undersampled star
 # cores) or "bilinear" (the JWST pipeline's choice).
 blot_interp = "bicubic"
+# Where two or three resampled exposures remain at a pixel and their median exceeds twice their
+# smallest value, compare with the smallest instead of the median (the median of two is their mean:
+# half of a cosmic ray stays in it and its derivative term then hides the cosmic ray; of three, two
+# cosmic rays on one pixel carry it), so those cosmic rays are found; false = the JWST pipeline.
+low_coverage_min = true
 
 [drizzle]
 # Fraction of the input pixel side drizzled (square kernel), 0 < pixfrac <= 1.

@@ -113,6 +113,8 @@ pub struct OutlierConfig {
     pub pixfrac: f64,
     /// Bicubic (true) or bilinear (false) blot.
     pub blot_bicubic: bool,
+    /// The minimum, not the mean, where two resampled exposures remain.
+    pub low_coverage_min: bool,
 }
 
 /// How input pixels are weighted in drizzle.
@@ -554,6 +556,7 @@ impl RawConfig {
                     ))
                 }
             },
+            low_coverage_min: o.low_coverage_min,
         };
         let d = &self.drizzle;
         let drizzle = DrizzleConfig {
