@@ -8,6 +8,8 @@ mod common;
 mod align;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/cosmic.rs"]
+mod cosmic;
 #[path = "integration/destripe.rs"]
 mod destripe;
 #[path = "integration/fits_io.rs"]

@@ -273,6 +273,10 @@ pub struct RawOutlier {
     /// Also write `outlier/<stem>_crf.fits`: each exposure with its outlier flags set in DQ
     /// (DO_NOT_USE + OUTLIER, as in the JWST pipeline's `*_crf` files).
     pub write_crf: bool,
+    /// Where two or three resampled exposures remain at a pixel and their median exceeds twice
+    /// their smallest value, compare with the smallest (cosmic rays are positive) instead of the
+    /// median, so a cosmic ray where two overlap, or two on one pixel of three, can be found; false = JWST.
+    pub low_coverage_min: bool,
 }
 
 impl Default for RawOutlier {
@@ -287,6 +291,7 @@ impl Default for RawOutlier {
             pixfrac: 0.7,
             blot_interp: "bicubic".into(),
             write_crf: false,
+            low_coverage_min: true,
         }
     }
 }
@@ -457,7 +462,8 @@ pub struct RawSimulate {
     pub background_offset_mjysr: f64,
     /// A background plane per tile, rising by this much (MJy/sr) across the tile in a random direction.
     pub tile_plane_mjysr: f64,
-    /// Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr.
+    /// Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr (real
+    /// cal files show 0.5 to 2 MJy/sr more in the Lyot box).
     pub lyot_offset_mjysr: f64,
     /// rms of the per-visit pointing errors in the header WCS, arcsec.
     pub pointing_error_arcsec: f64,
@@ -493,7 +499,7 @@ impl Default for RawSimulate {
             stripe_rms_mjysr: -1.0,
             background_offset_mjysr: -1.0,
             tile_plane_mjysr: 0.0,
-            lyot_offset_mjysr: 0.3,
+            lyot_offset_mjysr: 1.0,
             pointing_error_arcsec: 0.1,
             absolute_offset_arcsec: 0.25,
             absolute_rotation_deg: 0.01,
@@ -721,6 +727,11 @@ blot_interp = "bicubic"
 # OUTLIER, JWST DQ bits 0 and 4, as in the JWST pipeline's *_crf files). The tweakback files of the
 # astrometry stage carry the same flags.
 write_crf = false
+# Where two or three resampled exposures remain at a pixel and their median exceeds twice their
+# smallest value, compare with the smallest instead of the median (the median of two is their mean:
+# half of a cosmic ray stays in it and its derivative term then hides the cosmic ray; of three, two
+# cosmic rays on one pixel carry it), so those cosmic rays are found; false = the JWST pipeline.
+low_coverage_min = true
 
 [drizzle]
 # Fraction of the input pixel side drizzled (square kernel), 0 < pixfrac <= 1.
@@ -799,8 +810,9 @@ stripe_rms_mjysr = -1.0
 background_offset_mjysr = -1.0
 # A background plane per tile, rising by this much (MJy/sr) across the tile in a random direction.
 tile_plane_mjysr = 0.0
-# Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr.
-lyot_offset_mjysr = 0.3
+# Difference of the MIRI Lyot-coronagraph region's level from the imager field, MJy/sr (real
+# cal files show 0.5 to 2 MJy/sr more in the Lyot box).
+lyot_offset_mjysr = 1.0
 # rms of the per-visit pointing errors in the header WCS, arcsec.
 pointing_error_arcsec = 0.1
 # Global absolute offset of all header WCS from the truth, arcsec (along RA and Dec alike).

@@ -115,6 +115,8 @@ pub struct OutlierConfig {
     pub blot_bicubic: bool,
     /// Write `outlier/<stem>_crf.fits` copies with the flags in DQ.
     pub write_crf: bool,
+    /// The minimum, not the mean, where two resampled exposures remain.
+    pub low_coverage_min: bool,
 }
 
 /// How input pixels are weighted in drizzle.
@@ -558,6 +560,7 @@ impl RawConfig {
                 }
             },
             write_crf: o.write_crf,
+            low_coverage_min: o.low_coverage_min,
         };
         let d = &self.drizzle;
         let drizzle = DrizzleConfig {

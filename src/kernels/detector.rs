@@ -258,10 +258,27 @@ pub struct CosmicRay {
     pub pixels: Vec<(usize, usize, f32)>,
 }
 
+/// Share of cosmic-ray hits that are single pixels, and of those that are compact blobs; the rest
+/// are streaks ([`make_cosmic_rays`]).
+const CR_SINGLE_FRAC: f64 = 0.4;
+const CR_BLOB_FRAC: f64 = 0.35;
+/// Fraction of a pixel's deposit that spills into each of its four neighbours (range).
+const CR_SPILL_FRAC: (f64, f64) = (0.01, 0.04);
+
 /// Draw the cosmic rays of one exposure: a Poisson number with mean `rate_per_pix * ny * nx`, at
-/// uniform positions; 40% single-pixel hits, the rest straight tracks of 2-5 pixels at a random
-/// angle whose pixels get 30-100% of the peak. Peaks are log-uniform in `peak_mjysr_range`.
-/// Deterministic in the RNG state.
+/// uniform positions, with the shapes HgCdTe and Si:As detectors show after ramp fitting:
+/// - 40% single pixels;
+/// - 35% compact blobs of 2-5 pixels (a random walk of 4-neighbours from the hit pixel), each
+///   pixel 30-100% of the peak;
+/// - 25% streaks of 4-12 pixels at a random angle (oblique tracks), each pixel 50-100% of the peak;
+/// - then every deposited pixel spills 1-4% of its charge into each of its four neighbours
+///   (interpixel capacitance and charge diffusion: the JWST `jump` step flags the four neighbours
+///   of every jump for this reason (`flag_4_neighbors`), and its documentation describes the
+///   faint halo around large events; NIRCam and MIRI IPC is ~0.5-2% per neighbour, more around
+///   large deposits).
+///
+/// Peaks are log-uniform in `peak_mjysr_range`. Spill pixels are listed as pixels of the hit (they
+/// carry charge), after its deposit pixels. Deterministic in the RNG state.
 pub fn make_cosmic_rays(
     rng: &mut impl Rng,
     ny: usize,
@@ -276,30 +293,62 @@ pub fn make_cosmic_rays(
     let n = Poisson::new(mean).map(|d| d.sample(rng) as usize).unwrap_or(0);
     let (lo, hi) =
         (peak_mjysr_range.0.max(f64::MIN_POSITIVE), peak_mjysr_range.1.max(peak_mjysr_range.0.max(f64::MIN_POSITIVE)));
+    let inside = |y: i64, x: i64| y >= 0 && x >= 0 && (y as usize) < ny && (x as usize) < nx;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let x = rng.random_range(0..nx);
         let y = rng.random_range(0..ny);
         let peak = lo * (hi / lo).powf(rng.random::<f64>());
-        let len = if rng.random::<f64>() < 0.4 { 1 } else { rng.random_range(2..=5usize) };
-        let ang: f64 = rng.random_range(0.0..std::f64::consts::TAU);
-        let (dx, dy) = (ang.cos(), ang.sin());
-        let mut pixels: Vec<(usize, usize, f32)> = vec![(y, x, peak as f32)];
-        let mut t = 0.0;
-        while pixels.len() < len {
-            t += 0.5;
-            let px = (x as f64 + t * dx).round();
-            let py = (y as f64 + t * dy).round();
-            if px < 0.0 || py < 0.0 || px >= nx as f64 || py >= ny as f64 {
-                break;
+        let kind = rng.random::<f64>();
+        let mut deposit: Vec<(usize, usize, f64)> = vec![(y, x, peak)];
+        let has = |d: &[(usize, usize, f64)], py: usize, px: usize| d.iter().any(|&(a, b, _)| a == py && b == px);
+        if kind < CR_SINGLE_FRAC {
+            // one pixel
+        } else if kind < CR_SINGLE_FRAC + CR_BLOB_FRAC {
+            let want = rng.random_range(2..=5usize);
+            let mut tries = 0;
+            while deposit.len() < want && tries < 50 {
+                tries += 1;
+                let (by, bx, _) = deposit[rng.random_range(0..deposit.len())];
+                let (dy, dx) = [(0i64, 1i64), (0, -1), (1, 0), (-1, 0)][rng.random_range(0..4usize)];
+                let (py, px) = (by as i64 + dy, bx as i64 + dx);
+                if inside(py, px) && !has(&deposit, py as usize, px as usize) {
+                    deposit.push((py as usize, px as usize, peak * rng.random_range(0.3..1.0)));
+                }
             }
-            let (px, py) = (px as usize, py as usize);
-            if pixels.iter().any(|&(a, b, _)| a == py && b == px) {
-                continue;
+        } else {
+            let len = rng.random_range(4..=12usize);
+            let ang: f64 = rng.random_range(0.0..std::f64::consts::TAU);
+            let (dx, dy) = (ang.cos(), ang.sin());
+            let mut t = 0.0;
+            while deposit.len() < len && t < 4.0 * len as f64 {
+                t += 0.5;
+                let (py, px) = ((y as f64 + t * dy).round() as i64, (x as f64 + t * dx).round() as i64);
+                if !inside(py, px) {
+                    break;
+                }
+                if !has(&deposit, py as usize, px as usize) {
+                    deposit.push((py as usize, px as usize, peak * rng.random_range(0.5..1.0)));
+                }
             }
-            let v = peak * rng.random_range(0.3..1.0);
-            pixels.push((py, px, v as f32));
         }
+        // spill into the four neighbours (accumulated where neighbours are shared)
+        let mut spill: Vec<(usize, usize, f64)> = vec![];
+        for &(py, px, v) in &deposit {
+            for (dy, dx) in [(0i64, 1i64), (0, -1), (1, 0), (-1, 0)] {
+                let (qy, qx) = (py as i64 + dy, px as i64 + dx);
+                let f = rng.random_range(CR_SPILL_FRAC.0..CR_SPILL_FRAC.1);
+                if !inside(qy, qx) || has(&deposit, qy as usize, qx as usize) {
+                    continue;
+                }
+                let (qy, qx) = (qy as usize, qx as usize);
+                match spill.iter_mut().find(|(a, b, _)| *a == qy && *b == qx) {
+                    Some(s) => s.2 += f * v,
+                    None => spill.push((qy, qx, f * v)),
+                }
+            }
+        }
+        let pixels = deposit.into_iter().chain(spill).map(|(a, b, v)| (a, b, v as f32)).collect();
         out.push(CosmicRay { x, y, pixels });
     }
     out
@@ -549,15 +598,37 @@ mod tests {
         assert_eq!(crs, again);
         let expect = rate * (ny * nx) as f64;
         assert!(((crs.len() as f64) - expect).abs() < 5.0 * expect.sqrt(), "{}", crs.len());
-        let singles = crs.iter().filter(|c| c.pixels.len() == 1).count();
-        assert!(singles > crs.len() / 4 && singles < crs.len() * 3 / 5, "{singles}");
+        // deposit pixels: at least 30% of the peak; spill pixels: 1-4% of a deposit, summed over at
+        // most 4 deposit neighbours
+        let deposits = |c: &CosmicRay| c.pixels.iter().filter(|p| p.2 >= 0.29 * c.pixels[0].2).count();
+        let singles = crs.iter().filter(|c| deposits(c) == 1).count();
+        let blobs = crs.iter().filter(|c| (2..=5).contains(&deposits(c))).count();
+        let streaks = crs.iter().filter(|c| deposits(c) >= 6).count();
+        let n = crs.len() as f64;
+        assert!((singles as f64 / n - 0.4).abs() < 0.05, "{singles} singles of {n}");
+        assert!(blobs as f64 / n > 0.35 && blobs as f64 / n < 0.55, "{blobs} blobs of {n}");
+        assert!(streaks as f64 / n > 0.1 && (streaks as f64 / n) < 0.25, "{streaks} long streaks of {n}");
         for c in &crs {
-            assert!(!c.pixels.is_empty() && c.pixels.len() <= 5);
             assert_eq!((c.pixels[0].0, c.pixels[0].1), (c.y, c.x));
-            for &(y, x, v) in &c.pixels {
-                assert!(y < ny && x < nx && (3.0..=1000.0).contains(&v));
+            let peak = c.pixels[0].2;
+            assert!((10.0..=1000.0).contains(&peak));
+            let nd = deposits(c);
+            assert!(nd <= 12);
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, &(y, x, v)) in c.pixels.iter().enumerate() {
+                assert!(y < ny && x < nx && v > 0.0);
+                assert!(seen.insert((y, x)), "pixel listed twice");
+                if i >= nd {
+                    // a spill pixel touches a deposit pixel and holds a few percent of the peak at most
+                    assert!(v <= 4.0 * 0.04 * peak + 1e-3, "spill {v} of peak {peak}");
+                    let touches = c.pixels[..nd].iter().any(|&(a, b, _)| a.abs_diff(y) + b.abs_diff(x) == 1);
+                    assert!(touches, "spill pixel not next to the deposit");
+                }
             }
         }
+        // a single pixel spills into all 4 neighbours away from the edges
+        let one = crs.iter().find(|c| deposits(c) == 1 && c.x > 0 && c.y > 0 && c.x < nx - 1 && c.y < ny - 1).unwrap();
+        assert_eq!(one.pixels.len(), 5);
     }
 
     #[test]

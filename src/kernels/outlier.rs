@@ -10,7 +10,8 @@
 //! - [`weight_threshold`]: JWST's low-weight cut of one resampled exposure (`maskpt` times the
 //!   3-sigma-clipped *mean* of its finite, non-zero weights);
 //! - [`median_stack`]: the per-pixel median of the resampled exposures with that cut, numpy's
-//!   `nanmedian` definition;
+//!   `nanmedian` definition; [`median_stack_with`] optionally takes the minimum where only two
+//!   exposures remain (tessera's departure from JWST, for cosmic rays where two overlap);
 //! - [`interp_bilinear`]: drizzle's `"linear"` blot interpolation at one position;
 //! - [`abs_deriv`]: JWST's absolute derivative of the blotted image;
 //! - [`flag_outliers`] and [`flag_outliers_window`]: the two-threshold test, whole image or the
@@ -189,7 +190,32 @@ fn nanmedian_small(v: &mut [f32]) -> f32 {
 ///
 /// # Panics
 /// If the shapes of `stack`, `wht` and `out` disagree or `thresholds.len() != n`.
-pub fn median_stack(stack: ArrayView3<f32>, wht: ArrayView3<f32>, thresholds: &[f64], mut out: ArrayViewMut2<f32>) {
+pub fn median_stack(stack: ArrayView3<f32>, wht: ArrayView3<f32>, thresholds: &[f64], out: ArrayViewMut2<f32>) {
+    median_stack_with(stack, wht, thresholds, false, out);
+}
+
+/// [`median_stack`], and with `two_min`, where two or three values remain, their smallest value
+/// `lo` instead of their median `med` when `med - lo > lo`. The median of two is their mean, which
+/// carries half of a cosmic ray in either; the blotted reference then carries it too, and its
+/// derivative term (`scale1 * |d|`, 1.2 times the bump) always exceeds the difference (half the
+/// bump), so JWST's test can never flag a cosmic ray where two exposures overlap; the median of
+/// three carries the smaller of two cosmic rays that hit the same sky pixel. Cosmic rays only add
+/// charge, so the smallest value is free of them. A source seen by all differs between them only
+/// by its pixel phase: for an undersampled star core by up to ~30% either way, so `med - lo < lo`
+/// on a background that level matching has brought to ~0; there the median stays, as in JWST,
+/// since the minimum would sit below every core and flag the higher ones. A cosmic ray brighter
+/// than what the others see (sky and source) makes `med - lo > lo` and is found. Where one value
+/// remains it is the reference, and nothing can be tested.
+///
+/// # Panics
+/// As [`median_stack`].
+pub fn median_stack_with(
+    stack: ArrayView3<f32>,
+    wht: ArrayView3<f32>,
+    thresholds: &[f64],
+    two_min: bool,
+    mut out: ArrayViewMut2<f32>,
+) {
     let (n, ny, nx) = stack.dim();
     assert_eq!(wht.dim(), (n, ny, nx), "median_stack: wht shape differs from stack");
     assert_eq!(out.dim(), (ny, nx), "median_stack: out shape differs from stack");
@@ -205,7 +231,9 @@ pub fn median_stack(stack: ArrayView3<f32>, wht: ArrayView3<f32>, thresholds: &[
                     vals.push(v);
                 }
             }
-            *o = nanmedian_small(&mut vals);
+            let lo = vals.iter().copied().fold(f32::INFINITY, f32::min);
+            let med = nanmedian_small(&mut vals);
+            *o = if two_min && (2..=3).contains(&vals.len()) && med - lo > lo { lo } else { med };
         }
     });
 }
@@ -545,6 +573,35 @@ mod tests {
         let want = Array2::from_shape_vec(GRID, f32s(MEDIAN)).unwrap();
         assert_same(out.view(), want.view(), "median");
         assert!(want.iter().any(|v| v.is_nan()), "fixture covers an all-masked pixel");
+    }
+
+    #[test]
+    fn low_coverage_min_takes_the_smaller_of_two_only() {
+        // pixel 0: two values left (the 0.1-weight one is cut), 3 - 1 > 1 -> min 1, not the mean 3;
+        // pixel 1: three values, median 3 - 1 > 1 (two hits on one pixel) -> 1; pixel 2: one value
+        // -> itself; pixel 3: two values 10 and 13 (a source in both: 11.5 - 10 < 10) -> the mean;
+        // pixel 4: three values 10, 12, 50 (one hit on a source) -> the median 12
+        let vals = [
+            [5.0f32, 1.0, 100.0],
+            [1.0, 30.0, 50.0],
+            [7.0, f32::NAN, f32::NAN],
+            [13.0, 10.0, f32::NAN],
+            [10.0, 12.0, 50.0],
+        ];
+        let wts = [[1.0f32, 1.0, 0.1], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]];
+        let mut stack = Array3::<f32>::zeros((3, 1, 5));
+        let mut wht = Array3::<f32>::zeros((3, 1, 5));
+        for k in 0..3 {
+            for x in 0..5 {
+                stack[[k, 0, x]] = vals[x][k];
+                wht[[k, 0, x]] = wts[x][k];
+            }
+        }
+        let mut out = Array2::<f32>::zeros((1, 5));
+        median_stack_with(stack.view(), wht.view(), &[0.5; 3], true, out.view_mut());
+        assert_eq!(out.row(0).to_vec(), vec![1.0, 1.0, 7.0, 11.5, 12.0]);
+        median_stack_with(stack.view(), wht.view(), &[0.5; 3], false, out.view_mut());
+        assert_eq!(out.row(0).to_vec(), vec![3.0, 30.0, 7.0, 11.5, 12.0]);
     }
 
     #[test]

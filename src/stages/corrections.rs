@@ -30,6 +30,10 @@ pub struct Corrections {
     /// The Lyot box `[y0, y1, x0, x1]` of each exposure, where there is one.
     #[serde(default)]
     pub lyot_box: Vec<Option<[usize; 4]>>,
+    /// MIRI: exposures whose Lyot box overlaps nothing its level could be matched to: the box is
+    /// masked (DO_NOT_USE) in every later read (empty = none).
+    #[serde(default)]
+    pub lyot_masked: Vec<bool>,
     /// A plane subtracted from each exposure (`level.tile_fit = "plane"`): `[value at
     /// plane_origin_xy, d/dx, d/dy]` in MJy/sr and MJy/sr per output-grid pixel (empty = none).
     #[serde(default)]
@@ -83,6 +87,23 @@ impl Corrections {
     /// The constant of exposure `index` (0 when none is known).
     pub fn offset(&self, index: usize) -> f64 {
         self.offset_mjysr.get(index).copied().unwrap_or(0.0)
+    }
+
+    /// The Lyot box of exposure `index` when it is masked ([`Corrections::lyot_masked`]).
+    pub fn masked_lyot(&self, index: usize) -> Option<[usize; 4]> {
+        self.lyot_masked.get(index).copied().unwrap_or(false).then(|| self.lyot_box.get(index).copied().flatten())?
+    }
+
+    /// Set DO_NOT_USE in `dq`, the exposure's pixels `rows` x `cols`, inside its masked Lyot box.
+    pub fn mask_dq(&self, index: usize, dq: &mut Array2<u32>, rows: Range<usize>, cols: Range<usize>) {
+        if let Some([y0, y1, x0, x1]) = self.masked_lyot(index) {
+            let (ya, yb) = (y0.max(rows.start), y1.min(rows.end));
+            let (xa, xb) = (x0.max(cols.start), x1.min(cols.end));
+            if ya < yb && xa < xb {
+                dq.slice_mut(ndarray::s![ya - rows.start..yb - rows.start, xa - cols.start..xb - cols.start])
+                    .mapv_inplace(|d| d | crate::kernels::dq::DO_NOT_USE);
+            }
+        }
     }
 
     /// The extra constant of exposure `index` inside its Lyot box, with the box.
@@ -172,6 +193,9 @@ pub fn compose(n: usize, parts: &[Corrections]) -> Corrections {
         }
         if !p.lyot_box.is_empty() {
             c.lyot_box = p.lyot_box.clone();
+        }
+        if !p.lyot_masked.is_empty() {
+            c.lyot_masked = p.lyot_masked.clone();
         }
         if !p.plane.is_empty() {
             c.plane = p.plane.clone();

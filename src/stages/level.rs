@@ -15,6 +15,10 @@
 //!    squares (1/rms^2) is solved directly with a gauge (step 1: mean zero per group; step 2: the
 //!    best connected tile), disconnected groups are named in a warning, and the offsets are broadcast.
 //! 4. One constant for the band: the lowest sigma-clipped sky among the tile stacks.
+//! 5. **Lyot** (MIRI full frames): steps 1 and 2 use the imager field alone; then each exposure's
+//!    Lyot box is an image of its own, matched against the matched imager fields (one reference
+//!    image) and every other Lyot box it overlaps on the sky; a box connected to no imager field is
+//!    reported and masked.
 //!
 //! The result is a [`Corrections`] table (constant per exposure) that every later read subtracts, and
 //! a report (`level/level.json`, `level/pairs.csv`) of every pair and the solved offsets.
@@ -43,7 +47,7 @@ pub const STAGE: &str = "level";
 struct Step<'a> {
     name: &'a str,
     /// The images each exposure (plan order) contributes to, with the part of the exposure that
-    /// goes into each (MIRI: the imager field and the Lyot box are separate images in step 1).
+    /// goes into each (MIRI: the imager field and the Lyot box are separate images).
     parts: Vec<Vec<(Part, usize)>>,
     /// Image names for the report and warnings.
     names: Vec<String>,
@@ -93,9 +97,12 @@ pub struct LevelReport {
     pub pairs: Vec<PairRow>,
     /// Step-1 offset per exposure file, MJy/sr.
     pub exposure_offsets_mjysr: BTreeMap<String, f64>,
-    /// MIRI: step-1 offset of each exposure's Lyot box relative to its imager field, MJy/sr.
+    /// MIRI: offset of each exposure's Lyot box relative to its imager field (step "lyot"), MJy/sr.
     #[serde(default)]
     pub lyot_offsets_mjysr: BTreeMap<String, f64>,
+    /// MIRI: exposures whose Lyot box overlaps no matched image and is masked.
+    #[serde(default)]
+    pub lyot_masked: Vec<String>,
     /// The tile used as the gauge reference of step 2 where DT_BGR chose it (closest in time to the
     /// off-source backgrounds).
     #[serde(default)]
@@ -182,50 +189,6 @@ pub fn run(
         ..prior.clone()
     };
 
-    // step "lyot" (MIRI): per dither group, the stack of the Lyot boxes (a separate image) against the
-    // stack of the imager fields, the imager stack as reference (pjpipe's recombine_lyot). The
-    // per-exposure offsets of step 1 hold for the whole frame; the Lyot box differs from the field by
-    // one constant per dither group, which moves every Lyot box of the group.
-    if lyot_of.iter().any(Option::is_some) {
-        let ng = keys.len();
-        let sl = Step {
-            name: "lyot",
-            parts: (0..n)
-                .map(|k| match lyot_of[k] {
-                    Some(b) => vec![(Part::Main(b), 2 * group_of[k]), (Part::Lyot(b), 2 * group_of[k] + 1)],
-                    None => vec![],
-                })
-                .collect(),
-            names: keys.iter().flat_map(|g| [format!("{g}[main]"), format!("{g}[lyot]")]).collect(),
-            pair_ok: Box::new(|a, b| a / 2 == b / 2),
-            sky: false,
-            planes: false,
-            problem_of: Box::new(|a| a / 2),
-        };
-        let rl = match_step(
-            comm,
-            plan,
-            metas,
-            cfg,
-            &corr,
-            &sl,
-            lattice,
-            &clip,
-            &rej,
-            Gauge::Reference((0..ng).map(|g| 2 * g).collect()),
-            &mut rows,
-            &mut warnings,
-        )?;
-        for k in 0..n {
-            if lyot_of[k].is_some() {
-                let (m, l) = (2 * group_of[k], 2 * group_of[k] + 1);
-                if !rl.isolated.contains(&l) {
-                    corr.lyot_offset_mjysr[k] += rl.offsets[l] - rl.offsets[m];
-                }
-            }
-        }
-    }
-
     // step 2: tile groups; reference = the tile closest in time to the off-source backgrounds
     // (smallest |DT_BGR|), else the best connected
     let dt: Vec<Option<f64>> = (0..keys.len())
@@ -238,7 +201,8 @@ pub fn run(
     let reference_tile = order.first().map(|&g| keys[g].clone());
     let s2 = Step {
         name: "tiles",
-        parts: group_of.iter().map(|&g| vec![(Part::Whole, g)]).collect(),
+        // MIRI: the imager field; the Lyot boxes are matched in their own step below
+        parts: (0..n).map(|k| vec![(lyot_of[k].map_or(Part::Whole, Part::Main), group_of[k])]).collect(),
         names: keys.clone(),
         pair_ok: Box::new(|_, _| true),
         sky: true,
@@ -284,6 +248,9 @@ pub fn run(
             corr.offset_mjysr[k] += o2[group_of[k]] + band_sky;
         }
     }
+    if lyot_of.iter().any(Option::is_some) {
+        match_lyot(comm, plan, metas, cfg, &lyot_of, lattice, &clip, &rej, &mut corr, &mut rows, &mut warnings)?;
+    }
     let report = LevelReport {
         pairs: rows,
         exposure_offsets_mjysr: (0..n).map(|k| (file(k), o1[k])).collect(),
@@ -291,6 +258,7 @@ pub fn run(
             .filter(|&k| lyot_of[k].is_some())
             .map(|k| (file(k), corr.lyot_offset_mjysr[k]))
             .collect(),
+        lyot_masked: (0..n).filter(|&k| corr.lyot_masked.get(k).copied().unwrap_or(false)).map(file).collect(),
         reference_tile,
         tile_offsets_mjysr: keys.iter().cloned().zip(o2.iter().copied()).collect(),
         tile_planes: if cfg.level.tile_planes {
@@ -333,8 +301,80 @@ struct StepResult {
     centres: Vec<[f64; 2]>,
     /// Clipped sky per image (NaN without `step.sky`).
     skies: Vec<f64>,
-    /// Images without a usable pair.
-    isolated: Vec<usize>,
+    /// Connected component of each image in the graph of used pairs.
+    labels: Vec<usize>,
+}
+
+/// Step "lyot" (MIRI), after the tiles: every exposure's Lyot box is an image of its own, matched
+/// wherever it overlaps anything on the sky: the imager fields of all exposures, already matched
+/// and stacked as one reference image, and the other Lyot boxes (their own dither group when the
+/// dithers are large, else other tiles). pjpipe's recombine_lyot matches the box against its own
+/// dither group's imager stack only; on MIRI's real focal plane the box rarely overlaps that (the
+/// imager field starts ~70 columns to its right), so that graph leaves most boxes unmatched. A box
+/// not connected to the imager through used pairs has no knowable level: it is reported and masked
+/// ([`Corrections::lyot_masked`]), never left at an arbitrary level.
+#[allow(clippy::too_many_arguments)]
+fn match_lyot(
+    comm: &dyn Comm,
+    plan: &Plan,
+    metas: &[CalMeta],
+    cfg: &Config,
+    lyot_of: &[Option<[usize; 4]>],
+    lattice: usize,
+    clip: &ClipParams,
+    rej: &RejectParams,
+    corr: &mut Corrections,
+    rows: &mut Vec<PairRow>,
+    warnings: &mut Vec<String>,
+) -> crate::Result<()> {
+    let n = metas.len();
+    // image 0: every imager field; image 1 + j: the Lyot box of the j-th exposure that has one
+    let with_box: Vec<usize> = (0..n).filter(|&k| lyot_of[k].is_some()).collect();
+    let mut image_of = vec![usize::MAX; n];
+    for (j, &k) in with_box.iter().enumerate() {
+        image_of[k] = 1 + j;
+    }
+    let sl = Step {
+        name: "lyot",
+        parts: (0..n)
+            .map(|k| match lyot_of[k] {
+                Some(b) => vec![(Part::Main(b), 0), (Part::Lyot(b), image_of[k])],
+                None => vec![(Part::Whole, 0)],
+            })
+            .collect(),
+        names: std::iter::once("imager fields".to_string())
+            .chain(with_box.iter().map(|&k| format!("{}[lyot]", metas[k].file_name())))
+            .collect(),
+        pair_ok: Box::new(|a, b| a != b),
+        sky: false,
+        planes: false,
+        problem_of: Box::new(|_| 0),
+    };
+    let rl =
+        match_step(comm, plan, metas, cfg, corr, &sl, lattice, clip, rej, Gauge::Reference(vec![0]), rows, warnings)?;
+    corr.lyot_masked = vec![false; n];
+    let mut masked = vec![];
+    for &k in &with_box {
+        let i = image_of[k];
+        if rl.labels[i] == rl.labels[0] {
+            corr.lyot_offset_mjysr[k] += rl.offsets[i] - rl.offsets[0];
+        } else {
+            corr.lyot_masked[k] = true;
+            masked.push(metas[k].file_name());
+        }
+    }
+    if !masked.is_empty() {
+        let msg = format!(
+            "level lyot: the Lyot boxes of {} exposures overlap no matched image ({}): masked",
+            masked.len(),
+            masked.join(", ")
+        );
+        if comm.rank() == 0 {
+            tracing::warn!("{msg}");
+        }
+        warnings.push(msg);
+    }
+    Ok(())
 }
 
 /// Measure, gather, reject and solve one step (rank 0 also draws the step's PNG).
@@ -471,7 +511,8 @@ fn match_step(
             }
         }
         let lone = groups.isolated();
-        if !lone.is_empty() && nimg > 1 {
+        // (step "lyot" reports and masks its unconnected boxes itself)
+        if !lone.is_empty() && nimg > 1 && step.name != "lyot" {
             let names: Vec<&str> = lone.iter().map(|&k| step.names[k].as_str()).collect();
             let what = if step.name == "tiles" { "tiles" } else { "exposures" };
             msgs.push(format!(
@@ -502,11 +543,11 @@ fn match_step(
             });
         }
         let planes: Vec<[f64; 3]> = planes.iter().map(|p| [p.offset, p.slope_x, p.slope_y]).collect();
-        Some((planes, out_rows, msgs, lone))
+        Some((planes, out_rows, msgs, groups.labels.clone()))
     } else {
         None
     };
-    let (planes, new_rows, msgs, isolated): (Vec<[f64; 3]>, Vec<PairRow>, Vec<String>, Vec<usize>) =
+    let (planes, new_rows, msgs, labels): (Vec<[f64; 3]>, Vec<PairRow>, Vec<String>, Vec<usize>) =
         comm.broadcast_value(0, solved.as_ref()).context("level: broadcasting the offsets")?;
     let offsets: Vec<f64> = planes.iter().map(|p| p[0]).collect();
     // the centre of each image's extent, relative to the plane origin (where a plane's sky is read)
@@ -535,7 +576,7 @@ fn match_step(
     }
     rows.extend(new_rows);
     warnings.extend(msgs);
-    Ok(StepResult { offsets, planes, centres, skies, isolated })
+    Ok(StepResult { offsets, planes, centres, skies, labels })
 }
 
 /// The grid pixel `[x, y]` planes are referred to: the grid centre.

@@ -3,7 +3,9 @@
 //! 1. Each exposure's weight threshold (`maskpt` x its typical weight) is computed by the exposure's
 //!    owner from its input weights, scaled by the output/input pixel-area ratio, and shared.
 //! 2. Each chunk owner drizzles every overlapping exposure individually onto its chunk, in row bands
-//!    sized from the memory budget, and takes the per-pixel median of the stack.
+//!    sized from the memory budget, and takes the per-pixel median of the stack (with
+//!    `outlier.low_coverage_min`, where two or three remain and the median is over twice the
+//!    smallest value, the smallest: cosmic rays are positive).
 //! 3. Chunk owners exchange halo strips of the median (`Comm::exchange`), so each owns
 //!    median(chunk + halo).
 //! 4. For every exposure pixel whose centre lands in its chunk, the owner blots the median back
@@ -20,7 +22,7 @@ use crate::dist::{Comm, CommExt};
 use crate::error::Context;
 use crate::geom::TanSip;
 use crate::kernels::outlier::{
-    flag_outliers_window, interp_bicubic, interp_bilinear, median_stack, weight_threshold, OutlierParams,
+    flag_outliers_window, interp_bicubic, interp_bilinear, median_stack_with, weight_threshold, OutlierParams,
 };
 use crate::plan::{CalMeta, Chunk, Plan};
 use ndarray::{s, Array2, Array3};
@@ -154,7 +156,7 @@ fn chunk_median(
             stack.slice_mut(s![j, .., ..]).assign(&out.sci);
             wht.slice_mut(s![j, .., ..]).assign(&out.wht);
         }
-        median_stack(stack.view(), wht.view(), &th, median.slice_mut(s![y..y + h, ..]));
+        median_stack_with(stack.view(), wht.view(), &th, oc.low_coverage_min, median.slice_mut(s![y..y + h, ..]));
         y += h;
     }
     Ok(median)

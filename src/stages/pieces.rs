@@ -104,7 +104,8 @@ pub fn read_piece(
     let mut sci = read_region_f32(p, "SCI", rows.clone(), cols.clone())?;
     corrections.apply_window(index, rows.clone(), cols.clone(), &mut sci);
     let err = read_region_f32(p, "ERR", rows.clone(), cols.clone())?;
-    let dqa = read_region_dq(p, rows.clone(), cols.clone())?;
+    let mut dqa = read_region_dq(p, rows.clone(), cols.clone())?;
+    corrections.mask_dq(index, &mut dqa, rows.clone(), cols.clone());
     let read_var = |name: &str| read_region_f32(p, name, rows.clone(), cols.clone());
     let vars = if want.vars {
         Some([read_var("VAR_POISSON")?, read_var("VAR_RNOISE")?, read_var("VAR_FLAT")?])

@@ -282,15 +282,24 @@ fn cosmic_ray_count_and_pixels_match_the_rate() {
     // expected hits: rate per 1000 s x 429.4 s x 4096 px x 4 files = 70.4
     let expected = 0.01 * 0.4294 * 4096.0 * 4.0;
     assert!((nhits as f64 - expected).abs() < 5.0 * expected.sqrt(), "{nhits} hits, expected {expected}");
-    // every recorded CR pixel stands far above its noise in the file
-    for r in rows.iter().take(200) {
-        let img = read_cal(&d.path().join(&r[0])).unwrap();
+    // every hit's brightest pixel stands far above its noise in the file; the rest of the hit
+    // (blob, streak, and the charge spilt into neighbours at a few percent) is positive
+    let mut peaks: std::collections::BTreeMap<(String, String), (f64, usize, usize)> = Default::default();
+    for r in &rows {
         let (y, x): (usize, usize) = (r[2].parse().unwrap(), r[3].parse().unwrap());
         let v: f64 = r[4].parse().unwrap();
-        if img.dq[[y, x]] & dq::DO_NOT_USE != 0 {
+        assert!(v > 0.0, "CR value {v}");
+        let p = peaks.entry((r[0].clone(), r[1].clone())).or_insert((f64::MIN, 0, 0));
+        if v > p.0 {
+            *p = (v, y, x);
+        }
+    }
+    for ((file, _), (v, y, x)) in peaks.iter().take(200) {
+        let img = read_cal(&d.path().join(file)).unwrap();
+        if img.dq[[*y, *x]] & dq::DO_NOT_USE != 0 {
             continue;
         }
-        assert!(v > 5.0 * img.err[[y, x]] as f64, "CR value {v} vs err {}", img.err[[y, x]]);
+        assert!(*v > 5.0 * img.err[[*y, *x]] as f64, "CR peak {v} vs err {}", img.err[[*y, *x]]);
     }
 }
 

@@ -221,6 +221,12 @@ fn simulate_exposure(
     if let Some([y0, y1, x0, x1]) = lyot {
         sky.slice_mut(ndarray::s![y0..y1, x0..x1]).mapv_inplace(|v| v + cfg.lyot_offset_mjysr as f32);
     }
+    // MIRI: no light between the coronagraph strip and the imager field, nor behind the Lyot spot
+    // and its bar (survey::MiriFocalPlane)
+    let focal = layout.miri_focal_plane();
+    if let Some(fp) = &focal {
+        sky.indexed_iter_mut().filter(|((y, x), _)| fp.is_dark(*y, *x)).for_each(|(_, v)| *v = 0.0);
+    }
     // 3. noise and variances from the noiseless signal
     let gain = survey.gain_e_per_mjysr_s * e.effexptm_s;
     let np = NoiseParams { gain_e_per_mjysr: gain, read_noise_e: survey.read_noise_e, flat_err_frac: 0.002 };
@@ -284,11 +290,14 @@ fn simulate_exposure(
                 d[[y, x]] |= dq::DO_NOT_USE | dq::REFERENCE_PIXEL;
             }
         }
-        if let Some([ly0, _, _, lx1]) = lyot {
-            // between the 4QPM coronagraphs and the imager: not science (below the Lyot box)
-            for y in 0..ly0 {
-                for x in layout.refpix..lx1 {
-                    d[[y, x]] |= dq::DO_NOT_USE | dq::NON_SCIENCE;
+        if let Some(fp) = &focal {
+            // the coronagraph strip (4QPMs, LRS, the unilluminated columns) and the Lyot spot and
+            // bar: not science; the open Lyot box and the imager field are
+            for y in 0..ny {
+                for x in layout.refpix..nx - layout.refpix {
+                    if !fp.is_science(y, x) {
+                        d[[y, x]] |= dq::DO_NOT_USE | dq::NON_SCIENCE;
+                    }
                 }
             }
         }

@@ -127,6 +127,93 @@ impl InstrumentLayout {
     pub fn lyot_box(&self) -> Option<[usize; 4]> {
         (self.instrument == Instrument::Miri).then(|| crate::plan::miri_lyot_box(self.shape))
     }
+
+    /// MIRI: where the light falls on the detector ([`MiriFocalPlane`]); `None` for NIRCam.
+    pub fn miri_focal_plane(&self) -> Option<MiriFocalPlane> {
+        (self.instrument == Instrument::Miri).then(|| MiriFocalPlane::new(self.shape))
+    }
+}
+
+/// The MIRI imager focal plane on the 1024 x 1032 detector, scaled to a simulated frame of `shape`
+/// (every simulated size keeps the real proportions; `large` is the real frame).
+///
+/// Sources:
+/// - Bouchet et al. 2015, PASP 127, 612 ("MIRIM, the MIRI imager"): the imager has an unobstructed
+///   view of 74" x 113" (673 columns at 0.11"/px); the rest of the nominal 113" x 113" field, on the
+///   left of the detector, holds the coronagraphs and the LRS. JDox "MIRI Coronagraphic Imaging",
+///   figure 1: the coronagraph views sit on the left side, the Lyot coronagraph at the top and the
+///   three 4QPMs below it. Imaging cal files flag that strip NON_SCIENCE except the Lyot box (rows
+///   735-1023, columns 0-289; pjpipe matches it as its own image), and unilluminated columns
+///   separate it from the imager field, which starts near column 360.
+/// - The Lyot occulter (webbpsf's MIRI model, after Boccaletti et al. 2015, PASP 127, 633): an
+///   opaque spot of 4.25" diameter (4.32" specified) held by a 0.722" wide bar running across the
+///   30" field of the coronagraph. The occulted pixels see no sky; the simulator flags them
+///   NON_SCIENCE like the rest of the coronagraph strip, since no imaging mosaic can use them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MiriFocalPlane {
+    /// `[ny, nx]` of the frame.
+    pub shape: [usize; 2],
+    /// First column of the imager field.
+    pub imager_x0: usize,
+    /// The Lyot box `[y0, y1, x0, x1]` ([`crate::plan::miri_lyot_box`]).
+    pub lyot: [usize; 4],
+    /// Centre of the Lyot spot `(y, x)`, pixels (the centre of the box).
+    pub spot_yx: (f64, f64),
+    /// Radius of the Lyot spot, pixels.
+    pub spot_radius_px: f64,
+    /// Half-width of the spot's support bar (vertical, through the spot, across the box), pixels.
+    pub bar_halfwidth_px: f64,
+}
+
+impl MiriFocalPlane {
+    /// Full-frame columns, rows and pixel scale the published numbers refer to.
+    const FULL_COLS: f64 = 1032.0;
+    const PIXSCALE_ARCSEC: f64 = 0.11;
+
+    /// The focal plane of a MIRI frame of `shape` `[ny, nx]`.
+    pub fn new(shape: [usize; 2]) -> Self {
+        let [_, nx] = shape;
+        // frame pixels per real pixel along x (the simulator keeps the 0.11" scale on smaller frames)
+        let k = nx as f64 / Self::FULL_COLS;
+        let lyot = crate::plan::miri_lyot_box(shape);
+        let [y0, y1, x0, x1] = lyot;
+        MiriFocalPlane {
+            shape,
+            imager_x0: ((360.0 * k).round() as usize).min(nx),
+            lyot,
+            spot_yx: (0.5 * (y0 + y1) as f64 - 0.5, 0.5 * (x0 + x1) as f64 - 0.5),
+            spot_radius_px: 0.5 * 4.25 / Self::PIXSCALE_ARCSEC * k,
+            bar_halfwidth_px: (0.5 * 0.722 / Self::PIXSCALE_ARCSEC * k).max(0.5),
+        }
+    }
+
+    /// Whether pixel `(y, x)` sees the sky through the imager field or the open part of the Lyot
+    /// box (everything else on the left strip is a 4QPM, the LRS, unilluminated, or occulted).
+    pub fn is_science(&self, y: usize, x: usize) -> bool {
+        x >= self.imager_x0 || (self.in_lyot_box(y, x) && !self.is_occulted(y, x))
+    }
+
+    /// Whether pixel `(y, x)` lies in the Lyot box.
+    pub fn in_lyot_box(&self, y: usize, x: usize) -> bool {
+        let [y0, y1, x0, x1] = self.lyot;
+        (y0..y1).contains(&y) && (x0..x1).contains(&x)
+    }
+
+    /// Whether pixel `(y, x)` of the Lyot box is behind the spot or its bar.
+    pub fn is_occulted(&self, y: usize, x: usize) -> bool {
+        if !self.in_lyot_box(y, x) {
+            return false;
+        }
+        let (dy, dx) = (y as f64 - self.spot_yx.0, x as f64 - self.spot_yx.1);
+        dy.hypot(dx) <= self.spot_radius_px || dx.abs() <= self.bar_halfwidth_px
+    }
+
+    /// Whether pixel `(y, x)` receives no light at all: the columns between the coronagraph strip
+    /// and the imager field, and the occulted part of the Lyot box.
+    pub fn is_dark(&self, y: usize, x: usize) -> bool {
+        let lyot_x1 = self.lyot[3];
+        (lyot_x1..self.imager_x0).contains(&x) || self.is_occulted(y, x)
+    }
 }
 
 /// One simulated exposure file.
@@ -259,7 +346,13 @@ pub fn design(cfg: &SimulateConfig) -> Survey {
     // cover the previous tile's module gap (a contiguous mosaic, as PHANGS tiles are; every tile
     // overlaps its neighbours, which level matching needs).
     let step = match cfg.instrument {
-        Instrument::Miri => [0.85 * w, 0.85 * h],
+        // the tiles step by 0.85 of the imager field (74" of the 113" frame at full size), whose
+        // neighbours overlap; the coronagraph strip is not science
+        Instrument::Miri => {
+            let fp = layout.miri_focal_plane().expect("MIRI layout");
+            let imager_w = (layout.shape[1] - fp.imager_x0) as f64 * layout.pixscale_arcsec;
+            [0.85 * imager_w, 0.85 * h]
+        }
         _ => {
             let b: Vec<f64> = layout.detectors.iter().filter(|d| d.module == "B").map(|d| d.offset_arcsec[0]).collect();
             [b.iter().sum::<f64>() / b.len() as f64, 0.85 * h]
