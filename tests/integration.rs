@@ -10,6 +10,8 @@ mod align;
 mod cli;
 #[path = "integration/destripe.rs"]
 mod destripe;
+#[path = "integration/faults.rs"]
+mod faults;
 #[path = "integration/fits_io.rs"]
 mod fits_io;
 #[path = "integration/level.rs"]

@@ -76,6 +76,7 @@ pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &Config) -> anyhow::Result<Out
     if cfg.targets.is_empty() {
         anyhow::bail!("the config lists no [[target]]: nothing to run (see `tessera config default`)");
     }
+    super::preflight::campaign(comm, cfg)?;
     let mut outcome = Outcome::Clean;
     let mut failed = vec![];
     for t in &cfg.targets {

@@ -43,6 +43,7 @@ pub fn run(
             anyhow::bail!("{origin} {}: no such file", c.display());
         }
     }
+    let preflight = super::preflight::mosaic(comm, cfg, inputs, output, catalog)?;
     let planned = super::plan::run(comm, raw, cfg, inputs, comm.size())?;
     let mut plan = &planned.plan;
     let prov = Provenance::new(raw, comm);
@@ -261,7 +262,7 @@ pub fn run(
             cfg.run.output_dir.display()
         );
     }
-    Ok(planned.outcome)
+    Ok(super::preflight::worst(planned.outcome, preflight))
 }
 
 /// The outlier flags as written to `outlier/flags.json`: file name, count and linear indices.
