@@ -494,6 +494,10 @@ fn read_meta_from(f: &mut FitsFile, path: &Path) -> Result<CalMeta, FitsError> {
 /// for an all-NaN SCI, and everything [`read_cal_meta`] reports.
 pub fn verify_cal(path: &Path) -> Result<CalMeta, FitsError> {
     let size = std::fs::metadata(path).map_err(|e| FitsError::from(crate::io::IoError::fs(path, e)))?.len();
+    // cfitsio reads a compressed file (gzip, compress, pkzip, bzip2) whole into memory, so its size
+    // on disk says nothing about the HDUs: only the headers and checksums are checked then
+    let compressed = compressed(path);
+    let size = if compressed { u64::MAX } else { size };
     let mut f = open(path)?;
     let mut end = 0u64;
     let mut last = String::from("PRIMARY");
@@ -540,6 +544,16 @@ pub fn verify_cal(path: &Path) -> Result<CalMeta, FitsError> {
                 )),
             ));
         }
+        if compressed && kind == 0 && data_end > data && !last_pixel_reads(&mut f) {
+            return Err(FitsError::new(
+                path,
+                Some(&name),
+                None,
+                FitsProblem::BadData(
+                    "the last pixel cannot be read: the compressed file is truncated or damaged".into(),
+                ),
+            ));
+        }
         if data_ok < 0 || hdu_ok < 0 {
             let key = if data_ok < 0 { "DATASUM" } else { "CHECKSUM" };
             return Err(FitsError::new(
@@ -552,7 +566,7 @@ pub fn verify_cal(path: &Path) -> Result<CalMeta, FitsError> {
         end = data_end as u64;
         last = name;
     }
-    if size < end {
+    if size < end && !compressed {
         // a hostile or damaged NAXISn makes the file look short: name the keyword then
         if let Err(e) = read_meta_from(&mut f, path) {
             if e.keyword.as_deref().is_some_and(|k| k.starts_with("NAXIS")) {
@@ -566,7 +580,7 @@ pub fn verify_cal(path: &Path) -> Result<CalMeta, FitsError> {
             FitsProblem::BadData(format!("truncated: the file has {size} bytes, its headers describe {end}")),
         ));
     }
-    if size > end {
+    if size > end && !compressed {
         return Err(FitsError::new(
             path,
             None,
@@ -592,6 +606,40 @@ pub fn verify_cal(path: &Path) -> Result<CalMeta, FitsError> {
         ));
     }
     Ok(meta)
+}
+
+/// Whether the last pixel of the current image HDU can be read (a compressed file is inflated in
+/// memory, where a cut shows only as data that end early).
+fn last_pixel_reads(f: &mut FitsFile) -> bool {
+    let (mut status, mut naxis) = (0, 0);
+    // SAFETY: a valid handle; `naxes` holds up to 9 axes (FITS allows 999, images here have <= 3).
+    unsafe {
+        fitsio::sys::ffgidm(f.as_raw(), &mut naxis, &mut status);
+    }
+    if status != 0 || !(1..=9).contains(&naxis) {
+        return status == 0;
+    }
+    let mut naxes = [0i64; 9];
+    unsafe {
+        fitsio::sys::ffgiszll(f.as_raw(), naxis, naxes.as_mut_ptr(), &mut status);
+    }
+    let npix: i64 = naxes[..naxis as usize].iter().product();
+    if status != 0 || npix <= 0 {
+        return status == 0;
+    }
+    let (mut value, mut anynul) = (0f64, 0);
+    unsafe {
+        fitsio::sys::ffgpvd(f.as_raw(), 1, npix, 1, 0.0, &mut value, &mut anynul, &mut status);
+    }
+    status == 0
+}
+
+/// Whether the file starts with the magic bytes of a compression cfitsio undoes on open.
+fn compressed(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 2];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+    read.is_ok() && matches!(&magic, [0x1f, 0x8b] | [0x1f, 0x9d] | [0x1f, 0x1e] | [0x1f, 0xa0] | b"PK" | b"BZ")
 }
 
 /// EXTNAME of the current HDU, if it has one.

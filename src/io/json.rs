@@ -97,7 +97,7 @@ impl Finder {
     }
 }
 
-impl<'a> serde::Serializer for &'a mut Finder {
+impl serde::Serializer for &mut Finder {
     type Ok = ();
     type Error = Stop;
     type SerializeSeq = Self;
@@ -205,7 +205,7 @@ impl<'a> serde::Serializer for &'a mut Finder {
 
 macro_rules! seq_like {
     ($($t:ident :: $f:ident),*) => {$(
-        impl<'a> serde::ser::$t for &'a mut Finder {
+        impl serde::ser::$t for &mut Finder {
             type Ok = ();
             type Error = Stop;
             fn $f<T: serde::Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Stop> {
@@ -225,7 +225,7 @@ seq_like!(
     SerializeTupleVariant::serialize_field
 );
 
-impl<'a> serde::ser::SerializeMap for &'a mut Finder {
+impl serde::ser::SerializeMap for &mut Finder {
     type Ok = ();
     type Error = Stop;
     fn serialize_key<T: serde::Serialize + ?Sized>(&mut self, k: &T) -> Result<(), Stop> {
@@ -243,7 +243,7 @@ impl<'a> serde::ser::SerializeMap for &'a mut Finder {
 
 macro_rules! struct_like {
     ($($t:ident),*) => {$(
-        impl<'a> serde::ser::$t for &'a mut Finder {
+        impl serde::ser::$t for &mut Finder {
             type Ok = ();
             type Error = Stop;
             fn serialize_field<T: serde::Serialize + ?Sized>(&mut self, name: &'static str, v: &T) -> Result<(), Stop> {

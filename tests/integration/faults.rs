@@ -267,6 +267,25 @@ fn truncated_and_hostile_files_are_skipped_in_plan_naming_file_and_keyword() {
 }
 
 #[test]
+fn a_gzipped_input_is_read_not_taken_for_truncated() {
+    // cfitsio opens gzip files whole in memory: the length check must not compare the disk size
+    let w = tmp();
+    let d = w.path().join("in");
+    let files = inputs(&d, 4);
+    let gz = std::process::Command::new("gzip").arg("-c").arg(&files[0]).output().unwrap();
+    assert!(gz.status.success());
+    std::fs::write(&files[0], &gz.stdout).unwrap();
+    let out = tessera(w.path(), &["plan", d.to_str().unwrap()]);
+    assert!(ok(&out).contains("4 files"), "{}", log(&out));
+    // and a gzip cut short is refused, naming the file
+    std::fs::write(&files[0], &gz.stdout[..gz.stdout.len() / 2]).unwrap();
+    let out = tessera(w.path(), &["plan", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", log(&out));
+    worded(&out);
+    assert!(err(&out).contains(&name(&files[0])), "{}", log(&out));
+}
+
+#[test]
 fn bracketed_paths_work_and_bad_output_paths_are_refused_up_front() {
     let w = tmp();
     let d = w.path().join("in[1]");
