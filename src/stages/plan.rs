@@ -96,7 +96,7 @@ pub fn read_inventory(inputs: &[PathBuf]) -> anyhow::Result<(Vec<CalMeta>, Vec<(
 
 /// Drop the inputs that repeat another: the same file under another path (a symbolic or hard link,
 /// `dir` and `dir/../dir`), or another file holding the same exposure (PROGRAM, OBSERVTN, VISIT,
-/// VISITGRP, SEQ_ID, ACT_ID, EXPOSURE and DETECTOR: a copy under another name). Mosaicking an
+/// VISITGRP, SEQ_ID, ACT_ID, EXPOSURE, DETECTOR and band: a copy under another name). Mosaicking an
 /// exposure twice would weigh it double and break the level solve, so the first in path order is
 /// kept and every later one is returned with a reason naming the one kept.
 pub fn drop_duplicates(mut metas: Vec<CalMeta>) -> (Vec<CalMeta>, Vec<(PathBuf, String)>) {
@@ -104,7 +104,7 @@ pub fn drop_duplicates(mut metas: Vec<CalMeta>) -> (Vec<CalMeta>, Vec<(PathBuf, 
     use std::os::unix::fs::MetadataExt;
     metas.sort_by(|a, b| a.path.cmp(&b.path));
     let mut by_file: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut by_id: HashMap<(crate::plan::ExposureId, String), PathBuf> = HashMap::new();
+    let mut by_id: HashMap<(crate::plan::ExposureId, String, String), PathBuf> = HashMap::new();
     let mut kept = vec![];
     let mut dropped = vec![];
     for m in metas {
@@ -116,16 +116,17 @@ pub fn drop_duplicates(mut metas: Vec<CalMeta>) -> (Vec<CalMeta>, Vec<(PathBuf, 
             ));
             continue;
         }
-        let id = (m.id.clone(), m.detector.trim().to_ascii_uppercase());
+        let id = (m.id.clone(), m.detector.trim().to_ascii_uppercase(), m.band());
         if let Some(first) = by_id.get(&id) {
             dropped.push((
                 m.path.clone(),
                 format!(
-                    "duplicate input: the same exposure as {} (exposure {}_{}, detector {}: a copy?)",
+                    "duplicate input: the same exposure as {} (exposure {}_{}, detector {}, band {}: a copy?)",
                     first.display(),
                     m.id.dither_group_key(),
                     m.id.exposure,
-                    m.detector
+                    m.detector,
+                    m.band()
                 ),
             ));
             continue;
