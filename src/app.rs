@@ -106,7 +106,17 @@ pub fn main_with(cli: Cli, comm: &dyn Comm) -> u8 {
     init_logging(&cli, comm);
     match run(&cli, comm) {
         Ok(Outcome::Clean) => EXIT_OK,
-        Ok(Outcome::Partial) => EXIT_PARTIAL,
+        Ok(Outcome::Partial) => {
+            if comm.size() > 1 && comm.rank() == 0 {
+                // Open MPI's mpirun reports any non-zero exit as an aborted job; say it is not one
+                eprintln!(
+                    "tessera: finished on all {} ranks with some inputs or stages skipped (reported above): exit \
+                     code 3. Any Open MPI notice that the job was \"aborted\" only reports this exit code.",
+                    comm.size()
+                );
+            }
+            EXIT_PARTIAL
+        }
         Err(e) => {
             if comm.rank() == 0 || !e.to_string().starts_with("rank 0:") {
                 eprintln!("tessera: error: {e:#}");
@@ -122,10 +132,19 @@ fn load_config(cli: &Cli, extra_sets: &[String]) -> anyhow::Result<(RawConfig, C
     Ok(config::load(cli.config.as_deref(), &sets)?)
 }
 
-fn set_threads(cfg: &Config) {
+fn set_threads(cfg: &Config) -> anyhow::Result<()> {
     if cfg.run.threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(cfg.run.threads).build_global();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (n, warning) = config::thread_count(cfg.run.threads, cores);
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("run.threads = {}: cannot start {n} worker threads: {e}", cfg.run.threads))?;
     }
+    Ok(())
 }
 
 /// Dispatch a command.
@@ -156,12 +175,12 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
         }
         Command::Simulate(args) => {
             let (raw, cfg) = load_config(cli, &args.as_sets())?;
-            set_threads(&cfg);
+            set_threads(&cfg)?;
             Ok(stages::simulate::run(comm, &raw, &cfg.simulate, &args.out)?)
         }
         Command::Plan(args) => {
             let (raw, cfg) = load_config(cli, &[])?;
-            set_threads(&cfg);
+            set_threads(&cfg)?;
             let nranks = args.ranks.unwrap_or(comm.size());
             if nranks == 0 {
                 anyhow::bail!("--ranks must be at least 1");
@@ -190,12 +209,12 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
         }
         Command::Run { config_file, resume, overwrite } => {
             let (raw, cfg) = config::load(Some(config_file), &cli.sets)?;
-            set_threads(&cfg);
+            set_threads(&cfg)?;
             Ok(stages::campaign::run(comm, &raw, &cfg, *resume, *overwrite)?)
         }
         Command::Mosaic(args) => {
             let (raw, cfg) = load_config(cli, &args.as_sets())?;
-            set_threads(&cfg);
+            set_threads(&cfg)?;
             Ok(stages::mosaic::run(
                 comm,
                 &raw,
@@ -211,7 +230,7 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
             let (name, args) = cmd.stage_args().expect("every other command is a stage");
             let stage = Stage::from_name(name).expect("the CLI names stages by their names");
             let (raw, cfg) = load_config(cli, &[])?;
-            set_threads(&cfg);
+            set_threads(&cfg)?;
             let inv = Invocation {
                 comm,
                 raw: &raw,

@@ -239,5 +239,49 @@ impl SimulateArgs {
 
 /// Parse the process arguments (exits with clap's usage error, code 2, on bad arguments).
 pub fn parse() -> Cli {
-    Cli::parse()
+    parse_from(std::env::args_os())
+}
+
+/// Parse `args` (the program name first) like [`parse`].
+pub fn parse_from<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Cli {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let mut cli = Cli::parse_from(&args);
+    cli.sets = every_set(&args);
+    cli
+}
+
+/// Every `--set` value in command-line order, before and after the subcommand. clap keeps only
+/// the deepest level's values of a global option (`tessera --set a mosaic --set b` would lose `a`),
+/// so they are collected here, once clap has accepted the line.
+fn every_set(args: &[std::ffi::OsString]) -> Vec<String> {
+    let mut out = vec![];
+    let mut it = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        } else if a == "--set" {
+            out.extend(it.next().map(|v| v.into_owned()));
+        } else if let Some(v) = a.strip_prefix("--set=") {
+            out.push(v.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sets(line: &str) -> Vec<String> {
+        parse_from(line.split_whitespace().map(std::ffi::OsString::from)).sets
+    }
+
+    #[test]
+    fn every_set_counts_before_and_after_the_subcommand_in_order() {
+        assert_eq!(sets("tessera --set a=1 plan d --set b=2"), ["a=1", "b=2"]);
+        assert_eq!(sets("tessera --set a=1 plan d"), ["a=1"]);
+        assert_eq!(sets("tessera plan --set=a=1 d --set b=2"), ["a=1", "b=2"]);
+        assert_eq!(sets("tessera -c x.toml --set a=1 --set=b=2 mosaic d -o m.fits --set c=3"), ["a=1", "b=2", "c=3"]);
+        assert!(sets("tessera plan d").is_empty());
+    }
 }

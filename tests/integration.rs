@@ -12,6 +12,8 @@ mod cli;
 mod cosmic;
 #[path = "integration/destripe.rs"]
 mod destripe;
+#[path = "integration/faults.rs"]
+mod faults;
 #[path = "integration/fits_io.rs"]
 mod fits_io;
 #[path = "integration/level.rs"]

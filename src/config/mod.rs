@@ -16,9 +16,10 @@ pub use raw::{
     RawAlign, RawAssemble, RawAstrometry, RawConfig, RawDrizzle, RawGrid, RawLevel, RawOutlier, RawPlan, RawPrep,
     RawRun, RawSimulate, RawTarget, DEFAULT_TOML,
 };
+pub use resolved::thread_count;
 pub use resolved::{
     AlignConfig, AssembleConfig, AstrometryConfig, Config, DrizzleConfig, Instrument, LevelConfig, OutlierConfig,
-    PlanConfig, PrepConfig, RunConfig, SimSize, SimulateConfig, Target, UserGrid, WeightType,
+    PlanConfig, PrepConfig, RunConfig, SimSize, SimulateConfig, Target, UserGrid, WeightType, MAX_THREADS,
 };
 
 use std::path::{Path, PathBuf};

@@ -350,7 +350,8 @@ pub struct RawRun {
     pub output_dir: String,
     /// Memory budget per MPI rank, in MiB. Drives the chunk size of the output grid.
     pub mem_budget_mb: u64,
-    /// Worker threads per rank (rayon); 0 = all cores available to the rank.
+    /// Worker threads per rank (rayon); 0 = all cores available to the rank. At most 1024; more
+    /// than 4x the cores available to the rank is lowered to that, with a warning.
     pub threads: usize,
     /// Seconds between progress lines on rank 0.
     pub progress_interval_s: f64,
@@ -581,7 +582,8 @@ pub const DEFAULT_TOML: &str = r#"# tessera configuration (defaults). Every key 
 output_dir = "tessera-out"
 # Memory budget per MPI rank, in MiB. Drives the chunk size of the output grid.
 mem_budget_mb = 4096
-# Worker threads per rank (rayon); 0 = all cores available to the rank.
+# Worker threads per rank (rayon); 0 = all cores available to the rank. At most 1024; more
+# than 4x the cores available to the rank is lowered to that, with a warning.
 threads = 0
 # Seconds between progress lines on rank 0.
 progress_interval_s = 5.0

@@ -347,6 +347,27 @@ fn check_rolls(rolls: &[f64]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The most `run.threads` a config may ask for: more than the cores of any node.
+pub const MAX_THREADS: usize = 1024;
+
+/// The rayon thread count for `run.threads = requested` on a rank with `available` cores: 0 means
+/// all of them; more than 4x `available` (oversubscription that only adds switching) is lowered to
+/// 4x `available`, with the warning to print.
+pub fn thread_count(requested: usize, available: usize) -> (usize, Option<String>) {
+    let available = available.max(1);
+    match requested {
+        0 => (available, None),
+        n if n > 4 * available => (
+            4 * available,
+            Some(format!(
+                "run.threads = {n} is more than 4x the {available} cores available to this rank: using {}",
+                4 * available
+            )),
+        ),
+        n => (n, None),
+    }
+}
+
 fn non_negative(key: &str, v: f64) -> Result<f64, ConfigError> {
     if v.is_finite() && v >= 0.0 {
         Ok(v)
@@ -367,6 +388,15 @@ impl RawConfig {
         }
         if r.output_dir.trim().is_empty() {
             return Err(invalid("run.output_dir", "must not be empty"));
+        }
+        if r.threads > MAX_THREADS {
+            return Err(invalid(
+                "run.threads",
+                format!(
+                    "{} threads per rank is more than any node has (limit {MAX_THREADS}; 0 = all cores)",
+                    r.threads
+                ),
+            ));
         }
         let run = RunConfig {
             output_dir: r.output_dir.clone().into(),
@@ -720,5 +750,19 @@ mod tests {
         assert_eq!(Instrument::of_filter("CLEAR"), None);
         assert_eq!(parse_tiles("2x3"), Some((2, 3)));
         assert_eq!(parse_tiles("0x3"), None);
+    }
+
+    #[test]
+    fn thread_count_keeps_sane_values_and_lowers_oversubscription() {
+        assert_eq!(thread_count(0, 8), (8, None));
+        assert_eq!(thread_count(3, 8), (3, None));
+        assert_eq!(thread_count(32, 8), (32, None));
+        let (n, w) = thread_count(33, 8);
+        assert_eq!(n, 32);
+        assert!(w.unwrap().contains("run.threads = 33"));
+        let mut raw = crate::config::RawConfig::default();
+        raw.run.threads = MAX_THREADS + 1;
+        let e = raw.resolve().unwrap_err().to_string();
+        assert!(e.contains("run.threads") && e.contains("1025"), "{e}");
     }
 }

@@ -115,7 +115,7 @@ pub trait CommExt: Comm {
             vec![]
         };
         self.broadcast_bytes(root, &mut buf);
-        serde_json::from_slice(&buf).map_err(|e| DistError::Decode { rank: root, message: e.to_string() })
+        serde_json::from_slice(&buf).map_err(|e| DistError::Decode { rank: root, message: decode_hint(e) })
     }
 
     /// Gather a serialisable value from every rank to `root`, in rank order.
@@ -134,7 +134,7 @@ pub trait CommExt: Comm {
                 .iter()
                 .enumerate()
                 .map(|(rank, p)| {
-                    serde_json::from_slice(p).map_err(|e| DistError::Decode { rank, message: e.to_string() })
+                    serde_json::from_slice(p).map_err(|e| DistError::Decode { rank, message: decode_hint(e) })
                 })
                 .collect::<Result<Vec<T>, _>>()
                 .map(Some),
@@ -206,6 +206,17 @@ pub trait CommExt: Comm {
 }
 
 impl<C: Comm + ?Sized> CommExt for C {}
+
+/// A decode error in words: JSON carries a NaN or infinity as null, the usual cause of
+/// "invalid type: null, expected f64" (a bug: the sender must send such numbers as bits).
+fn decode_hint(e: serde_json::Error) -> String {
+    let m = e.to_string();
+    if m.contains("invalid type: null") {
+        format!("{m} (a NaN or infinite number sent as JSON null)")
+    } else {
+        m
+    }
+}
 
 /// Install a panic hook that prints the rank and aborts the whole job, so a panic on one rank does
 /// not leave the others waiting in a collective forever.

@@ -35,6 +35,10 @@ pub enum FitsProblem {
     BadData(String),
     #[error("bad WCS: {0}")]
     Wcs(WcsError),
+    #[error("{0}")]
+    Io(String),
+    #[error("no space left on device in {0}")]
+    DiskFull(String),
 }
 
 /// A FITS error naming the file, HDU and keyword.
@@ -65,9 +69,176 @@ impl FitsError {
             problem,
         }
     }
-    fn cfitsio(path: &Path, hdu: Option<&str>, e: impl std::fmt::Display) -> Self {
-        FitsError::new(path, hdu, None, FitsProblem::Cfitsio(e.to_string()))
+    fn cfitsio(path: &Path, hdu: Option<&str>, e: impl Described) -> Self {
+        FitsError::new(path, hdu, None, FitsProblem::Cfitsio(e.describe()))
     }
+}
+
+/// An error from cfitsio or around it, in words: cfitsio statuses become their meaning
+/// ([`status_words`]) instead of `FitsError { status: 107, .. }`.
+trait Described {
+    fn describe(&self) -> String;
+}
+
+impl Described for fitsio::errors::Error {
+    fn describe(&self) -> String {
+        match self {
+            fitsio::errors::Error::Fits(e) => status_words(e.status),
+            fitsio::errors::Error::Index(e) => format!("{} (requested {:?})", e.message, e.given),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl Described for &str {
+    fn describe(&self) -> String {
+        (*self).to_string()
+    }
+}
+
+impl Described for String {
+    fn describe(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Described for std::io::Error {
+    fn describe(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Described for ndarray::ShapeError {
+    fn describe(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A cfitsio status code in words: cfitsio's own text (`fits_get_errstatus`), with what it
+/// usually means for a cal file where that is not obvious, and the code.
+pub fn status_words(status: i32) -> String {
+    let mut buf = [0 as std::os::raw::c_char; 32];
+    // SAFETY: ffgerr writes at most 31 characters and a NUL into the buffer (FLEN_STATUS = 31).
+    unsafe {
+        fitsio::sys::ffgerr(status, buf.as_mut_ptr());
+    }
+    let text = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().trim().to_string();
+    let text = if text.is_empty() { "unknown cfitsio error".to_string() } else { text };
+    let hint = match status {
+        104 => ": the file is missing or not readable",
+        106 => ": the file could not be written (disk full or read-only?)",
+        107 | 108 => ": the file is shorter than its headers say (truncated or damaged)",
+        151 | 252 | 253 => ": this is not a FITS file, or its header is damaged",
+        _ => "",
+    };
+    format!("{text}{hint} (cfitsio status {status})")
+}
+
+/// Open an existing file without cfitsio's extended file-name syntax (`fits_open_diskfile`), so that
+/// any legal path works, brackets included (`a[1].fits` is a file, not HDU 1 of `a`).
+fn open_disk(path: &Path, write: bool) -> Result<FitsFile, FitsError> {
+    let c = c_path(path)?;
+    let (mode, iomode) = if write { (fitsio::FileOpenMode::READWRITE, 1) } else { (fitsio::FileOpenMode::READONLY, 0) };
+    let mut fptr = std::ptr::null_mut();
+    let mut status = 0;
+    // SAFETY: a NUL-terminated path and out-pointers cfitsio fills; the handle is owned by FitsFile.
+    unsafe {
+        fitsio::sys::ffdkopn(&mut fptr, c.as_ptr(), iomode, &mut status);
+    }
+    if status != 0 || fptr.is_null() {
+        return Err(FitsError::new(path, None, None, FitsProblem::Cfitsio(status_words(status))));
+    }
+    // SAFETY: fptr was just opened by cfitsio and is not used elsewhere.
+    unsafe { FitsFile::from_raw(fptr, mode) }.map_err(|e| FitsError::cfitsio(path, None, e))
+}
+
+/// Create a new file without cfitsio's extended file-name syntax (`fits_create_diskfile`), with an
+/// empty primary HDU or, given `primary`, a primary image of that description.
+fn create_disk(path: &Path, shown: &Path, primary: Option<&ImageDescription>) -> Result<FitsFile, FitsError> {
+    let c = c_path(path)?;
+    let mut fptr = std::ptr::null_mut();
+    let mut status = 0;
+    // SAFETY: as in `open_disk`.
+    unsafe {
+        fitsio::sys::ffdkinit(&mut fptr, c.as_ptr(), &mut status);
+    }
+    if status != 0 || fptr.is_null() {
+        return Err(write_failure(shown, Some("PRIMARY"), FitsProblem::Cfitsio(status_words(status))));
+    }
+    // SAFETY: as in `open_disk`.
+    let mut f = unsafe { FitsFile::from_raw(fptr, fitsio::FileOpenMode::READWRITE) }
+        .map_err(|e| FitsError::cfitsio(shown, Some("PRIMARY"), e))?;
+    match primary {
+        // what fitsio's `FitsFile::create(..).with_custom_primary(..)` writes
+        Some(desc) => {
+            f.create_image("_PRIMARY", desc).map_err(|e| write_error(shown, Some("PRIMARY"), e))?;
+        }
+        None => {
+            // an empty primary array, as fitsio's `FitsFile::create(..).open()` writes it
+            unsafe {
+                fitsio::sys::ffphps(f.as_raw(), 8, 0, std::ptr::null_mut(), &mut status);
+            }
+            if status != 0 {
+                return Err(write_failure(shown, Some("PRIMARY"), FitsProblem::Cfitsio(status_words(status))));
+            }
+        }
+    }
+    Ok(f)
+}
+
+fn c_path(path: &Path) -> Result<CString, FitsError> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| FitsError::new(path, None, None, FitsProblem::BadData("the path contains a NUL byte".into())))
+}
+
+/// Free bytes for unprivileged writers on the file system holding `path` (or its nearest existing
+/// ancestor); `None` when it cannot be asked.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+    let c = CString::new(p.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed statvfs for the call to fill.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Below this many free bytes, a failed write is reported as a full disk: cfitsio writes 2880-byte
+/// blocks through a buffer of 40 of them, so a write that failed for lack of space leaves less than
+/// that free.
+const FULL_DISK_BYTES: u64 = 40 * 2880 * 4;
+
+/// A failed write to `path`: "no space left on device" when its file system is (nearly) full, since
+/// cfitsio reports a full disk as a read or write error of the FITS file; else `problem`.
+fn write_failure(path: &Path, hdu: Option<&str>, problem: FitsProblem) -> FitsError {
+    if free_bytes(path).is_some_and(|b| b < FULL_DISK_BYTES) {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return FitsError::new(path, hdu, None, FitsProblem::DiskFull(dir.display().to_string()));
+    }
+    FitsError::new(path, hdu, None, problem)
+}
+
+fn write_error(path: &Path, hdu: Option<&str>, e: impl Described) -> FitsError {
+    write_failure(path, hdu, FitsProblem::Cfitsio(e.describe()))
+}
+
+/// Flush everything cfitsio buffers for `f` to disk and report a failure (a full disk shows here,
+/// not when fitsio closes the file and discards the status).
+fn flush(f: &mut FitsFile, path: &Path) -> Result<(), FitsError> {
+    let mut status = 0;
+    // SAFETY: a valid open handle.
+    unsafe {
+        fitsio::sys::ffflus(f.as_raw(), &mut status);
+    }
+    if status != 0 {
+        return Err(write_failure(path, None, FitsProblem::Cfitsio(status_words(status))));
+    }
+    Ok(())
 }
 
 /// A whole cal exposure in memory. Arrays are `[y, x]`.
@@ -92,7 +263,7 @@ fn open(path: &Path) -> Result<FitsFile, FitsError> {
     if !path.exists() {
         return Err(FitsError::cfitsio(path, None, "file does not exist"));
     }
-    FitsFile::open(path).map_err(|e| FitsError::cfitsio(path, None, e))
+    open_disk(path, false)
 }
 
 fn hdu(f: &mut FitsFile, path: &Path, name: &str) -> Result<FitsHdu, FitsError> {
@@ -130,7 +301,11 @@ pub fn read_cards(f: &mut FitsFile, path: &Path, hdu_name: &str) -> Result<BTree
         fitsio::sys::ffghsp(f.as_raw(), &mut nkeys, &mut more, &mut status);
     }
     if status != 0 {
-        return Err(FitsError::cfitsio(path, Some(hdu_name), format!("status {status} reading the header size")));
+        return Err(FitsError::cfitsio(
+            path,
+            Some(hdu_name),
+            format!("reading the header size: {}", status_words(status)),
+        ));
     }
     for i in 1..=nkeys {
         let mut name = [0 as std::os::raw::c_char; 80];
@@ -147,7 +322,11 @@ pub fn read_cards(f: &mut FitsFile, path: &Path, hdu_name: &str) -> Result<BTree
             );
         }
         if status != 0 {
-            return Err(FitsError::cfitsio(path, Some(hdu_name), format!("status {status} reading card {i}")));
+            return Err(FitsError::cfitsio(
+                path,
+                Some(hdu_name),
+                format!("reading card {i}: {}", status_words(status)),
+            ));
         }
         let name = unsafe { CStr::from_ptr(name.as_ptr()) }.to_string_lossy().trim().to_string();
         let value = unsafe { CStr::from_ptr(value.as_ptr()) }.to_string_lossy().trim().to_string();
@@ -219,10 +398,30 @@ pub fn read_cal_meta(path: &Path) -> Result<CalMeta, FitsError> {
     read_meta_from(&mut f, path)
 }
 
+/// The largest image side tessera accepts in a cal file, pixels: twice the largest JWST imaging
+/// detector (NIRCam's 2048 x 2048; MIRI's imager is 1024 x 1032), so that a damaged or hostile
+/// NAXISn is refused by name before anything is sized from it.
+pub const MAX_AXIS_PX: usize = 4096;
+
 fn read_meta_from(f: &mut FitsFile, path: &Path) -> Result<CalMeta, FitsError> {
     let primary = read_cards(f, path, "PRIMARY")?;
     let p = Cards { map: &primary, path, hdu: "PRIMARY" };
     let sci_hdu = hdu(f, path, "SCI")?;
+    if let HduInfo::ImageInfo { shape, .. } = &sci_hdu.info {
+        // shape is [NAXIS2, NAXIS1]
+        for (key, &n) in ["NAXIS1", "NAXIS2"].iter().zip(shape.iter().rev()) {
+            if n > MAX_AXIS_PX {
+                return Err(FitsError::new(
+                    path,
+                    Some("SCI"),
+                    Some(key),
+                    FitsProblem::BadKeyword(format!(
+                        "{key} = {n} px is larger than any JWST detector (limit {MAX_AXIS_PX} px): refused"
+                    )),
+                ));
+            }
+        }
+    }
     let shape = match &sci_hdu.info {
         HduInfo::ImageInfo { shape, .. } if shape.len() == 2 && shape[0] > 0 && shape[1] > 0 => [shape[0], shape[1]],
         HduInfo::ImageInfo { shape, .. } => {
@@ -290,6 +489,204 @@ fn read_meta_from(f: &mut FitsFile, path: &Path) -> Result<CalMeta, FitsError> {
             Some(_) => Some(p.real("DT_BGR")?),
         },
     })
+}
+
+/// Check that a cal file is whole, once, before any stage reads it: every HDU's header readable,
+/// the file as long as its headers say (the data of the last HDU complete, no partial header
+/// after it), CHECKSUM/DATASUM right where the file carries them (the FITS checksum convention),
+/// the SCI, ERR and DQ extensions present, and at least one finite SCI pixel.
+///
+/// Returns the header metadata ([`read_cal_meta`]).
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU: "truncated" when the file is shorter or longer than its
+/// headers describe, "damaged" for a checksum mismatch or an unreadable header, "no finite pixel"
+/// for an all-NaN SCI, and everything [`read_cal_meta`] reports.
+pub fn verify_cal(path: &Path) -> Result<CalMeta, FitsError> {
+    let size = std::fs::metadata(path).map_err(|e| FitsError::from(crate::io::IoError::fs(path, e)))?.len();
+    // cfitsio reads a compressed file (gzip, compress, pkzip, bzip2) whole into memory, so its size
+    // on disk says nothing about the HDUs: only the headers and checksums are checked then
+    let compressed = compressed(path);
+    let size = if compressed { u64::MAX } else { size };
+    let mut f = open(path)?;
+    let mut end = 0u64;
+    let mut last = String::from("PRIMARY");
+    for n in 1..10_000 {
+        let (mut status, mut kind) = (0, 0);
+        // SAFETY: a valid open handle; cfitsio fills the out-parameters.
+        unsafe {
+            fitsio::sys::ffmahd(f.as_raw(), n, &mut kind, &mut status);
+        }
+        if status == 107 && n > 1 {
+            break; // END_OF_FILE: no further HDU starts here
+        }
+        let name = if n == 1 { "PRIMARY".to_string() } else { extname(&mut f).unwrap_or_else(|| format!("{}", n - 1)) };
+        if status != 0 {
+            return Err(FitsError::new(
+                path,
+                Some(&name),
+                None,
+                FitsProblem::BadData(format!(
+                    "the header cannot be read ({}): the file is truncated or damaged",
+                    status_words(status)
+                )),
+            ));
+        }
+        let (mut head, mut data, mut data_end) = (0i64, 0i64, 0i64);
+        let (mut data_ok, mut hdu_ok) = (0, 0);
+        unsafe {
+            fitsio::sys::ffghadll(f.as_raw(), &mut head, &mut data, &mut data_end, &mut status);
+        }
+        if status == 0 && (data_end as u64) <= size {
+            // the checksum reads the HDU's data, so only when it is all there
+            unsafe {
+                fitsio::sys::ffvcks(f.as_raw(), &mut data_ok, &mut hdu_ok, &mut status);
+            }
+        }
+        if status != 0 {
+            return Err(FitsError::new(
+                path,
+                Some(&name),
+                None,
+                FitsProblem::BadData(format!(
+                    "unreadable ({}): the file is truncated or damaged",
+                    status_words(status)
+                )),
+            ));
+        }
+        if compressed && kind == 0 && data_end > data && !last_pixel_reads(&mut f) {
+            return Err(FitsError::new(
+                path,
+                Some(&name),
+                None,
+                FitsProblem::BadData(
+                    "the last pixel cannot be read: the compressed file is truncated or damaged".into(),
+                ),
+            ));
+        }
+        if data_ok < 0 || hdu_ok < 0 {
+            let key = if data_ok < 0 { "DATASUM" } else { "CHECKSUM" };
+            return Err(FitsError::new(
+                path,
+                Some(&name),
+                Some(key),
+                FitsProblem::BadData("does not match the bytes of the HDU: the file is damaged".into()),
+            ));
+        }
+        end = data_end as u64;
+        last = name;
+    }
+    if size < end && !compressed {
+        // a hostile or damaged NAXISn makes the file look short: name the keyword then
+        if let Err(e) = read_meta_from(&mut f, path) {
+            if e.keyword.as_deref().is_some_and(|k| k.starts_with("NAXIS")) {
+                return Err(e);
+            }
+        }
+        return Err(FitsError::new(
+            path,
+            Some(&last),
+            None,
+            FitsProblem::BadData(format!("truncated: the file has {size} bytes, its headers describe {end}")),
+        ));
+    }
+    if size > end && !compressed {
+        return Err(FitsError::new(
+            path,
+            None,
+            None,
+            FitsProblem::BadData(format!(
+                "truncated or damaged: {} bytes after the end of the last complete HDU ({last}) are not a whole \
+                 HDU",
+                size - end
+            )),
+        ));
+    }
+    let meta = read_meta_from(&mut f, path)?;
+    for name in ["ERR", "DQ"] {
+        check_shape(path, name, &hdu(&mut f, path, name)?, meta.shape)?;
+    }
+    let sci = read_f32(&mut f, path, "SCI", meta.shape)?;
+    if !sci.iter().any(|v| v.is_finite()) {
+        return Err(FitsError::new(
+            path,
+            Some("SCI"),
+            None,
+            FitsProblem::BadData("no finite pixel (all NaN or Inf): nothing to mosaic".into()),
+        ));
+    }
+    Ok(meta)
+}
+
+/// Whether the last pixel of the current image HDU can be read (a compressed file is inflated in
+/// memory, where a cut shows only as data that end early).
+fn last_pixel_reads(f: &mut FitsFile) -> bool {
+    let (mut status, mut naxis) = (0, 0);
+    // SAFETY: a valid handle; `naxes` holds up to 9 axes (FITS allows 999, images here have <= 3).
+    unsafe {
+        fitsio::sys::ffgidm(f.as_raw(), &mut naxis, &mut status);
+    }
+    if status != 0 || !(1..=9).contains(&naxis) {
+        return status == 0;
+    }
+    let mut naxes = [0i64; 9];
+    unsafe {
+        fitsio::sys::ffgiszll(f.as_raw(), naxis, naxes.as_mut_ptr(), &mut status);
+    }
+    let npix: i64 = naxes[..naxis as usize].iter().product();
+    if status != 0 || npix <= 0 {
+        return status == 0;
+    }
+    let (mut value, mut anynul) = (0f64, 0);
+    unsafe {
+        fitsio::sys::ffgpvd(f.as_raw(), 1, npix, 1, 0.0, &mut value, &mut anynul, &mut status);
+    }
+    status == 0
+}
+
+/// Whether the file starts with the magic bytes of a compression cfitsio undoes on open.
+fn compressed(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 2];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+    read.is_ok() && matches!(&magic, [0x1f, 0x8b] | [0x1f, 0x9d] | [0x1f, 0x1e] | [0x1f, 0xa0] | b"PK" | b"BZ")
+}
+
+/// EXTNAME of the current HDU, if it has one.
+fn extname(f: &mut FitsFile) -> Option<String> {
+    let mut value = [0 as std::os::raw::c_char; 80];
+    let mut status = 0;
+    let key = CString::new("EXTNAME").expect("no NUL");
+    // SAFETY: a valid handle and a buffer of FLEN_VALUE (71) or more.
+    unsafe {
+        fitsio::sys::ffgkys(f.as_raw(), key.as_ptr(), value.as_mut_ptr(), std::ptr::null_mut(), &mut status);
+    }
+    (status == 0).then(|| unsafe { CStr::from_ptr(value.as_ptr()) }.to_string_lossy().trim().to_string())
+}
+
+/// Add CHECKSUM and DATASUM (the FITS checksum convention) to every HDU of an existing file, in
+/// place, e.g. to inputs that lack them so that [`verify_cal`] catches any later damage.
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU.
+pub fn write_checksums(path: &Path) -> Result<(), FitsError> {
+    let mut f = open_disk(path, true)?;
+    for n in 1..10_000 {
+        let (mut status, mut kind) = (0, 0);
+        unsafe {
+            fitsio::sys::ffmahd(f.as_raw(), n, &mut kind, &mut status);
+        }
+        if status == 107 && n > 1 {
+            break;
+        }
+        unsafe {
+            fitsio::sys::ffpcks(f.as_raw(), &mut status);
+        }
+        if status != 0 {
+            return Err(write_failure(path, Some(&format!("{}", n - 1)), FitsProblem::Cfitsio(status_words(status))));
+        }
+    }
+    flush(&mut f, path)
 }
 
 fn check_shape(path: &Path, name: &str, h: &FitsHdu, shape: [usize; 2]) -> Result<(), FitsError> {
@@ -401,11 +798,21 @@ where
 
 impl From<crate::io::IoError> for FitsError {
     fn from(e: crate::io::IoError) -> Self {
-        let path = match &e {
-            crate::io::IoError::Fs { path, .. } | crate::io::IoError::Format { path, .. } => path.clone(),
-            crate::io::IoError::NoInputs(p) => p.clone(),
+        use crate::io::IoError;
+        let (path, problem) = match e {
+            IoError::Fs { path, err } if err.raw_os_error() == Some(libc::ENOSPC) => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let p = FitsProblem::DiskFull(dir.display().to_string());
+                (path, p)
+            }
+            IoError::Fs { path, err } => (path, FitsProblem::Io(err.to_string())),
+            IoError::Format { path, message } => (path, FitsProblem::Io(message)),
+            IoError::NoInputs(p) => {
+                let m = IoError::NoInputs(p.clone()).to_string();
+                (p, FitsProblem::Io(m))
+            }
         };
-        FitsError { path, hdu: None, keyword: None, problem: FitsProblem::Cfitsio(e.to_string()) }
+        FitsError { path, hdu: None, keyword: None, problem }
     }
 }
 
@@ -437,7 +844,7 @@ fn put_cards(f: &mut FitsFile, path: &Path, hdu_name: &str, cards: &[Card]) -> R
                 path,
                 Some(hdu_name),
                 Some(key),
-                FitsProblem::Cfitsio(format!("status {status} writing the card")),
+                FitsProblem::Cfitsio(format!("writing the card: {}", status_words(status))),
             ));
         }
     }
@@ -456,7 +863,7 @@ fn put_history(f: &mut FitsFile, path: &Path, hdu_name: &str, lines: &[String]) 
                 path,
                 Some(hdu_name),
                 Some("HISTORY"),
-                FitsProblem::Cfitsio(format!("status {status}")),
+                FitsProblem::Cfitsio(status_words(status)),
             ));
         }
     }
@@ -473,8 +880,8 @@ fn write_ext<T: fitsio::images::WriteImage>(
     cards: &[Card],
 ) -> Result<(), FitsError> {
     let desc = ImageDescription { data_type: ty, dimensions: &shape };
-    let h = f.create_image(name, &desc).map_err(|e| FitsError::cfitsio(path, Some(name), e))?;
-    h.write_image(f, data).map_err(|e| FitsError::cfitsio(path, Some(name), e))?;
+    let h = f.create_image(name, &desc).map_err(|e| write_error(path, Some(name), e))?;
+    h.write_image(f, data).map_err(|e| write_error(path, Some(name), e))?;
     put_cards(f, path, name, cards)
 }
 
@@ -492,7 +899,7 @@ fn std_slice<T: Clone>(a: &Array2<T>) -> std::borrow::Cow<'_, [T]> {
 /// [`FitsError`] naming the file and HDU.
 pub fn write_cal(path: &Path, img: &CalImage, primary: &[Card], history: &[String]) -> Result<(), FitsError> {
     crate::io::write_atomic(path, |tmp| -> Result<(), FitsError> {
-        let mut f = FitsFile::create(tmp).open().map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
+        let mut f = create_disk(tmp, path, None)?;
         f.primary_hdu().map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
         put_cards(&mut f, path, "PRIMARY", primary)?;
         put_history(&mut f, path, "PRIMARY", history)?;
@@ -514,7 +921,7 @@ pub fn write_cal(path: &Path, img: &CalImage, primary: &[Card], history: &[Strin
                 write_ext(&mut f, path, name, ImageType::Float, shape, &std_slice(a), cards)?;
             }
         }
-        Ok(())
+        flush(&mut f, path)
     })
 }
 
@@ -532,20 +939,31 @@ pub fn write_corrected_copy(
     history: &[String],
 ) -> Result<(), FitsError> {
     crate::io::write_atomic(dst, |tmp| -> Result<(), FitsError> {
-        std::fs::copy(src, tmp).map_err(|e| FitsError::cfitsio(src, None, e))?;
-        let mut f = FitsFile::edit(tmp).map_err(|e| FitsError::cfitsio(dst, None, e))?;
+        std::fs::copy(src, tmp).map_err(|e| copy_error(src, dst, e))?;
+        let mut f = open_disk(tmp, true).map_err(|e| FitsError { path: dst.to_path_buf(), ..e })?;
         let shape = [sci.nrows(), sci.ncols()];
         for (name, write) in [("SCI", 0), ("DQ", 1)] {
             let h = hdu(&mut f, dst, name)?;
             check_shape(dst, name, &h, shape)?;
             let r =
                 if write == 0 { h.write_image(&mut f, &std_slice(sci)) } else { h.write_image(&mut f, &std_slice(dq)) };
-            r.map_err(|e| FitsError::cfitsio(dst, Some(name), e))?;
+            r.map_err(|e| write_error(dst, Some(name), e))?;
         }
         f.primary_hdu().map_err(|e| FitsError::cfitsio(dst, Some("PRIMARY"), e))?;
         put_cards(&mut f, dst, "PRIMARY", primary)?;
-        put_history(&mut f, dst, "PRIMARY", history)
+        put_history(&mut f, dst, "PRIMARY", history)?;
+        flush(&mut f, dst)
     })
+}
+
+/// A failed copy of `src` to the temporary file of `dst`: a full disk names `dst`, anything else
+/// `src` (unreadable).
+fn copy_error(src: &Path, dst: &Path, e: std::io::Error) -> FitsError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        let dir = dst.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return FitsError::new(dst, None, None, FitsProblem::DiskFull(dir.display().to_string()));
+    }
+    FitsError::new(src, None, None, FitsProblem::Io(format!("copying to {}: {e}", dst.display())))
 }
 
 /// Write a single 2-D float image (truth skies, stripe models) with header cards in the primary HDU,
@@ -562,17 +980,14 @@ pub fn write_image(
     crate::io::write_atomic(path, |tmp| -> Result<(), FitsError> {
         let shape = [data.nrows(), data.ncols()];
         let desc = ImageDescription { data_type: ImageType::Float, dimensions: &shape };
-        let mut f = FitsFile::create(tmp)
-            .with_custom_primary(&desc)
-            .open()
-            .map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
+        let mut f = create_disk(tmp, path, Some(&desc))?;
         let h = f.primary_hdu().map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
-        h.write_image(&mut f, &std_slice(data)).map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
+        h.write_image(&mut f, &std_slice(data)).map_err(|e| write_error(path, Some("PRIMARY"), e))?;
         put_cards(&mut f, path, "PRIMARY", cards)?;
         for (name, a) in extensions {
             write_ext(&mut f, path, name, ImageType::Float, [a.nrows(), a.ncols()], &std_slice(a), &[])?;
         }
-        Ok(())
+        flush(&mut f, path)
     })
 }
 
@@ -654,7 +1069,7 @@ impl MosaicWriter {
         }
         let tmp = crate::io::temp_path(path);
         let _ = std::fs::remove_file(&tmp);
-        let mut f = FitsFile::create(&tmp).open().map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
+        let mut f = create_disk(&tmp, path, None)?;
         f.primary_hdu().map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
         put_cards(&mut f, path, "PRIMARY", primary)?;
         put_history(&mut f, path, "PRIMARY", history)?;
@@ -665,7 +1080,7 @@ impl MosaicWriter {
             };
             let dims: Vec<usize> = if e.planes > 1 { vec![e.planes, ny, nx] } else { vec![ny, nx] };
             let desc = ImageDescription { data_type: ty, dimensions: &dims };
-            f.create_image(e.name.as_str(), &desc).map_err(|er| FitsError::cfitsio(path, Some(&e.name), er))?;
+            f.create_image(e.name.as_str(), &desc).map_err(|er| write_error(path, Some(&e.name), er))?;
             put_cards(&mut f, path, &e.name, &e.cards)?;
         }
         Ok(MosaicWriter { f: Some(f), tmp, path: path.to_path_buf(), ny, nx, exts })
@@ -696,11 +1111,11 @@ impl MosaicWriter {
     pub fn write_rows_f32(&mut self, ext: &str, y0: usize, rows: ndarray::ArrayView2<f32>) -> Result<(), FitsError> {
         self.range_check(ext, 0, y0, rows.nrows(), rows.ncols())?;
         let f = self.f.as_mut().expect("open until finish");
-        let h = f.hdu(ext).map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))?;
+        let h = f.hdu(ext).map_err(|e| write_error(&self.path, Some(ext), e))?;
         let data = rows.as_standard_layout();
         let start = y0 * self.nx;
         h.write_section(f, start, start + data.len(), data.as_slice().expect("standard layout"))
-            .map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))
+            .map_err(|e| write_error(&self.path, Some(ext), e))
     }
 
     /// Write full-width rows starting at row `y0` of plane `plane` of an unsigned extension.
@@ -716,11 +1131,11 @@ impl MosaicWriter {
     ) -> Result<(), FitsError> {
         self.range_check(ext, plane, y0, rows.nrows(), rows.ncols())?;
         let f = self.f.as_mut().expect("open until finish");
-        let h = f.hdu(ext).map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))?;
+        let h = f.hdu(ext).map_err(|e| write_error(&self.path, Some(ext), e))?;
         let data = rows.as_standard_layout();
         let start = plane * self.ny * self.nx + y0 * self.nx;
         h.write_section(f, start, start + data.len(), data.as_slice().expect("standard layout"))
-            .map_err(|e| FitsError::cfitsio(&self.path, Some(ext), e))
+            .map_err(|e| write_error(&self.path, Some(ext), e))
     }
 
     /// Close the file and rename it to its final name.
@@ -728,6 +1143,9 @@ impl MosaicWriter {
     /// # Errors
     /// [`FitsError`] naming the file.
     pub fn finish(mut self) -> Result<(), FitsError> {
+        if let Some(f) = self.f.as_mut() {
+            flush(f, &self.path)?;
+        }
         drop(self.f.take());
         std::fs::rename(&self.tmp, &self.path).map_err(|e| FitsError::from(crate::io::IoError::fs(&self.path, e)))
     }
@@ -837,8 +1255,8 @@ pub fn copy_with_wcs_and_flags(
         Some(dq)
     };
     crate::io::write_atomic(dst, |tmp| -> Result<(), FitsError> {
-        std::fs::copy(src, tmp).map_err(|e| FitsError::cfitsio(dst, None, e))?;
-        let mut f = FitsFile::edit(tmp).map_err(|e| FitsError::cfitsio(dst, None, e))?;
+        std::fs::copy(src, tmp).map_err(|e| copy_error(src, dst, e))?;
+        let mut f = open_disk(tmp, true).map_err(|e| FitsError { path: dst.to_path_buf(), ..e })?;
         for name in hdus {
             if f.hdu(*name).is_ok() {
                 put_cards(&mut f, dst, name, wcs_cards)?;
@@ -849,7 +1267,8 @@ pub fn copy_with_wcs_and_flags(
             h.write_image(&mut f, &std_slice(dq)).map_err(|e| FitsError::cfitsio(dst, Some("DQ"), e))?;
         }
         f.primary_hdu().map_err(|e| FitsError::cfitsio(dst, Some("PRIMARY"), e))?;
-        put_history(&mut f, dst, "PRIMARY", history)
+        put_history(&mut f, dst, "PRIMARY", history)?;
+        flush(&mut f, dst)
     })
 }
 
@@ -881,4 +1300,48 @@ pub fn read_table_columns(path: &Path, names: [&[&str]; 2]) -> Result<[Vec<f64>;
         return Ok(out);
     }
     Err(FitsError::new(path, None, None, FitsProblem::BadData("no table extension".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cfitsio_statuses_are_put_in_words() {
+        let w = status_words(107);
+        assert!(w.contains("end of file") && w.contains("truncated") && w.contains("cfitsio status 107"), "{w}");
+        assert!(status_words(108).contains("error reading from FITS file"), "{}", status_words(108));
+        assert!(status_words(252).contains("not a FITS file"));
+        let e = FitsError::cfitsio(
+            Path::new("a.fits"),
+            Some("SCI"),
+            fitsio::errors::Error::Fits(fitsio::errors::FitsError { status: 107, message: String::new() }),
+        );
+        let text = e.to_string();
+        assert!(
+            !text.contains("FitsError {") && text.starts_with("a.fits [HDU SCI]: cfitsio: tried to move past"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let io = crate::io::IoError::fs(Path::new("/data/out/m.fits"), std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let e = FitsError::from(io);
+        assert_eq!(e.to_string(), "/data/out/m.fits: no space left on device in /data/out");
+        let d = tempfile::tempdir().unwrap();
+        assert!(free_bytes(&d.path().join("not/yet")).is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn bracketed_names_are_plain_file_names() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("img[1].fits");
+        let a = Array2::from_shape_fn((3, 4), |(y, x)| (10 * y + x) as f32);
+        write_image(&p, &a, &[card_int("ANSWER", 42, "")], &[]).unwrap();
+        assert!(p.is_file() && !d.path().join("img").exists());
+        let (b, cards) = read_image(&p).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(cards.get("ANSWER"), Some(&CardValue::Int(42)));
+    }
 }

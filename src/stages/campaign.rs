@@ -96,22 +96,28 @@ pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &Config, resume: bool, overwri
             Ok(())
         })?;
     }
+    super::preflight::campaign(comm, cfg)?;
     let mut outcome = Outcome::Clean;
     let mut failed = vec![];
     for t in &cfg.targets {
         // group the target's files by band (rank 0 reads the headers)
-        let bands: BTreeMap<String, Vec<PathBuf>> = comm.on_root_then_broadcast(0, || -> Result<_, String> {
-            let (metas, skipped) =
-                super::plan::read_inventory(&t.inputs).map_err(|e| format!("target {}: {e:#}", t.name))?;
-            for (p, e) in &skipped {
-                tracing::warn!("target {}: skipping {}: {e}", t.name, p.display());
-            }
-            let mut b: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-            for m in metas {
-                b.entry(m.band()).or_default().push(m.path);
-            }
-            Ok(b)
-        })?;
+        // (a skipped input makes the campaign's outcome partial: the bands never see it)
+        let (bands, n_skipped): (BTreeMap<String, Vec<PathBuf>>, usize) =
+            comm.on_root_then_broadcast(0, || -> Result<_, String> {
+                let (metas, skipped) =
+                    super::plan::read_inventory(&t.inputs).map_err(|e| format!("target {}: {e:#}", t.name))?;
+                for (p, e) in &skipped {
+                    tracing::warn!("target {}: skipping {}: {e}", t.name, p.display());
+                }
+                let mut b: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+                for m in metas {
+                    b.entry(m.band()).or_default().push(m.path);
+                }
+                Ok((b, skipped.len()))
+            })?;
+        if n_skipped > 0 {
+            outcome = Outcome::Partial;
+        }
         let names: Vec<String> = bands.keys().filter(|b| t.bands.is_empty() || t.bands.contains(b)).cloned().collect();
         // the reference bands that finished, by band name -> their output folder
         let mut done: BTreeMap<String, PathBuf> = BTreeMap::new();

@@ -16,6 +16,7 @@ pub mod mosaic;
 pub mod outlier;
 pub mod pieces;
 pub mod plan;
+pub mod preflight;
 pub mod prep;
 pub mod progress;
 pub mod runner;

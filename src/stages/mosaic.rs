@@ -29,6 +29,9 @@ pub fn run(
     resume: bool,
     overwrite: bool,
 ) -> crate::Result<Outcome> {
+    // refuse what would destroy data or fail late, before any work (issue 18)
+    let preflight = super::preflight::mosaic(comm, cfg, inputs, output, catalog.or(cfg.astrometry.catalog.as_deref()))?;
     let inv = Invocation { comm, raw, cfg, inputs, output: Some(output), catalog };
-    super::runner::run(&inv, Mode::Chain { resume, overwrite })
+    let outcome = super::runner::run(&inv, Mode::Chain { resume, overwrite })?;
+    Ok(super::preflight::worst(outcome, preflight))
 }

@@ -58,20 +58,22 @@ pub fn run(
     let oc = &cfg.outlier;
     let wt = cfg.drizzle.weight_type;
     // 1. thresholds per exposure, by exposure owners
-    let mine: Vec<(usize, f64)> = agree(comm, || -> crate::Result<Vec<(usize, f64)>> {
+    // The threshold is NaN for an exposure without a usable weight (nothing masked, as in JWST):
+    // it travels as its bits, since JSON has no NaN (serde_json would send null).
+    let mine: Vec<(usize, u64)> = agree(comm, || -> crate::Result<Vec<(usize, u64)>> {
         plan.exposures_of(comm.rank())
             .map(|e| {
                 let m = &metas[e.index];
                 let w = exposure_weights(m, wt).with_context(|| format!("outlier: reading {}", m.path.display()))?;
                 let area = (plan.grid.pixscale_arcsec / m.wcs.pixel_scale_arcsec()).powi(2);
-                Ok((e.index, weight_threshold(w.view(), oc.maskpt) * area))
+                Ok((e.index, (weight_threshold(w.view(), oc.maskpt) * area).to_bits()))
             })
             .collect()
     })?;
     let mut thresholds = vec![0f64; metas.len()];
     for part in comm.all_gather_bytes(&serde_json::to_vec(&mine)?) {
-        for (i, t) in serde_json::from_slice::<Vec<(usize, f64)>>(&part)? {
-            thresholds[i] = t;
+        for (i, t) in serde_json::from_slice::<Vec<(usize, u64)>>(&part)? {
+            thresholds[i] = f64::from_bits(t);
         }
     }
 

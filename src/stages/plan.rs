@@ -85,13 +85,16 @@ pub struct PlanFile {
     pub plan: Plan,
 }
 
-/// Read the headers of every input in parallel; unreadable files are returned as skipped.
+/// Read the headers of every input in parallel and check each file once
+/// ([`crate::io::fits::verify_cal`]: whole, not truncated, checksums right where present, a finite
+/// SCI pixel); unreadable or damaged files, and duplicates ([`drop_duplicates`]), are returned as
+/// skipped with the reason.
 ///
 /// # Errors
 /// When the inputs cannot be listed, or no file could be read.
 pub fn read_inventory(inputs: &[PathBuf]) -> crate::Result<(Vec<CalMeta>, Vec<(PathBuf, String)>)> {
     let files = crate::io::expand_cal_inputs(inputs)?;
-    let results: Vec<_> = files.par_iter().map(|p| (p.clone(), crate::io::fits::read_cal_meta(p))).collect();
+    let results: Vec<_> = files.par_iter().map(|p| (p.clone(), crate::io::fits::verify_cal(p))).collect();
     let mut metas = vec![];
     let mut skipped = vec![];
     for (p, r) in results {
@@ -103,11 +106,62 @@ pub fn read_inventory(inputs: &[PathBuf]) -> crate::Result<(Vec<CalMeta>, Vec<(P
             }
         }
     }
+    let (metas, duplicates) = drop_duplicates(metas);
+    for (p, why) in &duplicates {
+        tracing::warn!("skipping {}: {why}", p.display());
+    }
+    skipped.extend(duplicates);
     if metas.is_empty() {
         let first = skipped.first().map(|(_, e)| e.clone()).unwrap_or_default();
         crate::bail!("none of the {} input files could be read; the first error: {first}", skipped.len());
     }
     Ok((metas, skipped))
+}
+
+/// Drop the inputs that repeat another: the same file under another path (a symbolic or hard link,
+/// `dir` and `dir/../dir`), or another file holding the same exposure (PROGRAM, OBSERVTN, VISIT,
+/// VISITGRP, SEQ_ID, ACT_ID, EXPOSURE, DETECTOR and band: a copy under another name). Mosaicking an
+/// exposure twice would weigh it double and break the level solve, so the first in path order is
+/// kept and every later one is returned with a reason naming the one kept.
+pub fn drop_duplicates(mut metas: Vec<CalMeta>) -> (Vec<CalMeta>, Vec<(PathBuf, String)>) {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    metas.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut by_file: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut by_id: HashMap<(crate::plan::ExposureId, String, String), PathBuf> = HashMap::new();
+    let mut kept = vec![];
+    let mut dropped = vec![];
+    for m in metas {
+        let file = std::fs::metadata(&m.path).ok().map(|md| (md.dev(), md.ino()));
+        if let Some(first) = file.and_then(|k| by_file.get(&k)) {
+            dropped.push((
+                m.path.clone(),
+                format!("duplicate input: the same file as {} (given twice by different paths)", first.display()),
+            ));
+            continue;
+        }
+        let id = (m.id.clone(), m.detector.trim().to_ascii_uppercase(), m.band());
+        if let Some(first) = by_id.get(&id) {
+            dropped.push((
+                m.path.clone(),
+                format!(
+                    "duplicate input: the same exposure as {} (exposure {}_{}, detector {}, band {}: a copy?)",
+                    first.display(),
+                    m.id.dither_group_key(),
+                    m.id.exposure,
+                    m.detector,
+                    m.band()
+                ),
+            ));
+            continue;
+        }
+        if let Some(k) = file {
+            by_file.insert(k, m.path.clone());
+        }
+        by_id.insert(id, m.path.clone());
+        kept.push(m);
+    }
+    (kept, dropped)
 }
 
 /// Run the plan stage for `nranks` ranks (normally `comm.size()`).
