@@ -270,6 +270,16 @@ fn hdu(f: &mut FitsFile, path: &Path, name: &str) -> Result<FitsHdu, FitsError> 
     f.hdu(name).map_err(|_| FitsError::new(path, Some(name), None, FitsProblem::MissingHdu))
 }
 
+/// An HDU that cfitsio cannot read (`what`, with the status in words): truncated or damaged.
+fn damaged(path: &Path, hdu: &str, what: &str, status: i32) -> FitsError {
+    FitsError::new(
+        path,
+        Some(hdu),
+        None,
+        FitsProblem::BadData(format!("{what} ({}): the file is truncated or damaged", status_words(status))),
+    )
+}
+
 /// `[ny, nx]` of a 2-D image extension.
 fn image_shape(path: &Path, name: &str) -> Result<[usize; 2], FitsError> {
     let mut f = open(path)?;
@@ -522,15 +532,7 @@ pub fn verify_cal(path: &Path) -> Result<CalMeta, FitsError> {
         }
         let name = if n == 1 { "PRIMARY".to_string() } else { extname(&mut f).unwrap_or_else(|| format!("{}", n - 1)) };
         if status != 0 {
-            return Err(FitsError::new(
-                path,
-                Some(&name),
-                None,
-                FitsProblem::BadData(format!(
-                    "the header cannot be read ({}): the file is truncated or damaged",
-                    status_words(status)
-                )),
-            ));
+            return Err(damaged(path, &name, "the header cannot be read", status));
         }
         let (mut head, mut data, mut data_end) = (0i64, 0i64, 0i64);
         let (mut data_ok, mut hdu_ok) = (0, 0);
@@ -544,15 +546,7 @@ pub fn verify_cal(path: &Path) -> Result<CalMeta, FitsError> {
             }
         }
         if status != 0 {
-            return Err(FitsError::new(
-                path,
-                Some(&name),
-                None,
-                FitsProblem::BadData(format!(
-                    "unreadable ({}): the file is truncated or damaged",
-                    status_words(status)
-                )),
-            ));
+            return Err(damaged(path, &name, "unreadable", status));
         }
         if compressed && kind == 0 && data_end > data && !last_pixel_reads(&mut f) {
             return Err(FitsError::new(

@@ -28,19 +28,16 @@ use crate::plan::{CalMeta, Plan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The stages `tessera mosaic` chains, in order.
-pub const CHAIN: [Stage; 10] = [
-    Stage::Plan,
-    Stage::Prep,
-    Stage::Destripe,
-    Stage::Align,
-    Stage::Level,
-    Stage::DestripeMulti,
-    Stage::Outlier,
-    Stage::Drizzle,
-    Stage::Assemble,
-    Stage::Astrometry,
-];
+/// The stages `tessera mosaic` chains, in order: every stage up to `astrometry`.
+pub const CHAIN: [Stage; 10] = {
+    let mut c = [Stage::Plan; 10];
+    let mut i = 0;
+    while i < c.len() {
+        c[i] = Stage::ALL[i];
+        i += 1;
+    }
+    c
+};
 
 /// What one invocation works on.
 pub struct Invocation<'a> {

@@ -355,8 +355,15 @@ fn a_read_only_or_full_output_file_system_is_named() {
     let e = err(&out);
     assert!(e.contains("no space left on device") && e.contains("full/m.fits"), "{e}");
     assert!(left.is_empty(), "left behind on the full disk: {left:?}");
-    // a rerun where there is room succeeds
-    ok(&tessera(w.path(), &["mosaic", dir, "-o", "m.fits"]));
+    // a rerun where there is room succeeds, from what the failed run finished
+    let out = tessera(w.path(), &["mosaic", dir, "-o", "m.fits", "--resume"]);
+    assert!(err(&ok_out(out)).contains("done in an earlier run"));
+}
+
+/// `out`, after asserting that it succeeded.
+fn ok_out(out: std::process::Output) -> std::process::Output {
+    ok(&out);
+    out
 }
 
 #[test]
@@ -366,7 +373,7 @@ fn an_unusable_catalog_skips_astrometry_with_exit_3() {
     inputs(&d, 4);
     for (file, text) in [("empty.csv", ""), ("nocols.csv", "x,y\n1,2\n")] {
         std::fs::write(w.path().join(file), text).unwrap();
-        let out = tessera(w.path(), &["mosaic", d.to_str().unwrap(), "-o", "m.fits", "--catalog", file]);
+        let out = tessera(w.path(), &["mosaic", d.to_str().unwrap(), "-o", "m.fits", "--catalog", file, "--overwrite"]);
         assert_eq!(out.status.code(), Some(3), "{file}: {}", log(&out));
         let e = err(&out);
         assert!(e.contains(file) && e.contains("astrometry will not run"), "{e}");
