@@ -774,20 +774,29 @@ def stripes_section(s, json_name):
 # ---------------------------------------------------------------------------------------------
 # destriping (--destripe): tessera's own stage times; no peer here destripes cal files
 
-def destripe_run(args, scene):
-    """Time tessera's NIRCam destriping (destripe, then destripe_multi passes A and B) on a scene under
-    mpirun -n 2 (1 thread per rank), stopping after destripe_multi (`--stop-after`); prep, align and
-    level off. Returns a dict with the whole run (GNU time) and the two stages' own times from the log."""
+def two_rank_mosaic(args, scene, name):
+    """The scene's cal files, a fresh run folder `runs/<scene>/tessera-<name>-2r` and the start of a
+    `tessera mosaic` command under mpirun -n 2 (1 thread per rank, peak RSS per rank): the caller adds
+    `-o` and its flags."""
     sim = simulate(args, scene)
     files = sorted(sim.glob("*_cal.fits"))
     ranks = 2
-    rd = Path(args.work) / "runs" / scene / "tessera-destripe-2r"
+    rd = Path(args.work) / "runs" / scene / f"tessera-{name}-2r"
     if rd.exists():
         shutil.rmtree(rd)
     rd.mkdir(parents=True)
     cmd = ["mpirun", "-n", str(ranks), "--bind-to", "none", HERE / "rank-time", rd / "rss",
            args.tessera, "--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", "run.threads=1",
-           "mosaic", sim, "-o", rd / "unused.fits", "--no-prep", "--no-align", "--no-level",
+           "mosaic", sim]
+    return sim, files, ranks, rd, cmd
+
+
+def destripe_run(args, scene):
+    """Time tessera's NIRCam destriping (destripe, then destripe_multi passes A and B) on a scene under
+    mpirun -n 2 (1 thread per rank), stopping after destripe_multi (`--stop-after`); prep, align and
+    level off. Returns a dict with the whole run (GNU time) and the two stages' own times from the log."""
+    sim, files, ranks, rd, cmd = two_rank_mosaic(args, scene, "destripe")
+    cmd += ["-o", rd / "unused.fits", "--no-prep", "--no-align", "--no-level",
            "--stop-after", "destripe_multi"]
     log(f"[{scene}] tessera destriping, {ranks} ranks ...")
     rec = {"scene": scene, "ranks": ranks, "threads": 1, "exposures": len(files),
@@ -841,16 +850,8 @@ def destripe_section(runs):
 def checksums_run(args, scene):
     """The whole chain (`tessera mosaic`, every stage) on a scene under mpirun -n 2, then the manifest's
     own account: wall time of the invocation and the part spent computing checksums (inputs, products)."""
-    sim = simulate(args, scene)
-    files = sorted(sim.glob("*_cal.fits"))
-    ranks = 2
-    rd = Path(args.work) / "runs" / scene / "tessera-checksums-2r"
-    if rd.exists():
-        shutil.rmtree(rd)
-    rd.mkdir(parents=True)
-    cmd = ["mpirun", "-n", str(ranks), "--bind-to", "none", HERE / "rank-time", rd / "rss",
-           args.tessera, "--set", f"run.output_dir={toml_str(rd / 'out')}", "--set", "run.threads=1",
-           "mosaic", sim, "-o", rd / "mosaic.fits"]
+    sim, files, ranks, rd, cmd = two_rank_mosaic(args, scene, "checksums")
+    cmd += ["-o", rd / "mosaic.fits"]
     log(f"[{scene}] tessera whole chain for the checksum cost, {ranks} ranks ...")
     rec = {"scene": scene, "ranks": ranks, "threads": 1, "exposures": len(files),
            "input_gb": sum(f.stat().st_size for f in files) / 1e9,
