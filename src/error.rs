@@ -34,8 +34,8 @@ pub enum Error {
     Msg(String),
     /// What was being done when `source` happened (the message shows both, so the chain is printed
     /// once whether or not the printer follows `source()`).
-    #[error("{context}: {source}")]
-    Context { context: String, source: Box<Error> },
+    #[error("{context}: {inner}")]
+    Context { context: String, inner: Box<Error> },
 }
 
 impl Error {
@@ -46,7 +46,7 @@ impl Error {
 
     /// This error with what was being done around it.
     pub fn context(self, c: impl std::fmt::Display) -> Error {
-        Error::Context { context: c.to_string(), source: Box::new(self) }
+        Error::Context { context: c.to_string(), inner: Box::new(self) }
     }
 }
 

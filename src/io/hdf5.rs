@@ -145,14 +145,28 @@ pub enum StoreError {
     /// A bad argument: unknown product, wrong type, block outside the image, bad layout.
     #[error("{path}: {object}: {message}")]
     Invalid { path: PathBuf, object: String, message: String },
+    /// A write failed and the file system holding the store is full.
+    #[error("{path}: {object}: {what}: no space left on device in {dir}")]
+    DiskFull { path: PathBuf, object: String, what: String, dir: String },
     /// A communicator was given but tessera was built without the `mpi` feature.
     #[error("{path}: cannot open on an MPI communicator: built without the `mpi` feature")]
     NoMpi { path: PathBuf },
 }
 
+/// Below this many free bytes a failed HDF5 call is reported as a full disk: HDF5 (and MPI-IO below
+/// it) reports a full disk only as a failed write or an "unknown library error", and a chunk that did
+/// not fit leaves at most about one chunk (a few tens of MiB) free.
+const FULL_DISK_BYTES: u64 = 64 << 20;
+
 fn h5err(path: &Path, object: &str, what: impl Into<String>) -> impl FnOnce(hdf5::Error) -> StoreError {
     let (path, object, what) = (path.to_path_buf(), object.to_string(), what.into());
-    move |source| StoreError::Hdf5 { path, object, what, source }
+    move |source| {
+        if super::fits::free_bytes(&path).is_some_and(|b| b < FULL_DISK_BYTES) {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            return StoreError::DiskFull { path: path.clone(), object, what, dir: dir.display().to_string() };
+        }
+        StoreError::Hdf5 { path, object, what, source }
+    }
 }
 
 fn invalid(path: &Path, object: &str, message: impl Into<String>) -> StoreError {
