@@ -169,6 +169,42 @@ fn h5err(path: &Path, object: &str, what: impl Into<String>) -> impl FnOnce(hdf5
     }
 }
 
+/// Bytes the datasets of a store of `ny` x `nx` pixels holding `products` take on disk. Parallel HDF5
+/// allocates every dataset in full when it is created and writes its fill value there (early
+/// allocation; HDF5's "Fill Value and Dataset Storage Allocation Behavior" tables, serial against
+/// parallel I/O: support.hdfgroup.org/HDF5/doc_resource/H5Fill_Behavior.html), so this is what the
+/// file system must have free; a full disk shows at `create dataset`.
+pub fn store_bytes(ny: usize, nx: usize, products: &[ProductSpec]) -> u64 {
+    let px = ny as u64 * nx as u64;
+    products.iter().map(|p| px * p.planes as u64 * 4).sum()
+}
+
+/// Refuse to create a store at `path` of `ny` x `nx` pixels holding `products` when its file system
+/// has less free space than the datasets need (plus 1% and 1 MiB for HDF5's metadata). Checked
+/// before the collective create, because a parallel HDF5 file that fails to allocate on a full disk
+/// cannot be closed cleanly: the MPI-IO driver keeps it open, and HDF5 then tries to close it again
+/// at exit, after MPI is finalised, which kills the process. Unknown free space passes.
+///
+/// # Errors
+/// [`StoreError::DiskFull`] naming the folder, with the bytes needed and free.
+pub fn check_room(path: &Path, ny: usize, nx: usize, products: &[ProductSpec]) -> Result<(), StoreError> {
+    let need = store_bytes(ny, nx, products);
+    let need = need + need / 100 + (1 << 20);
+    match super::fits::free_bytes(path) {
+        Some(free) if free < need => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            Err(StoreError::DiskFull {
+                path: path.to_path_buf(),
+                object: "/".into(),
+                what: format!("the store needs {:.1} MiB and {:.1} MiB are free", mib(need), mib(free)),
+                dir: dir.display().to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn invalid(path: &Path, object: &str, message: impl Into<String>) -> StoreError {
     StoreError::Invalid { path: path.to_path_buf(), object: object.to_string(), message: message.into() }
 }
@@ -867,5 +903,21 @@ mod tests {
             let e = BandStore::create(&path, Some(h), "drizzle", 3, 5, 4, &sci, &[]).unwrap_err();
             assert!(matches!(e, StoreError::NoMpi { .. }), "{e}");
         }
+    }
+
+    #[test]
+    fn room_for_a_store_is_checked_before_it_is_created() {
+        // 10 x 20 px: one f32 plane and three u32 planes of 4 bytes each = 200 * 4 * 4 bytes
+        let products = [ProductSpec::f32_image("SCI"), ProductSpec::u32_planes("CON", 3)];
+        assert_eq!(store_bytes(10, 20, &products), 3200);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("band.h5");
+        check_room(&path, 10, 20, &products).unwrap();
+        // 2^22 x 2^22 px x 4 planes x 4 bytes = 256 TiB: no test machine has that free
+        let e = check_room(&path, 1 << 22, 1 << 22, &products).unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, StoreError::DiskFull { .. }), "{m}");
+        assert!(m.contains("band.h5") && m.contains("no space left on device in") && m.contains("MiB are free"), "{m}");
+        assert!(!path.exists(), "the check creates nothing");
     }
 }

@@ -112,6 +112,8 @@ pub fn run(
     let mut products: Vec<ProductSpec> =
         F32_PRODUCTS.iter().map(|n| ProductSpec { name: n.to_string(), dtype: Dtype::F32, planes: 1 }).collect();
     products.push(ProductSpec { name: "CON".into(), dtype: Dtype::U32, planes: nplanes });
+    // rank 0 asks the file system, so that every rank takes the same branch before the collective create
+    comm.on_root_then_broadcast(0, || crate::io::hdf5::check_room(store, plan.grid.ny, plan.grid.nx, &products))?;
     let bs = comm.agree(
         BandStore::create(
             store,

@@ -360,6 +360,68 @@ fn a_read_only_or_full_output_file_system_is_named() {
     assert!(err(&ok_out(out)).contains("done in an earlier run"));
 }
 
+/// Bytes under `dir`, recursively.
+fn tree_bytes(dir: &Path) -> u64 {
+    snapshot(dir).values().map(|b| b.len() as u64).sum()
+}
+
+/// The parallel HDF5 band store on a disk without room for it, under `mpirun -n 2`: every rank stops
+/// with the folder named and exit 1 (no crash at exit, no store left behind), and once there is
+/// room `--resume` picks up at drizzle.
+#[test]
+fn a_full_disk_under_the_band_store_is_named_and_resumed_under_mpirun() {
+    let w = tmp();
+    let d = w.path().join("in");
+    inputs(&d, 4);
+    let dir = d.to_str().unwrap();
+    let full = w.path().join("full");
+    if !mount_tmpfs(&full, "1m", "") {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root); the room check is unit-tested in io");
+        return;
+    }
+    umount(&full);
+    let staged = w.path().join("staged");
+    let set_out = |p: &str| format!("run.output_dir=\"{p}\"");
+    let out =
+        mpirun(2, w.path(), &["mosaic", dir, "-o", "m.fits", "--stop-after", "outlier", "--set", &set_out("staged")]);
+    ok(&out);
+    // room for what the stages before drizzle wrote, plus a little: less than the store needs
+    let used = tree_bytes(&staged);
+    assert!(mount_tmpfs(&full, &format!("{}k", used / 1024 + 256), ""));
+    let cp = std::process::Command::new("cp")
+        .args(["-a", staged.to_str().unwrap(), "full/out"])
+        .current_dir(w.path())
+        .output()
+        .unwrap();
+    assert!(cp.status.success(), "{}", String::from_utf8_lossy(&cp.stderr));
+    let out = mpirun(2, w.path(), &["mosaic", dir, "-o", "m.fits", "--resume", "--set", &set_out("full/out")]);
+    let left: Vec<_> =
+        std::fs::read_dir(full.join("out/drizzle")).map_or(vec![], |r| r.map(|e| e.unwrap().file_name()).collect());
+    assert_eq!(out.status.code(), Some(1), "{}", log(&out));
+    worded(&out);
+    let e = err(&out);
+    assert!(
+        e.contains("no space left on device in") && e.contains("full/out/drizzle") && e.contains("MiB are free"),
+        "{e}"
+    );
+    assert!(!e.contains("Segmentation") && !e.contains("signal"), "{e}");
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().starts_with('.'))
+            && !left.iter().any(|n| n.to_string_lossy().ends_with(".h5")),
+        "{left:?}"
+    );
+    assert!(!w.path().join("m.fits").exists());
+    // with room (the tmpfs grown in place), the rerun resumes at drizzle and finishes
+    let grow =
+        std::process::Command::new("mount").args(["-o", "remount,size=256m", full.to_str().unwrap()]).output().unwrap();
+    assert!(grow.status.success(), "{}", String::from_utf8_lossy(&grow.stderr));
+    let out = mpirun(2, w.path(), &["mosaic", dir, "-o", "m.fits", "--resume", "--set", &set_out("full/out")]);
+    umount(&full);
+    let e = err(&ok_out(out));
+    assert!(e.contains("resuming at drizzle"), "{e}");
+    assert!(w.path().join("m.fits").is_file());
+}
+
 /// `out`, after asserting that it succeeded.
 fn ok_out(out: std::process::Output) -> std::process::Output {
     ok(&out);
