@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""run_reproject.py PEER_DIR OUT.fits [--match-background]: co-add the prepared inputs onto tessera's
-grid with reproject's reproject_and_coadd (reproject_interp, weighted mean), the timed peer run.
+"""run_reproject.py PEER_DIR OUT.fits [--match-background] [--combine mean|median]: co-add the prepared
+inputs onto tessera's grid with reproject's reproject_and_coadd (reproject_interp, weighted mean), the
+timed peer run. reproject_and_coadd has no median (its combine functions are mean, sum, first, last,
+min and max), so --combine median reprojects each input with reproject_interp and takes numpy's
+nanmedian of the stack where the input's weight is positive: a median co-add as a user would write it.
 
 With --match-background, the per-input corrections reproject subtracts (the return value of its own
 solve_corrections_sgd, recorded by a pass-through wrapper, not recomputed) are added by cal file
 name to the JSON line printed at the end ("sky_levels"), when every input was used."""
 import json
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -19,6 +23,9 @@ from reproject.mosaicking import _coadd, reproject_and_coadd
 t0 = time.perf_counter()
 peer, out = Path(sys.argv[1]), Path(sys.argv[2])
 match_bg = "--match-background" in sys.argv[3:]
+combine = sys.argv[sys.argv.index("--combine") + 1] if "--combine" in sys.argv[3:] else "mean"
+if combine not in ("mean", "median"):
+    sys.exit(f"run_reproject.py: --combine {combine}: mean or median")
 inputs = json.loads((peer / "inputs.json").read_text())["inputs"]
 gh = fits.Header.fromfile(str(peer / "grid.hdr"), sep="\n", endcard=True, padding=False)
 out_wcs = WCS(gh)
@@ -35,9 +42,22 @@ if match_bg:
         solved.append(np.array(c, dtype=float))
         return c
     _coadd.solve_corrections_sgd = _recording_sgd
-arr, foot = reproject_and_coadd(data, out_wcs, shape_out=shape, input_weights=weights,
-                                reproject_function=reproject_interp, combine_function="mean",
-                                match_background=match_bg)
+if combine == "median":
+    stack = np.full((len(inputs), *shape), np.nan, dtype=np.float32)
+    for k, (d, w) in enumerate(zip(data, weights)):
+        with fits.open(d) as fd, fits.open(w) as fw:
+            a, fp = reproject_interp((fd[0].data, WCS(fd[0].header)), out_wcs, shape_out=shape)
+            wt, _ = reproject_interp((fw[0].data, WCS(fw[0].header)), out_wcs, shape_out=shape)
+        ok = (fp > 0) & np.isfinite(a) & (wt > 0)
+        stack[k][ok] = a[ok]
+    foot = np.isfinite(stack).sum(axis=0).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # all-NaN columns outside every input: NaN, as intended
+        arr = np.nanmedian(stack, axis=0)
+else:
+    arr, foot = reproject_and_coadd(data, out_wcs, shape_out=shape, input_weights=weights,
+                                    reproject_function=reproject_interp, combine_function=combine,
+                                    match_background=match_bg)
 hdr = gh.copy()
 for k in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2"):
     hdr.remove(k, ignore_missing=True)
