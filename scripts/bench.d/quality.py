@@ -9,7 +9,7 @@ Run it with the bench venv's python (numpy, scipy, astropy, reproject, jwst). Tw
   nircam  `tessera simulate --instrument nircam_lw --filter F300M --tiles 2x2 --dithers 4 --size small`
           with per-exposure offsets of 0.1 MJy/sr rms: the easy scene (constant offsets only).
   miri    `tessera simulate --instrument miri --filter F770W --tiles 2x2 --dithers 4 --size small`
-          with the MIRI defaults (per-exposure offsets of 0.4 MJy/sr rms, the Lyot box 0.3 MJy/sr
+          with the MIRI defaults (per-exposure offsets of 0.4 MJy/sr rms, the Lyot box 1 MJy/sr
           above the imager field, a thermal background drifting 2 % a day, two off-source exposures
           per tile) and a background plane per tile rising 0.05 MJy/sr across the tile: the scene
           issue 4 describes ("injected offsets 0.1 to 1 MJy/sr"); no absolute astrometric offset.
@@ -99,8 +99,8 @@ SCENES = {
         "mask": "compact",
         "why": "what issue 4 describes and PHANGS MIRI fields look like: the simulator's MIRI defaults "
                "(per-exposure offsets of 0.4 MJy/sr rms, so 0.1 to 1 MJy/sr between exposures; the Lyot "
-               "box 0.3 MJy/sr above the imager field; the thermal background drifting 2 % a day, with two "
-               "off-source exposures per tile) plus a background plane per tile rising 0.05 MJy/sr across "
+               "box 1 MJy/sr above the imager field, on the real focal-plane layout; the thermal background "
+               "drifting 2 % a day, with two off-source exposures per tile) plus a background plane per tile rising 0.05 MJy/sr across "
                "the tile in a random direction (the plane of the issue's plane-fitting target). No stripes, "
                "no pointing errors, and no absolute astrometric offset: no tool here corrects it, and on "
                "MIRI's bright extended emission an offset from the truth leaves residuals that have nothing "
