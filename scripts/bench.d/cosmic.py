@@ -85,7 +85,7 @@ def coverage(exps, ra, dec):
     """Exposures with a usable pixel at each (ra, dec)."""
     n = np.zeros(len(ra), dtype=int)
     for e in exps:
-        x, y = e["wcs"].all_world2pix(ra, dec, 0)
+        x, y = e["wcs"].all_world2pix(ra, dec, 0, quiet=True)   # far off a detector SIP may not converge: out of bounds anyway
         i, j = np.round(x).astype(int), np.round(y).astype(int)
         ny, nx = e["ok"].shape
         inside = (i >= 0) & (j >= 0) & (i < nx) & (j < ny)

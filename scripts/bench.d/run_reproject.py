@@ -46,10 +46,20 @@ if combine == "median":
     stack = np.full((len(inputs), *shape), np.nan, dtype=np.float32)
     for k, (d, w) in enumerate(zip(data, weights)):
         with fits.open(d) as fd, fits.open(w) as fw:
-            a, fp = reproject_interp((fd[0].data, WCS(fd[0].header)), out_wcs, shape_out=shape)
-            wt, _ = reproject_interp((fw[0].data, WCS(fw[0].header)), out_wcs, shape_out=shape)
+            iw = WCS(fd[0].header)
+            # only the grid's bounding box of this input (its corners, 2 px of margin)
+            ny_in, nx_in = fd[0].data.shape
+            cx, cy = out_wcs.world_to_pixel(iw.pixel_to_world([-0.5, nx_in - 0.5, -0.5, nx_in - 0.5],
+                                                               [-0.5, -0.5, ny_in - 0.5, ny_in - 0.5]))
+            x0, x1 = max(0, int(np.floor(np.min(cx))) - 2), min(shape[1], int(np.ceil(np.max(cx))) + 3)
+            y0, y1 = max(0, int(np.floor(np.min(cy))) - 2), min(shape[0], int(np.ceil(np.max(cy))) + 3)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            sub = out_wcs[y0:y1, x0:x1]
+            a, fp = reproject_interp((fd[0].data, iw), sub, shape_out=(y1 - y0, x1 - x0))
+            wt, _ = reproject_interp((fw[0].data, WCS(fw[0].header)), sub, shape_out=(y1 - y0, x1 - x0))
         ok = (fp > 0) & np.isfinite(a) & (wt > 0)
-        stack[k][ok] = a[ok]
+        stack[k, y0:y1, x0:x1][ok] = a[ok]
     foot = np.isfinite(stack).sum(axis=0).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # all-NaN columns outside every input: NaN, as intended
