@@ -107,6 +107,10 @@ pub struct Bin {
     pub hi: f64,
     /// Pixel pairs in the bin.
     pub n: usize,
+    /// Median reference intensity of the pairs in the bin, MJy/sr: where the bin's median is placed
+    /// for the fit (pjpipe places it at the bin centre, which moves it by up to half a bin width
+    /// times the slope when the pixels crowd one side of the bin).
+    pub x_median: f64,
     /// 16th, 50th and 84th percentiles of the mosaic values in the bin, MJy/sr.
     pub p16: f64,
     pub median: f64,
@@ -127,6 +131,7 @@ pub fn bin_medians(x: &[f64], y: &[f64], lo: f64, hi: f64, width: f64, min_n: us
     assert!(width > 0.0, "bin width must be positive");
     let nb = (((hi - lo) / width) - 1e-9).ceil().max(0.0) as usize;
     let mut vals: Vec<Vec<f64>> = vec![vec![]; nb];
+    let mut xs: Vec<Vec<f64>> = vec![vec![]; nb];
     for (&a, &b) in x.iter().zip(y) {
         if !(a.is_finite() && b.is_finite()) || a < lo {
             continue;
@@ -134,19 +139,23 @@ pub fn bin_medians(x: &[f64], y: &[f64], lo: f64, hi: f64, width: f64, min_n: us
         let k = ((a - lo) / width).floor() as usize;
         if k < nb {
             vals[k].push(b);
+            xs[k].push(a);
         }
     }
     vals.into_iter()
+        .zip(xs)
         .enumerate()
-        .filter(|(_, v)| v.len() >= min_n.max(1))
-        .map(|(k, mut v)| {
+        .filter(|(_, (v, _))| v.len() >= min_n.max(1))
+        .map(|(k, (mut v, mut xv))| {
             v.sort_by(f64::total_cmp);
+            xv.sort_by(f64::total_cmp);
             let l = lo + k as f64 * width;
             Bin {
                 centre: l + 0.5 * width,
                 lo: l,
                 hi: l + width,
                 n: v.len(),
+                x_median: percentile_sorted(&xv, 50.0),
                 p16: percentile_sorted(&v, 16.0),
                 median: percentile_sorted(&v, 50.0),
                 p84: percentile_sorted(&v, 84.0),
@@ -299,6 +308,8 @@ mod tests {
         let b = bin_medians(&x, &y, 0.25, 0.5, 0.1, 2);
         assert_eq!(b.len(), 3);
         assert!((b[0].centre - 0.30).abs() < 1e-12 && b[0].n == 3 && b[0].median == 2.0);
+        assert_eq!(b[0].x_median, 0.30);
+        assert_eq!(b[1].x_median, 0.5 * (0.36 + 0.44));
         assert!((b[1].centre - 0.40).abs() < 1e-12 && b[1].n == 2 && b[1].median == 15.0);
         assert!((b[2].centre - 0.50).abs() < 1e-12 && b[2].n == 2 && b[2].median == 6.0);
         // a bin with too few pairs is left out

@@ -106,8 +106,9 @@ mod tests {
         }
         let r = (k.len() / 2) as f64;
         let var: f64 = k.iter().enumerate().map(|(i, v)| v * (i as f64 - r).powi(2)).sum();
-        // a sampled Gaussian's variance is sigma^2 to ~1e-12 for sigma > 1 (Poisson summation)
-        assert!((var - 6.25).abs() < 1e-9, "{var}");
+        // a sampled Gaussian's variance is sigma^2 to ~1e-12 for sigma > 1 (Poisson summation); the
+        // cut at 6 sigma takes off about 2 x 36 sigma^2 x phi(6) sigma = 4e-7 of it
+        assert!((var - 6.25).abs() < 2e-6, "{var}");
         assert_eq!(kernel_1d(0.0), vec![1.0]);
     }
 
@@ -146,8 +147,9 @@ mod tests {
             }
         }
         let s = smooth_nan(img.view(), 2.0, 0.9);
-        // the first finite column sees about half the kernel's weight
+        // the first finite column sees about half the kernel's weight; column 15 all but the tails
+        // beyond 6 pixels to the left and 4 to the right (1.5% in all)
         assert!(s[[10, 10]].is_nan());
-        assert_eq!(s[[10, 19]], 1.0);
+        assert!((s[[10, 15]] - 1.0).abs() < 1e-12);
     }
 }

@@ -426,13 +426,25 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         // astrometry rewrites assemble's mosaic: rerun assemble with it
         let astrometry_wrote =
             recorded.iter().any(|e| e.stage == Stage::Astrometry.name() && e.status != Status::Skipped);
+        let anchor_wrote = recorded.iter().any(|e| e.stage == Stage::Anchor.name() && e.status != Status::Skipped);
         if let Some((Stage::Astrometry, why)) = &first_run {
-            if astrometry_wrote
+            if (astrometry_wrote || anchor_wrote)
                 && kept.last().is_some_and(|e| e.stage == "assemble")
                 && targets.contains(&Stage::Assemble)
             {
                 kept.pop();
                 first_run = Some((Stage::Assemble, format!("astrometry reruns ({why}) and rewrites its mosaic")));
+            }
+        }
+        // anchor rewrites the mosaic's SCI too: when it reruns after having written, the mosaic is
+        // rebuilt first (assemble, and astrometry after it), so the reran anchor starts from it
+        if let Some((Stage::Anchor, why)) = &first_run {
+            if anchor_wrote && targets.contains(&Stage::Assemble) {
+                let why = format!("anchor reruns ({why}) and rewrites its mosaic");
+                while kept.last().is_some_and(|e| e.stage == "astrometry" || e.stage == "assemble") {
+                    kept.pop();
+                }
+                first_run = Some((Stage::Assemble, why));
             }
         }
         let todo: Vec<Stage> = match (mode, &first_run) {
