@@ -229,7 +229,11 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
         cmd => {
             let (name, args) = cmd.stage_args().expect("every other command is a stage");
             let stage = Stage::from_name(name).expect("the CLI names stages by their names");
-            let (raw, cfg) = load_config(cli, &[])?;
+            let extra = match cmd {
+                Command::Anchor(a) => a.as_sets(),
+                _ => vec![],
+            };
+            let (raw, cfg) = load_config(cli, &extra)?;
             set_threads(&cfg)?;
             let inv = Invocation {
                 comm,

@@ -62,6 +62,8 @@ pub enum Command {
     Assemble(StageArgs),
     /// Stage astrometry alone (the mosaic against a reference catalogue).
     Astrometry(StageArgs),
+    /// Stage anchor alone (the mosaic's background level tied to wide-field reference images).
+    Anchor(AnchorArgs),
     /// Print the commented default configuration, or check a configuration file.
     Config {
         #[command(subcommand)]
@@ -145,6 +147,10 @@ pub struct MosaicArgs {
     /// destripe_multi, outlier, drizzle or assemble  [run.stop_after]
     #[arg(long, value_name = "STAGE")]
     pub stop_after: Option<String>,
+    /// Wide-field reference image for the anchor stage (FITS in MJy/sr; repeat in order of
+    /// preference, e.g. IRAC1 then WISE1)  [anchor.references]
+    #[arg(long = "anchor", value_name = "REF.fits")]
+    pub anchors: Vec<PathBuf>,
     /// Continue the run in run.output_dir: skip every stage the manifest says is done whose
     /// configuration, inputs and products (checksums) are unchanged; rerun the rest.
     #[arg(long, conflicts_with = "overwrite")]
@@ -168,6 +174,32 @@ pub struct StageArgs {
     pub catalog: Option<PathBuf>,
 }
 
+/// The arguments of `tessera anchor`.
+#[derive(Debug, Args)]
+pub struct AnchorArgs {
+    #[command(flatten)]
+    pub stage: StageArgs,
+    /// Wide-field reference image (FITS in MJy/sr; repeat in order of preference)  [anchor.references]
+    #[arg(long = "anchor", value_name = "REF.fits")]
+    pub anchors: Vec<PathBuf>,
+}
+
+/// `anchor.references=[...]` for `--anchor` files, as a `--set` value.
+fn anchor_set(files: &[PathBuf]) -> Option<String> {
+    let q = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    (!files.is_empty()).then(|| {
+        let list: Vec<String> = files.iter().map(|f| q(&f.to_string_lossy())).collect();
+        format!("anchor.references=[{}]", list.join(", "))
+    })
+}
+
+impl AnchorArgs {
+    /// The `--set` overrides these arguments stand for.
+    pub fn as_sets(&self) -> Vec<String> {
+        anchor_set(&self.anchors).into_iter().collect()
+    }
+}
+
 impl Command {
     /// The stage name and arguments of a per-stage command.
     pub fn stage_args(&self) -> Option<(&'static str, &StageArgs)> {
@@ -181,6 +213,7 @@ impl Command {
             Command::Drizzle(a) => ("drizzle", a),
             Command::Assemble(a) => ("assemble", a),
             Command::Astrometry(a) => ("astrometry", a),
+            Command::Anchor(a) => ("anchor", &a.stage),
             _ => return None,
         })
     }
@@ -206,6 +239,7 @@ impl MosaicArgs {
         if let Some(stage) = &self.stop_after {
             sets.push(format!("run.stop_after={stage:?}"));
         }
+        sets.extend(anchor_set(&self.anchors));
         sets
     }
 }

@@ -6,6 +6,8 @@ mod common;
 
 #[path = "integration/align.rs"]
 mod align;
+#[path = "integration/anchor.rs"]
+mod anchor;
 #[path = "integration/cli.rs"]
 mod cli;
 #[path = "integration/cosmic.rs"]

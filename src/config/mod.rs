@@ -9,9 +9,11 @@
 //!
 //! Nothing here reads exposures or talks to MPI.
 
+mod anchor;
 mod raw;
 mod resolved;
 
+pub use anchor::{AnchorConfig, RawAnchor};
 pub use raw::{
     RawAlign, RawAssemble, RawAstrometry, RawConfig, RawDrizzle, RawGrid, RawLevel, RawOutlier, RawPlan, RawPrep,
     RawRun, RawSimulate, RawTarget, DEFAULT_TOML,

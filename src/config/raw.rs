@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub assemble: RawAssemble,
     /// The `astrometry` stage: absolute astrometry against a reference catalogue.
     pub astrometry: RawAstrometry,
+    /// The `anchor` stage: the background level tied to wide-field reference images.
+    pub anchor: super::anchor::RawAnchor,
     /// `tessera simulate`: the synthetic survey.
     pub simulate: RawSimulate,
     /// Targets for `tessera run`: one `[[target]]` table each.
@@ -480,6 +482,10 @@ pub struct RawSimulate {
     pub catalog_noise_arcsec: f64,
     /// Pixel scale of the truth sky image as a multiple of the native scale (2 = half the pixels per axis).
     pub truth_pixscale_factor: f64,
+    /// Make the galaxy fill the field (its disk scale length as large as half the survey's extent),
+    /// so that no exposure sees empty sky and the band's sky level is genuinely unknown to the mosaic
+    /// (the case `anchor` exists for).
+    pub fill_field: bool,
 }
 
 impl Default for RawSimulate {
@@ -508,6 +514,7 @@ impl Default for RawSimulate {
             catalog_completeness: 0.8,
             catalog_noise_arcsec: 0.01,
             truth_pixscale_factor: 1.0,
+            fill_field: false,
         }
     }
 }
@@ -769,6 +776,48 @@ strict_tolerance_arcsec = 0.05
 # Fewer matched sources than this is a failed solution (the WCS is kept).
 min_matches = 5
 
+[anchor]
+# Run the stage (false = the mosaic keeps the level of the level-matching stage).
+enabled = true
+# Wide-field reference images (FITS, image in the primary HDU, MJy/sr, celestial WCS) in order of
+# preference, e.g. IRAC1 then WISE1 for NIRCam, IRAC4 then WISE3 for MIRI; the first that gives a
+# fit is used. `tessera mosaic --anchor REF.fits` (repeatable) sets it for one run. Empty (and not a
+# tied band) = the stage is skipped for the band with a warning.
+references = []
+# Resolution (Gaussian FWHM, arcsec) of a reference whose header has no BMAJ (deg); 0 = BMAJ is required.
+reference_fwhm_arcsec = 0.0
+# NIRCam band anchored to the references; the other NIRCam bands are tied to its anchored mosaic.
+reference_band_nircam = "F300M"
+# MIRI band anchored to the references; the other MIRI bands are tied to its anchored mosaic.
+reference_band_miri = "F770W"
+# For a band that is not its instrument's reference band: the reference band's anchored mosaic (its
+# -o FITS after this stage), which the band is tied to at internal_fwhm_arcsec; empty = the stage is
+# skipped for that band with a warning.
+reference_band_mosaic = ""
+# Resolution of the internal tie between bands of one instrument, arcsec (F2100W's PSF FWHM).
+internal_fwhm_arcsec = 0.674
+# Width of the bins of reference intensity, MJy/sr.
+bin_width_mjysr = 0.1
+# Range of reference intensity fitted, MJy/sr [low, high].
+range_mjysr = [0.25, 2.0]
+# The range for WISE3 references (file name containing "w3" or "wise3"), MJy/sr.
+range_wise3_mjysr = [0.0, 0.8]
+# Fit the faint half of the field instead: from the 1st percentile to the median of the reference
+# intensities over the mosaic (for fields the galaxy fills, where the fixed range holds no pixels).
+auto_range = false
+# Bins with fewer pixels than this are left out.
+min_bin_pixels = 10
+# Rejection threshold of the line fit through the bin medians, in residual standard deviations.
+clip_sigma = 3.0
+# Rejection rounds of the line fit.
+clip_iterations = 3
+# A reference must cover at least this fraction of the mosaic's pixels (else an error names it).
+min_coverage = 0.9
+# Mosaic pixels brighter than this (MJy/sr) are left out of the comparison with every reference pixel
+# whose beam reaches them: saturated stars and cores, whose flux the mosaic misses and the reference
+# has; 0 = none (pjpipe; on small fields the masked beams can leave too few bins).
+mask_above_mjysr = 0.0
+
 # Targets for `tessera run` (repeat the table for each target):
 # [[target]]
 # Target name: products go to <output_dir>/<name>/<band>/.
@@ -829,4 +878,7 @@ catalog_completeness = 0.8
 catalog_noise_arcsec = 0.01
 # Pixel scale of the truth sky image as a multiple of the native scale (2 = half the pixels per axis).
 truth_pixscale_factor = 1.0
+# Make the galaxy fill the field (its disk scale length as large as half the survey's extent), so that
+# no exposure sees empty sky and the band's sky level is genuinely unknown to the mosaic.
+fill_field = false
 "#;

@@ -18,6 +18,7 @@ pub struct Config {
     pub drizzle: DrizzleConfig,
     pub assemble: AssembleConfig,
     pub astrometry: AstrometryConfig,
+    pub anchor: super::anchor::AnchorConfig,
     pub simulate: SimulateConfig,
     pub targets: Vec<Target>,
 }
@@ -314,6 +315,7 @@ pub struct SimulateConfig {
     pub catalog_completeness: f64,
     pub catalog_noise_arcsec: f64,
     pub truth_pixscale_factor: f64,
+    pub fill_field: bool,
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -513,6 +515,7 @@ impl RawConfig {
             catalog_completeness: frac("simulate.catalog_completeness", s.catalog_completeness)?,
             catalog_noise_arcsec: non_negative("simulate.catalog_noise_arcsec", s.catalog_noise_arcsec)?,
             truth_pixscale_factor: positive("simulate.truth_pixscale_factor", s.truth_pixscale_factor)?,
+            fill_field: s.fill_field,
         };
         let p = &self.prep;
         if p.off_name.trim().is_empty() {
@@ -703,6 +706,7 @@ impl RawConfig {
             drizzle,
             assemble,
             astrometry,
+            anchor: self.anchor.resolve()?,
             simulate,
             targets,
         })

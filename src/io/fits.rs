@@ -1339,3 +1339,56 @@ mod tests {
         assert_eq!(cards.get("ANSWER"), Some(&CardValue::Int(42)));
     }
 }
+
+/// Rewrite the float image extension `ext` of `path` in place (atomically: a copy under a
+/// temporary name, renamed when complete), row block by row block: `rows(y0..y1)` gives the new
+/// full-width rows. `cards` are set in PRIMARY and in `ext` (replacing cards of the same name), and
+/// `history` is appended to PRIMARY. Every other HDU and card is kept byte for byte. Used by the
+/// `anchor` stage to write the anchored mosaic.
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU, or the error of `rows`.
+pub fn rewrite_ext_f32<E: From<FitsError> + From<crate::io::IoError>>(
+    path: &Path,
+    ext: &str,
+    row_block: usize,
+    mut rows: impl FnMut(Range<usize>) -> Result<Array2<f32>, E>,
+    cards: &[Card],
+    history: &[String],
+) -> Result<(), E> {
+    let [ny, nx] = image_shape(path, ext)?;
+    crate::io::write_atomic(path, |tmp| -> Result<(), E> {
+        std::fs::copy(path, tmp).map_err(|e| copy_error(path, tmp, e))?;
+        let mut f = open_disk(tmp, true).map_err(|e| FitsError { path: path.to_path_buf(), ..e })?;
+        let mut y = 0;
+        while y < ny {
+            let r = y..(y + row_block.max(1)).min(ny);
+            let block = rows(r.clone())?;
+            if block.dim() != (r.len(), nx) {
+                return Err(FitsError::new(
+                    path,
+                    Some(ext),
+                    None,
+                    FitsProblem::BadData(format!(
+                        "rows {}..{} given as {:?}, expected {}x{nx}",
+                        r.start,
+                        r.end,
+                        block.dim(),
+                        r.len()
+                    )),
+                )
+                .into());
+            }
+            let h = hdu(&mut f, path, ext)?;
+            let data = std_slice(&block);
+            h.write_section(&mut f, y * nx, r.end * nx, &data).map_err(|e| write_error(path, Some(ext), e))?;
+            y = r.end;
+        }
+        put_cards(&mut f, path, ext, cards)?;
+        f.primary_hdu().map_err(|e| FitsError::cfitsio(path, Some("PRIMARY"), e))?;
+        put_cards(&mut f, path, "PRIMARY", cards)?;
+        put_history(&mut f, path, "PRIMARY", history)?;
+        flush(&mut f, path)?;
+        Ok(())
+    })
+}

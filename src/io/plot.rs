@@ -360,6 +360,102 @@ pub fn histograms(
     charts(path, title, &[chart])
 }
 
+/// One binned median of [`line_fit_figure`]: position, median, the 16th and 84th percentiles, and
+/// whether the fit kept it.
+#[derive(Clone, Copy, Debug)]
+pub struct BinPoint {
+    pub x: f64,
+    pub y: f64,
+    pub y_lo: f64,
+    pub y_hi: f64,
+    pub used: bool,
+}
+
+/// A scatter of pixel pairs (grey), binned medians with their 16-84% range (red; rejected ones
+/// hollow), and a fitted line `y = slope x + intercept` (dashed grey) with `notes` written in the
+/// top left: the layout of the PHANGS-JWST paper's Figure 8 (the anchoring fit).
+///
+/// # Errors
+/// As [`charts`].
+#[allow(clippy::too_many_arguments)]
+pub fn line_fit_figure(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    points: (&[f64], &[f64]),
+    bins: &[BinPoint],
+    line: (f64, f64),
+    notes: &[String],
+) -> Result<(), IoError> {
+    let text = font_loaded();
+    render(path, (PANEL_PX * 3 / 2, PANEL_PX + TITLE_PX), |root| {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let body = if text {
+            root.titled(title, ("sans-serif", 20)).map_err(|x| e(&x))?
+        } else {
+            root.margin(TITLE_PX, 0, 0, 0)
+        };
+        let xs = points.0.iter().copied().chain(bins.iter().map(|b| b.x));
+        let ys = bins.iter().flat_map(|b| [b.y_lo, b.y_hi]);
+        let xr = axis_range(xs);
+        // y from the binned range (the pixels' tails would squash the medians), widened to hold the line
+        let yl = [xr.start, xr.end].map(|x| line.0 * x + line.1);
+        let yr = axis_range(ys.chain(yl));
+        let mut builder = ChartBuilder::on(&body);
+        builder.margin(12);
+        if text {
+            builder.x_label_area_size(40).y_label_area_size(64);
+        }
+        let mut ctx = builder.build_cartesian_2d(xr.clone(), yr.clone()).map_err(|x| e(&x))?;
+        if text {
+            ctx.configure_mesh()
+                .x_desc(xlabel)
+                .y_desc(ylabel)
+                .label_style(("sans-serif", 13))
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(|x| e(&x))?;
+        }
+        let grey = RGBColor(150, 150, 150);
+        let inside = |x: f64, y: f64| x.is_finite() && y.is_finite() && yr.contains(&y) && xr.contains(&x);
+        ctx.draw_series(
+            points
+                .0
+                .iter()
+                .zip(points.1)
+                .filter(|(x, y)| inside(**x, **y))
+                .map(|(&x, &y)| Circle::new((x, y), 1, grey.filled())),
+        )
+        .map_err(|x| e(&x))?;
+        let red = RGBColor(214, 39, 40);
+        for b in bins {
+            ctx.draw_series(std::iter::once(PathElement::new(vec![(b.x, b.y_lo), (b.x, b.y_hi)], red.stroke_width(1))))
+                .map_err(|x| e(&x))?;
+            let style = if b.used { red.filled() } else { red.stroke_width(1) };
+            ctx.draw_series(std::iter::once(Circle::new((b.x, b.y), 4, style))).map_err(|x| e(&x))?;
+        }
+        // dashed line: short segments
+        let n = 40;
+        let segs = (0..n).step_by(2).map(|k| {
+            let x0 = xr.start + (xr.end - xr.start) * k as f64 / n as f64;
+            let x1 = xr.start + (xr.end - xr.start) * (k + 1) as f64 / n as f64;
+            PathElement::new(
+                vec![(x0, line.0 * x0 + line.1), (x1, line.0 * x1 + line.1)],
+                BLACK.mix(0.6).stroke_width(2),
+            )
+        });
+        ctx.draw_series(segs).map_err(|x| e(&x))?;
+        if text {
+            for (k, note) in notes.iter().enumerate() {
+                body.draw(&Text::new(note.as_str(), (80, 20 + 18 * k as i32), ("sans-serif", 14)))
+                    .map_err(|x| e(&x))?;
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,11 +17,16 @@
 //!   the weighted least-squares offsets (pjpipe level_match, solved directly).
 //! - `stats`: the exact sigma-clipped statistics (astropy's `sigma_clipped_stats`, in the variants
 //!   level, destripe and sources need) and numpy-convention medians, shared by the kernels above.
+//! - `gaussian`: the sampled Gaussian kernel and NaN-aware separable smoothing.
+//! - `anchor`: anchoring numerics: block means, bilinear resampling, medians in bins of reference
+//!   intensity, the 3-sigma-clipped line fit (PHANGS-JWST paper section 3.9).
 
+pub mod anchor;
 pub mod background;
 pub mod destripe;
 pub mod detector;
 pub mod drizzle;
+pub mod gaussian;
 pub mod level;
 pub mod matching;
 pub mod outlier;

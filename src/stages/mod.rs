@@ -3,6 +3,7 @@
 //! in the CLI, the TOML sections, the HDF5 groups and the output folders.
 
 pub mod align;
+pub mod anchor;
 pub mod assemble;
 pub mod astrometry;
 pub mod campaign;
@@ -108,7 +109,9 @@ impl Stage {
             Drizzle => &[Plan, Prep, Destripe, Align, Level, DestripeMulti, Outlier],
             Assemble => &[Plan, Prep, Align, Drizzle],
             Astrometry => &[Plan, Prep, Align, Outlier, Assemble],
-            Anchor | Psfmatch | Release => &[Plan, Assemble, Astrometry],
+            // anchor reads the band store's SCI (so a rerun never anchors twice) and the -o mosaic's WCS
+            Anchor => &[Plan, Drizzle, Assemble, Astrometry],
+            Psfmatch | Release => &[Plan, Assemble, Astrometry],
         }
     }
 }

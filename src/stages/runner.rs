@@ -28,9 +28,9 @@ use crate::plan::{CalMeta, Plan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The stages `tessera mosaic` chains, in order: every stage up to `astrometry`.
-pub const CHAIN: [Stage; 10] = {
-    let mut c = [Stage::Plan; 10];
+/// The stages `tessera mosaic` chains, in order: every stage up to `anchor`.
+pub const CHAIN: [Stage; 11] = {
+    let mut c = [Stage::Plan; 11];
     let mut i = 0;
     while i < c.len() {
         c[i] = Stage::ALL[i];
@@ -164,6 +164,7 @@ fn config_sections(stage: Stage) -> &'static [&'static str] {
         Stage::Drizzle => &["plan", "drizzle"],
         Stage::Assemble => &["plan", "assemble"],
         Stage::Astrometry => &["plan", "astrometry"],
+        Stage::Anchor => &["anchor"],
         _ => &[],
     }
 }
@@ -187,6 +188,7 @@ fn skip_reason(stage: Stage, cfg: &Config, band: &str, catalog: Option<&Path>) -
         Stage::Astrometry => (!super::astrometry::wanted(cfg, band, catalog)).then(|| {
             "no reference catalogue (--catalog or astrometry.catalog) and no reference band's solution".into()
         }),
+        Stage::Anchor => super::anchor::skip_reason(cfg, band),
         _ => None,
     }
 }
@@ -340,6 +342,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
                 v["output"] = serde_json::json!(output);
                 v["catalog"] = serde_json::json!(catalog);
             }
+            Stage::Anchor => v["output"] = serde_json::json!(output),
             _ => {}
         }
         hash_json(&v)
@@ -423,13 +426,25 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         // astrometry rewrites assemble's mosaic: rerun assemble with it
         let astrometry_wrote =
             recorded.iter().any(|e| e.stage == Stage::Astrometry.name() && e.status != Status::Skipped);
+        let anchor_wrote = recorded.iter().any(|e| e.stage == Stage::Anchor.name() && e.status != Status::Skipped);
         if let Some((Stage::Astrometry, why)) = &first_run {
-            if astrometry_wrote
+            if (astrometry_wrote || anchor_wrote)
                 && kept.last().is_some_and(|e| e.stage == "assemble")
                 && targets.contains(&Stage::Assemble)
             {
                 kept.pop();
                 first_run = Some((Stage::Assemble, format!("astrometry reruns ({why}) and rewrites its mosaic")));
+            }
+        }
+        // anchor rewrites the mosaic's SCI too: when it reruns after having written, the mosaic is
+        // rebuilt first (assemble, and astrometry after it), so the reran anchor starts from it
+        if let Some((Stage::Anchor, why)) = &first_run {
+            if anchor_wrote && targets.contains(&Stage::Assemble) {
+                let why = format!("anchor reruns ({why}) and rewrites its mosaic");
+                while kept.last().is_some_and(|e| e.stage == "astrometry" || e.stage == "assemble") {
+                    kept.pop();
+                }
+                first_run = Some((Stage::Assemble, why));
             }
         }
         let todo: Vec<Stage> = match (mode, &first_run) {
@@ -478,7 +493,10 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
             products: vec![],
         };
         if let Some(why) = skip_reason(stage, cfg, &band_name, catalog) {
-            if root {
+            if root && stage == Stage::Anchor {
+                // a missing optional input (SPEC section 6): said as a warning
+                tracing::warn!("[{}] skipped: {why}", stage.name());
+            } else if root {
                 tracing::info!("[{}] skipped: {why}", stage.name());
             }
             entry.status = Status::Skipped;
@@ -521,7 +539,9 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         // products: everything in the stage's folder, and the mosaic for assemble and astrometry
         let mut paths: Vec<PathBuf> = comm
             .on_root_then_broadcast(0, || crate::io::list_files(&dir.join(stage.name())).map_err(|e| e.to_string()))?;
-        if matches!(stage, Stage::Assemble) || (stage == Stage::Astrometry && written.rewrote_mosaic) {
+        if matches!(stage, Stage::Assemble)
+            || (matches!(stage, Stage::Astrometry | Stage::Anchor) && written.rewrote_mosaic)
+        {
             paths.extend(output.clone());
         }
         let th = Instant::now();
@@ -603,7 +623,7 @@ pub struct Ctx<'a> {
 pub struct Written {
     /// Some items were skipped or failed and reported.
     pub partial: bool,
-    /// `astrometry` rewrote the `-o` mosaic's WCS.
+    /// `astrometry` rewrote the `-o` mosaic's WCS, or `anchor` its SCI.
     pub rewrote_mosaic: bool,
 }
 
@@ -619,6 +639,7 @@ fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> crate::Result<Writ
         (Stage::Drizzle, Some(b)) => super::drizzle::stage(ctx, b),
         (Stage::Assemble, Some(b)) => super::assemble::stage(ctx, b),
         (Stage::Astrometry, Some(b)) => super::astrometry::stage(ctx, b),
+        (Stage::Anchor, Some(b)) => super::anchor::stage(ctx, b),
         (s, _) => crate::bail!("stage {} is not part of the single-band chain", s.name()),
     }
 }

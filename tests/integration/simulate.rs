@@ -119,7 +119,14 @@ fn tiny_nircam_survey_has_the_requested_shape_and_headers() {
     assert_eq!(dets.into_iter().collect::<Vec<_>>(), vec!["NRCALONG".to_string(), "NRCBLONG".to_string()]);
     assert_eq!(visits.len(), 4);
     // auxiliary inputs exist
-    for f in ["aux/refcat.csv", "aux/psf_F300M.fits", "aux/anchor.fits", "truth/sources.csv", "truth/cosmic_rays.csv"] {
+    for f in [
+        "aux/refcat.csv",
+        "aux/psf_F300M.fits",
+        "aux/irac1.fits",
+        "aux/wise1.fits",
+        "truth/sources.csv",
+        "truth/cosmic_rays.csv",
+    ] {
         assert!(dir.join(f).is_file(), "{f}");
     }
 }

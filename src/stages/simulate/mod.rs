@@ -1,13 +1,15 @@
 //! `tessera simulate`: a synthetic JWST survey with a known truth (SPEC section 8).
 //!
 //! Writes realistic cal files directly into the output folder, MIRI off-source exposures into
-//! `off/`, auxiliary inputs (reference catalogue, PSF image, wide-field anchor image) into `aux/`,
+//! `off/`, auxiliary inputs (reference catalogue, PSF image, wide-field reference images for
+//! `anchor`, see [`references`]) into `aux/`,
 //! and the truth (sky image with WCS, per-exposure backgrounds and stripe models, per-visit pointing
 //! errors, absolute offset, cosmic rays, sources) into `truth/`. The survey design is a pure function
 //! of the config ([`survey::design`]); every random draw comes from a ChaCha stream keyed by
 //! (seed, purpose, exposure), so the same seed gives the same files for any number of ranks or
 //! threads. Under MPI, exposure `i` is rendered by rank `i % size`.
 
+pub mod references;
 pub mod survey;
 
 use super::progress::Progress;
@@ -77,8 +79,8 @@ pub struct Truth {
     pub visit_errors: Vec<survey::VisitError>,
     pub absolute_offset_arcsec: [f64; 2],
     pub absolute_rotation_deg: f64,
-    /// Offset added to the anchor image, MJy/sr.
-    pub anchor_offset_mjysr: f64,
+    /// The wide-field reference images for `anchor` (`aux/<name>.fits`) and their truth.
+    pub anchor: references::AnchorTruth,
     pub exposures: Vec<ExposureTruth>,
     /// The truth sky image (`truth/truth_sky.fits`) grid.
     pub truth_grid: OutputGrid,
@@ -161,7 +163,9 @@ pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &SimulateConfig, out: &Path) -
             println!("  MIRI off:    {}/off/", out.display());
         }
         println!("  truth:       {}/truth/truth.json, truth_sky.fits, cosmic_rays.csv, sources.csv", out.display());
-        println!("  aux inputs:  {}/aux/refcat.csv, psf_{}.fits, anchor.fits", out.display(), cfg.filter);
+        let refs: Vec<String> =
+            references::for_instrument(cfg.instrument).iter().map(|r| format!("{}.fits", r.name)).collect();
+        println!("  aux inputs:  {}/aux/refcat.csv, psf_{}.fits, {}", out.display(), cfg.filter, refs.join(", "));
     }
     Ok(Outcome::Clean)
 }
@@ -171,6 +175,9 @@ fn scene_params(cfg: &SimulateConfig, survey: &Survey) -> SceneParams {
         seed: cfg.seed ^ stream::SCENE.rotate_left(32),
         field_half_width_arcsec: survey.half_extent_arcsec,
         band_um: Instrument::filter_wavelength_um(&cfg.filter).unwrap_or(2.0),
+        // fill_field: the disk's scale length as large as half the field, so no exposure sees
+        // empty sky (the default 0.12 leaves the outer field to the stars)
+        disk_scale_frac: if cfg.fill_field { 1.0 } else { SceneParams::default().disk_scale_frac },
         ..SceneParams::default()
     }
 }
@@ -566,21 +573,8 @@ fn write_truth(
         &[],
     )?;
 
-    // wide-field anchor image (IRAC/WISE-like): coarse pixels, broad PSF, a known offset
-    let (anchor_fwhm, anchor_scale) = match cfg.instrument {
-        Instrument::Miri => (1.98, 0.6),
-        _ => (1.66, 0.6),
-    };
-    let agrid = OutputGrid::covering(&pts, anchor_scale, 20).context("anchor grid")?;
-    let aw = agrid.wcs();
-    let mut anchor = Array2::<f32>::zeros((agrid.ny, agrid.nx));
-    let arp = RenderParams { psf_fwhm_arcsec: anchor_fwhm, pixel_integrate: true };
-    scene::render(scene, &arp, anchor.view_mut(), &pix_to_tan(&aw, centre), &tan_to_pix(&aw, centre));
-    let anchor_offset = 0.05 + 0.1 * rng.random::<f64>();
-    anchor.mapv_inplace(|v| v + anchor_offset as f32);
-    let mut acards = vec![card_text("BUNIT", "MJy/sr", ""), card_real("PSFFWHM", anchor_fwhm, "[arcsec]")];
-    acards.extend(aw.to_cards());
-    write_image(&out.join("aux").join("anchor.fits"), &anchor, &acards, &[])?;
+    // wide-field reference images for `anchor` (IRAC/WISE-like, references.rs)
+    let anchor = references::write_references(cfg, &scene_params(cfg, survey), scene, centre, &pts, out)?;
 
     let truth = Truth {
         provenance: prov.clone(),
@@ -591,7 +585,7 @@ fn write_truth(
         visit_errors: survey.visit_errors.clone(),
         absolute_offset_arcsec: survey.absolute_offset_arcsec,
         absolute_rotation_deg: survey.absolute_rotation_deg,
-        anchor_offset_mjysr: anchor_offset,
+        anchor,
         exposures: truths.iter().map(|t| t.0.clone()).collect(),
         truth_grid: grid,
     };
