@@ -62,6 +62,8 @@ pub enum Command {
     Assemble(StageArgs),
     /// Stage astrometry alone (the mosaic against a reference catalogue).
     Astrometry(StageArgs),
+    /// Stage psfmatch alone (the mosaic convolved to psfmatch.targets; beside the -o mosaic).
+    Psfmatch(StageArgs),
     /// Print the commented default configuration, or check a configuration file.
     Config {
         #[command(subcommand)]
@@ -152,6 +154,13 @@ pub struct MosaicArgs {
     /// Delete the products of an earlier run in run.output_dir and start clean.
     #[arg(long)]
     pub overwrite: bool,
+    /// PSF image (FITS with PIXELSCL or PIXSCALE in arcsec) for psfmatch (repeatable)  [psfmatch.psf]
+    #[arg(long = "psf", value_name = "PSF.fits")]
+    pub psf: Vec<PathBuf>,
+    /// Resolution to match the mosaic to: gaussNpNN (e.g. gauss0p90) or a band (e.g. F770W)
+    /// (repeatable)  [psfmatch.targets]
+    #[arg(long = "psf-target", value_name = "TARGET")]
+    pub psf_target: Vec<String>,
 }
 
 /// The arguments of a per-stage command.
@@ -181,6 +190,7 @@ impl Command {
             Command::Drizzle(a) => ("drizzle", a),
             Command::Assemble(a) => ("assemble", a),
             Command::Astrometry(a) => ("astrometry", a),
+            Command::Psfmatch(a) => ("psfmatch", a),
             _ => return None,
         })
     }
@@ -205,6 +215,17 @@ impl MosaicArgs {
         }
         if let Some(stage) = &self.stop_after {
             sets.push(format!("run.stop_after={stage:?}"));
+        }
+        let toml_list = |v: Vec<String>| {
+            let q: Vec<String> =
+                v.iter().map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+            format!("[{}]", q.join(", "))
+        };
+        if !self.psf.is_empty() {
+            sets.push(format!("psfmatch.psf={}", toml_list(self.psf.iter().map(|p| p.display().to_string()).collect())));
+        }
+        if !self.psf_target.is_empty() {
+            sets.push(format!("psfmatch.targets={}", toml_list(self.psf_target.clone())));
         }
         sets
     }

@@ -17,7 +17,8 @@ pub use raw::{
     RawRun, RawSimulate, RawTarget, DEFAULT_TOML,
 };
 pub use resolved::thread_count;
-pub use resolved::{
+pub use resolved::{PsfTarget, PsfmatchConfig,
+    
     AlignConfig, AssembleConfig, AstrometryConfig, Config, DrizzleConfig, Instrument, LevelConfig, OutlierConfig,
     PlanConfig, PrepConfig, RunConfig, SimSize, SimulateConfig, Target, UserGrid, WeightType, MAX_THREADS,
 };

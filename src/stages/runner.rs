@@ -28,13 +28,17 @@ use crate::plan::{CalMeta, Plan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The stages `tessera mosaic` chains, in order: every stage up to `astrometry`.
-pub const CHAIN: [Stage; 10] = {
-    let mut c = [Stage::Plan; 10];
-    let mut i = 0;
-    while i < c.len() {
-        c[i] = Stage::ALL[i];
-        i += 1;
+/// The stages `tessera mosaic` chains, in order: every stage up to `astrometry`, then `psfmatch`
+/// (`anchor` and `release` are not built yet).
+pub const CHAIN: [Stage; 11] = {
+    let mut c = [Stage::Plan; 11];
+    let (mut i, mut j) = (0, 0);
+    while j < Stage::ALL.len() {
+        if !matches!(Stage::ALL[j], Stage::Anchor | Stage::Release) {
+            c[i] = Stage::ALL[j];
+            i += 1;
+        }
+        j += 1;
     }
     c
 };
@@ -164,6 +168,7 @@ fn config_sections(stage: Stage) -> &'static [&'static str] {
         Stage::Drizzle => &["plan", "drizzle"],
         Stage::Assemble => &["plan", "assemble"],
         Stage::Astrometry => &["plan", "astrometry"],
+        Stage::Psfmatch => &["plan", "psfmatch"],
         _ => &[],
     }
 }
@@ -187,6 +192,7 @@ fn skip_reason(stage: Stage, cfg: &Config, band: &str, catalog: Option<&Path>) -
         Stage::Astrometry => (!super::astrometry::wanted(cfg, band, catalog)).then(|| {
             "no reference catalogue (--catalog or astrometry.catalog) and no reference band's solution".into()
         }),
+        Stage::Psfmatch => cfg.psfmatch.targets.is_empty().then(|| "no psfmatch.targets (--psf-target)".into()),
         _ => None,
     }
 }
@@ -335,7 +341,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
             Stage::Plan => {
                 v["inputs"] = serde_json::json!(inputs.iter().map(|s| (&s.path, &s.sha256)).collect::<Vec<_>>())
             }
-            Stage::Assemble => v["output"] = serde_json::json!(output),
+            Stage::Assemble | Stage::Psfmatch => v["output"] = serde_json::json!(output),
             Stage::Astrometry => {
                 v["output"] = serde_json::json!(output);
                 v["catalog"] = serde_json::json!(catalog);
@@ -524,6 +530,8 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         if matches!(stage, Stage::Assemble) || (stage == Stage::Astrometry && written.rewrote_mosaic) {
             paths.extend(output.clone());
         }
+        // products written beside the mosaic (psfmatch's `<stem>_at<target>.fits`)
+        paths.extend(written.beside_mosaic.iter().cloned());
         let th = Instant::now();
         let sums = hash_files(comm, &paths, &dir)?;
         checksum_s += th.elapsed().as_secs_f64();
@@ -605,6 +613,8 @@ pub struct Written {
     pub partial: bool,
     /// `astrometry` rewrote the `-o` mosaic's WCS.
     pub rewrote_mosaic: bool,
+    /// Products written outside the stage's folder, beside the `-o` mosaic (checksummed with it).
+    pub beside_mosaic: Vec<PathBuf>,
 }
 
 fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> crate::Result<Written> {
@@ -619,6 +629,7 @@ fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> crate::Result<Writ
         (Stage::Drizzle, Some(b)) => super::drizzle::stage(ctx, b),
         (Stage::Assemble, Some(b)) => super::assemble::stage(ctx, b),
         (Stage::Astrometry, Some(b)) => super::astrometry::stage(ctx, b),
+        (Stage::Psfmatch, Some(b)) => super::psfmatch::stage(ctx, b),
         (s, _) => crate::bail!("stage {} is not part of the single-band chain", s.name()),
     }
 }

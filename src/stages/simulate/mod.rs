@@ -8,6 +8,7 @@
 //! (seed, purpose, exposure), so the same seed gives the same files for any number of ranks or
 //! threads. Under MPI, exposure `i` is rendered by rank `i % size`.
 
+pub mod psf;
 pub mod survey;
 
 use super::progress::Progress;
@@ -565,6 +566,9 @@ fn write_truth(
         ],
         &[],
     )?;
+
+    // the PSF at 4x oversampling, stpsf-like (psfmatch)
+    psf::write_oversampled_psf(&out.join("aux"), &cfg.filter, cfg.instrument, survey.psf_fwhm_arcsec, s)?;
 
     // wide-field anchor image (IRAC/WISE-like): coarse pixels, broad PSF, a known offset
     let (anchor_fwhm, anchor_scale) = match cfg.instrument {
