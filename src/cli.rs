@@ -222,7 +222,10 @@ impl MosaicArgs {
             format!("[{}]", q.join(", "))
         };
         if !self.psf.is_empty() {
-            sets.push(format!("psfmatch.psf={}", toml_list(self.psf.iter().map(|p| p.display().to_string()).collect())));
+            sets.push(format!(
+                "psfmatch.psf={}",
+                toml_list(self.psf.iter().map(|p| p.display().to_string()).collect())
+            ));
         }
         if !self.psf_target.is_empty() {
             sets.push(format!("psfmatch.targets={}", toml_list(self.psf_target.clone())));

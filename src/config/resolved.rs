@@ -95,7 +95,8 @@ impl PsfTarget {
         let t = s.trim();
         let lower = t.to_ascii_lowercase();
         if let Some(rest) = lower.strip_prefix("gauss") {
-            let v: f64 = rest.replace('p', ".").parse().map_err(|_| format!("{t:?}: expected gaussNpNN, e.g. gauss0p90"))?;
+            let v: f64 =
+                rest.replace('p', ".").parse().map_err(|_| format!("{t:?}: expected gaussNpNN, e.g. gauss0p90"))?;
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("{t:?}: the Gaussian FWHM must be positive"));
             }

@@ -35,6 +35,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A chunk this rank owns: its first row with halo, SCI and ERR rows with halos.
+type HaloChunk = (usize, Array2<f32>, Array2<f32>);
+/// Convolved SCI and ERR of the whole image.
+type Planes = (Array2<f32>, Array2<f32>);
+
 /// Stage name: CLI, TOML section, output folder.
 pub const STAGE: &str = "psfmatch";
 
@@ -67,6 +72,10 @@ pub struct PsfmatchFile {
     pub psf: String,
     pub chunk_rows: usize,
     pub chunks: usize,
+    /// The mosaic's pixel scale, arcsec.
+    pub pixel_scale_arcsec: f64,
+    /// The largest smoothing FWHM of the noise curve, mosaic pixels (0 without a curve).
+    pub noise_max_fwhm_px: f64,
     pub targets: Vec<TargetReport>,
     pub warnings: Vec<String>,
 }
@@ -152,9 +161,9 @@ fn psf_file_for(files: &[PathBuf], band: &str) -> crate::Result<Option<PathBuf>>
     }
     if files.len() == 1 && named.len() == 1 {
         let n = files[0].file_name().map(|n| n.to_string_lossy().to_ascii_uppercase()).unwrap_or_default();
-        let names_other = n.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| {
-            w.len() >= 4 && w.starts_with('F') && Instrument::of_filter(w).is_some() && w != want
-        });
+        let names_other = n
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|w| w.len() >= 4 && w.starts_with('F') && Instrument::of_filter(w).is_some() && w != want);
         if !names_other {
             return Ok(Some(files[0].clone()));
         }
@@ -245,7 +254,7 @@ pub fn chunks_with_halos(
     nx: usize,
     h: usize,
     r: usize,
-) -> crate::Result<BTreeMap<usize, (usize, Array2<f32>, Array2<f32>)>> {
+) -> crate::Result<BTreeMap<usize, HaloChunk>> {
     let nchunks = ny.div_ceil(h);
     let owner = |i: usize| i % comm.size();
     let me = comm.rank();
@@ -337,7 +346,7 @@ pub fn convolve_distributed(
     nx: usize,
     h: usize,
     kernels: &[Array2<f64>],
-) -> crate::Result<Option<Vec<(Array2<f32>, Array2<f32>)>>> {
+) -> crate::Result<Option<Vec<Planes>>> {
     let rmax = kernels.iter().map(|k| k.nrows() / 2).max().unwrap_or(0);
     let chunks = chunks_with_halos(comm, mosaic, ny, nx, h, rmax)?;
     let mut results = vec![];
@@ -511,7 +520,11 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
                 }
             };
             let k = make_kernel(&src_img, &target, &params).map_err(|e| {
-                crate::err!("{} to {}: {e}", src.file.as_ref().map_or(src.source.clone(), |f| f.display().to_string()), t.name)
+                crate::err!(
+                    "{} to {}: {e}",
+                    src.file.as_ref().map_or(src.source.clone(), |f| f.display().to_string()),
+                    t.name
+                )
             })?;
             psf_fwhm = k.source_fwhm_arcsec;
             let kfile = dir.join("kernels").join(kernel_file_name(&bname, &t.name));
@@ -539,7 +552,16 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
                 regridded_onto: None,
             });
         }
-        Ok(Setup { ny, nx, scale_arcsec: scale, kernel_n, reports, psf_source: src.source, psf_fwhm_arcsec: psf_fwhm, warnings })
+        Ok(Setup {
+            ny,
+            nx,
+            scale_arcsec: scale,
+            kernel_n,
+            reports,
+            psf_source: src.source,
+            psf_fwhm_arcsec: psf_fwhm,
+            warnings,
+        })
     })?;
     // the kernels' bits, from rank 0
     let mut kb = kernel_bytes.into_inner();
@@ -547,8 +569,10 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
     let mut kernels = vec![];
     let mut at = 0;
     for &n in &setup.kernel_n {
-        let v: Vec<f64> =
-            kb[at..at + 8 * n * n].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let v: Vec<f64> = kb[at..at + 8 * n * n]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         at += 8 * n * n;
         kernels.push(Array2::from_shape_vec((n, n), v).expect("shape"));
     }
@@ -608,15 +632,19 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
         table.insert(bname.clone(), serde_json::json!({ "psf": setup.psf_source, "table": safe }));
         crate::io::json::write_json(&dir.join("safe_fwhm.json"), &table)?;
         // noise curve
-        if pcfg.noise_curve {
-            noise_curve_products(&dir, &mosaic, ny, nx, setup.scale_arcsec, setup.psf_fwhm_arcsec, pcfg, &bname)?;
-        }
+        let noise_max_fwhm_px = if pcfg.noise_curve {
+            noise_curve_products(&dir, &mosaic, ny, nx, setup.scale_arcsec, setup.psf_fwhm_arcsec, pcfg, &bname)?
+        } else {
+            0.0
+        };
         let report = PsfmatchFile {
             band: bname.clone(),
             mosaic: mosaic.clone(),
             psf: setup.psf_source.clone(),
             chunk_rows: pcfg.chunk_rows,
             chunks: ny.div_ceil(pcfg.chunk_rows),
+            pixel_scale_arcsec: setup.scale_arcsec,
+            noise_max_fwhm_px,
             targets: reports,
             warnings,
         };
@@ -626,7 +654,8 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
     Ok(Written { beside_mosaic: products, ..Default::default() })
 }
 
-/// `psfmatch/noise_curve.csv` and `.png` from the central region of the mosaic.
+/// `psfmatch/noise_curve.csv` and `.png` from the central region of the mosaic; returns the largest
+/// smoothing FWHM in pixels.
 #[allow(clippy::too_many_arguments)]
 fn noise_curve_products(
     dir: &Path,
@@ -637,7 +666,7 @@ fn noise_curve_products(
     psf_fwhm: f64,
     pcfg: &crate::config::PsfmatchConfig,
     band: &str,
-) -> crate::Result<()> {
+) -> crate::Result<f64> {
     let side = pcfg.noise_region_px;
     let (y0, x0) = (ny.saturating_sub(side) / 2, nx.saturating_sub(side) / 2);
     let sci = read_region_f32(mosaic, "SCI", y0..(y0 + side).min(ny), x0..(x0 + side).min(nx))?;
@@ -685,5 +714,5 @@ fn noise_curve_products(
         series,
     };
     charts(&dir.join("noise_curve.png"), &format!("{band} noise curve"), &[chart])?;
-    Ok(())
+    Ok(fmax / scale)
 }

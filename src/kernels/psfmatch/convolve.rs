@@ -144,7 +144,7 @@ mod tests {
 
     fn test_image(ny: usize, nx: usize) -> (Array2<f32>, Array2<f32>) {
         let mut sci = Array2::from_shape_fn((ny, nx), |(y, x)| {
-            ((y as f32 * 0.37).sin() + (x as f32 * 0.21).cos() * 2.0 + ((x * 7 + y * 13) % 11) as f32 * 0.1) as f32
+            (y as f32 * 0.37).sin() + (x as f32 * 0.21).cos() * 2.0 + ((x * 7 + y * 13) % 11) as f32 * 0.1
         });
         // a coverage edge: a NaN corner and a NaN column
         for y in 0..ny / 3 {

@@ -95,7 +95,9 @@ mod tests {
             let mut s = Complex64::new(0.0, 0.0);
             for y in 0..ny {
                 for x in 0..nx {
-                    let ph = -2.0 * std::f64::consts::PI * (ky as f64 * y as f64 / ny as f64 + kx as f64 * x as f64 / nx as f64);
+                    let ph = -2.0
+                        * std::f64::consts::PI
+                        * (ky as f64 * y as f64 / ny as f64 + kx as f64 * x as f64 / nx as f64);
                     s += a[y * nx + x] * Complex64::new(ph.cos(), ph.sin());
                 }
             }

@@ -18,6 +18,9 @@
 //!
 //! Nothing here reads files: PSF images come in as arrays with their pixel scale.
 
+// float checks read as the conditions they state; the normal equations index their moment tables
+#![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
+
 use super::fft::{fast_odd_len, fft2};
 use ndarray::{s, Array2, ArrayView2};
 use rustfft::num_complex::Complex64;
@@ -156,7 +159,11 @@ pub fn centre(img: ArrayView2<f64>, n: usize) -> Array2<f64> {
             sy += v * y as f64;
         }
     }
-    let (gx, gy) = if sw > 0.0 { ((sx / sw).round() as i64, (sy / sw).round() as i64) } else { ((nx / 2) as i64, (ny / 2) as i64) };
+    let (gx, gy) = if sw > 0.0 {
+        ((sx / sw).round() as i64, (sy / sw).round() as i64)
+    } else {
+        ((nx / 2) as i64, (ny / 2) as i64)
+    };
     let c = (n / 2) as i64;
     let mut out = Array2::zeros((n, n));
     for y in 0..n {
@@ -266,10 +273,13 @@ pub fn circularise(img: ArrayView2<f64>) -> Array2<f64> {
 }
 
 fn binom(k: usize, j: usize) -> f64 {
-    const T: [[f64; 5]; 5] =
-        [[1.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0], [1.0, 2.0, 1.0, 0.0, 0.0], [1.0, 3.0, 3.0, 1.0, 0.0], [
-            1.0, 4.0, 6.0, 4.0, 1.0,
-        ]];
+    const T: [[f64; 5]; 5] = [
+        [1.0, 0.0, 0.0, 0.0, 0.0],
+        [1.0, 1.0, 0.0, 0.0, 0.0],
+        [1.0, 2.0, 1.0, 0.0, 0.0],
+        [1.0, 3.0, 3.0, 1.0, 0.0],
+        [1.0, 4.0, 6.0, 4.0, 1.0],
+    ];
     T[k][j]
 }
 
@@ -502,7 +512,14 @@ pub fn make_kernel_prepared(source: &PreparedPsf, target: &Target, p: &KernelPar
     let data = normalised(circularise(kt.view()));
     let w_minus = 0.5 * data.iter().map(|v| v.abs() - v).sum::<f64>();
     let d = mismatch(&data, &src_n, &tgt_n);
-    Ok(MatchKernel { data, scale_arcsec: scale, source_fwhm_arcsec: src_fwhm, target_fwhm_arcsec: tgt_fwhm, w_minus, d })
+    Ok(MatchKernel {
+        data,
+        scale_arcsec: scale,
+        source_fwhm_arcsec: src_fwhm,
+        target_fwhm_arcsec: tgt_fwhm,
+        w_minus,
+        d,
+    })
 }
 
 /// Aniano's D = sum |K * source - target| for `source`, `target` on the same odd `n x n` grid.
@@ -599,10 +616,16 @@ mod tests {
         let g = gaussian_image(61, 6.4);
         let c = circularise(g.view());
         let peak = g[[30, 30]];
-        let worst = g.iter().zip(c.iter()).enumerate().filter(|(i, _)| {
-            let (y, x) = (i / 61, i % 61);
-            ((y as f64 - 30.0).powi(2) + (x as f64 - 30.0).powi(2)).sqrt() <= 30.0
-        }).map(|(_, (a, b))| (a - b).abs()).fold(0.0, f64::max);
+        let worst = g
+            .iter()
+            .zip(c.iter())
+            .enumerate()
+            .filter(|(i, _)| {
+                let (y, x) = (i / 61, i % 61);
+                ((y as f64 - 30.0).powi(2) + (x as f64 - 30.0).powi(2)).sqrt() <= 30.0
+            })
+            .map(|(_, (a, b))| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(worst < 2e-3 * peak, "worst {worst:e} of peak {peak:e}");
         assert!((fwhm_px(g.view()) - 6.4).abs() < 0.02, "{}", fwhm_px(g.view()));
     }
@@ -640,8 +663,9 @@ mod tests {
             assert!((k.source_fwhm_arcsec / fs - 1.0).abs() < 0.01);
         }
         let scale = 0.674 / 6.4;
-        let k = make_kernel(&gauss_psf(0.674, scale, 81), &Target::Gaussian { fwhm_arcsec: 0.9 }, &KernelParams::default())
-            .unwrap();
+        let k =
+            make_kernel(&gauss_psf(0.674, scale, 81), &Target::Gaussian { fwhm_arcsec: 0.9 }, &KernelParams::default())
+                .unwrap();
         let analytic = gaussian_image(k.data.nrows(), (0.9f64.powi(2) - 0.674f64.powi(2)).sqrt() / scale);
         let peak = analytic.iter().fold(0.0f64, |m, v| m.max(*v));
         let worst = k.data.iter().zip(analytic.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);

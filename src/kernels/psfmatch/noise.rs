@@ -71,34 +71,52 @@ fn source_mask(img: ArrayView2<f32>, grow: usize) -> Array2<bool> {
     out
 }
 
-/// The curve for smoothing FWHMs `fwhms_px` (pixels; 0 = native) on the image `sci` (`[y, x]`).
+/// The background box for a curve reaching `fmax_px`: 3x the largest FWHM, at least 32 px.
+pub fn background_box_px(fmax_px: f64) -> usize {
+    ((3.0 * fmax_px).ceil() as usize).max(32)
+}
+
+/// `img` minus its background mesh (photutils Background2D-like boxes of `box_px`); unchanged when
+/// no box has enough valid pixels. Extended emission is not noise.
+pub fn flatten(img: ArrayView2<f32>, box_px: usize) -> Array2<f32> {
+    let bp = BackgroundParams { box_px, ..Default::default() };
+    match par_estimate_background(img, None, &bp) {
+        Ok(bg) => &img - &bg.level,
+        Err(_) => img.to_owned(),
+    }
+}
+
+/// The empty-sky mask of a (flattened) image: `true` where masked (see [`source_mask`]).
+pub fn sky_mask(flat: ArrayView2<f32>, grow_px: usize) -> Array2<bool> {
+    source_mask(flat, grow_px)
+}
+
+/// The 3-sigma clipped standard deviation of `img` over the pixels `mask` leaves, and their number.
+pub fn sky_std(img: ArrayView2<f32>, mask: &Array2<bool>) -> (f64, usize) {
+    let v: Vec<f64> =
+        img.iter().zip(mask.iter()).filter(|(p, m)| !**m && p.is_finite()).map(|(&p, _)| p as f64).collect();
+    let n = v.len();
+    (sigma_clipped_stats(&v, &ClipParams::default()).std, n)
+}
+
+/// The curve for smoothing FWHMs `fwhms_px` (pixels; 0 = native) on the image `sci` (`[y, x]`):
+/// each smoothed copy is flattened (background boxes of [`background_box_px`] of the largest FWHM)
+/// and measured over the sky mask of the flattened native image grown by its FWHM + 2 pixels, the
+/// same measurement a PSF-matched product gets.
 pub fn noise_curve(sci: ArrayView2<f32>, fwhms_px: &[f64]) -> Vec<NoisePoint> {
     let ny = sci.nrows();
-    // extended emission is not noise: a background mesh (boxes of 3x the largest FWHM, at least 32
-    // px, as photutils' Background2D) is subtracted first
     let fmax = fwhms_px.iter().copied().fold(0.0f64, f64::max);
-    let bp = BackgroundParams { box_px: ((3.0 * fmax).ceil() as usize).max(32), ..Default::default() };
-    let flat: Array2<f32> = match par_estimate_background(sci, None, &bp) {
-        Ok(bg) => &sci - &bg.level,
-        Err(_) => sci.to_owned(),
-    };
-    let sci = flat.view();
+    let bx = background_box_px(fmax);
+    let flat = flatten(sci, bx);
     let zero_err = Array2::<f32>::zeros(sci.dim());
-    let base_mask = source_mask(sci, 2);
-    let clipped_std = |img: ArrayView2<f32>, mask: &Array2<bool>| -> (f64, usize) {
-        let v: Vec<f64> =
-            img.iter().zip(mask.iter()).filter(|(p, m)| !**m && p.is_finite()).map(|(&p, _)| p as f64).collect();
-        let n = v.len();
-        (sigma_clipped_stats(&v, &ClipParams::default()).std, n)
-    };
-    let (sigma0, _) = clipped_std(sci, &base_mask);
+    let (sigma0, _) = sky_std(flat.view(), &sky_mask(flat.view(), 2));
     fwhms_px
         .iter()
         .map(|&f| {
             let k = smoothing_kernel(f);
-            let sm = convolve_rows(sci, zero_err.view(), 0..ny, k.view()).sci;
-            let mask = source_mask(sci, 2 + f.ceil() as usize);
-            let (std, n) = clipped_std(sm.view(), &mask);
+            let sm = flatten(convolve_rows(sci, zero_err.view(), 0..ny, k.view()).sci.view(), bx);
+            let mask = sky_mask(flat.view(), 2 + f.ceil() as usize);
+            let (std, n) = sky_std(sm.view(), &mask);
             let k2: f64 = k.iter().map(|v| v * v).sum();
             NoisePoint { kernel_fwhm_px: f, std, std_uncorrelated: sigma0 * k2.sqrt(), n_pixels: n }
         })

@@ -63,3 +63,29 @@ pub fn write_oversampled_psf(
     )?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::psfmatch::{safe_fwhm, KernelParams, PsfImage};
+
+    /// The safe-FWHM table of the simulator's PSFs (README), printed; each row is ordered and above
+    /// the source FWHM.
+    #[test]
+    fn safe_fwhm_table_of_the_simulator_psfs() {
+        for band in ["F200W", "F300M", "F335M", "F360M", "F770W", "F1000W", "F1130W", "F2100W"] {
+            let inst = Instrument::of_filter(band).unwrap();
+            let f = crate::stages::simulate::survey::psf_fwhm_arcsec(band, inst);
+            let scale = inst.native_pixscale_arcsec() / OVERSAMPLE as f64;
+            let n = ((10.0 * f / scale) as usize) | 1;
+            let img = crate::kernels::psfmatch::kernel::gaussian_image(n, f / scale);
+            let t = safe_fwhm(&PsfImage { data: img, scale_arcsec: scale }, &KernelParams::default()).unwrap();
+            println!(
+                "| {band} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                t.source_fwhm_arcsec, t.very_safe_arcsec, t.safe_arcsec, t.aggressive_arcsec
+            );
+            assert!(t.very_safe_arcsec >= t.safe_arcsec && t.safe_arcsec >= t.aggressive_arcsec);
+            assert!(t.aggressive_arcsec >= t.source_fwhm_arcsec);
+        }
+    }
+}
