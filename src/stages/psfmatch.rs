@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 /// A chunk this rank owns: its first row with halo, SCI and ERR rows with halos.
 type HaloChunk = (usize, Array2<f32>, Array2<f32>);
-/// Convolved SCI and ERR of the whole image.
+/// SCI and ERR rows (a chunk's, or the whole convolved image).
 type Planes = (Array2<f32>, Array2<f32>);
 
 /// Stage name: CLI, TOML section, output folder.
@@ -260,7 +260,7 @@ pub fn chunks_with_halos(
     let me = comm.rank();
     let mine: Vec<usize> = (0..nchunks).filter(|&i| owner(i) == me).collect();
     // own rows
-    let read = || -> crate::Result<BTreeMap<usize, (Array2<f32>, Array2<f32>)>> {
+    let read = || -> crate::Result<BTreeMap<usize, Planes>> {
         let mut m = BTreeMap::new();
         for &i in &mine {
             let (y0, y1) = chunk_rows(i, h, ny);
