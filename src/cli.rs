@@ -64,6 +64,8 @@ pub enum Command {
     Astrometry(StageArgs),
     /// Stage anchor alone (the mosaic's background level tied to wide-field reference images).
     Anchor(AnchorArgs),
+    /// Stage psfmatch alone (the mosaic convolved to psfmatch.targets; beside the -o mosaic).
+    Psfmatch(StageArgs),
     /// Print the commented default configuration, or check a configuration file.
     Config {
         #[command(subcommand)]
@@ -158,6 +160,13 @@ pub struct MosaicArgs {
     /// Delete the products of an earlier run in run.output_dir and start clean.
     #[arg(long)]
     pub overwrite: bool,
+    /// PSF image (FITS with PIXELSCL or PIXSCALE in arcsec) for psfmatch (repeatable)  [psfmatch.psf]
+    #[arg(long = "psf", value_name = "PSF.fits")]
+    pub psf: Vec<PathBuf>,
+    /// Resolution to match the mosaic to: gaussNpNN (e.g. gauss0p90) or a band (e.g. F770W)
+    /// (repeatable)  [psfmatch.targets]
+    #[arg(long = "psf-target", value_name = "TARGET")]
+    pub psf_target: Vec<String>,
 }
 
 /// The arguments of a per-stage command.
@@ -214,6 +223,7 @@ impl Command {
             Command::Assemble(a) => ("assemble", a),
             Command::Astrometry(a) => ("astrometry", a),
             Command::Anchor(a) => ("anchor", &a.stage),
+            Command::Psfmatch(a) => ("psfmatch", a),
             _ => return None,
         })
     }
@@ -240,6 +250,20 @@ impl MosaicArgs {
             sets.push(format!("run.stop_after={stage:?}"));
         }
         sets.extend(anchor_set(&self.anchors));
+        let toml_list = |v: Vec<String>| {
+            let q: Vec<String> =
+                v.iter().map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+            format!("[{}]", q.join(", "))
+        };
+        if !self.psf.is_empty() {
+            sets.push(format!(
+                "psfmatch.psf={}",
+                toml_list(self.psf.iter().map(|p| p.display().to_string()).collect())
+            ));
+        }
+        if !self.psf_target.is_empty() {
+            sets.push(format!("psfmatch.targets={}", toml_list(self.psf_target.clone())));
+        }
         sets
     }
 }

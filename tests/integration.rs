@@ -28,6 +28,8 @@ mod mosaic;
 mod mpi;
 #[path = "integration/plan.rs"]
 mod plan;
+#[path = "integration/psfmatch.rs"]
+mod psfmatch;
 #[path = "integration/python.rs"]
 mod python;
 #[path = "integration/resume.rs"]

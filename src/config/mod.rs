@@ -21,7 +21,8 @@ pub use raw::{
 pub use resolved::thread_count;
 pub use resolved::{
     AlignConfig, AssembleConfig, AstrometryConfig, Config, DrizzleConfig, Instrument, LevelConfig, OutlierConfig,
-    PlanConfig, PrepConfig, RunConfig, SimSize, SimulateConfig, Target, UserGrid, WeightType, MAX_THREADS,
+    PlanConfig, PrepConfig, PsfTarget, PsfmatchConfig, RunConfig, SimSize, SimulateConfig, Target, UserGrid,
+    WeightType, MAX_THREADS,
 };
 
 use std::path::{Path, PathBuf};

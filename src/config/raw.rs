@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub astrometry: RawAstrometry,
     /// The `anchor` stage: the background level tied to wide-field reference images.
     pub anchor: super::anchor::RawAnchor,
+    /// The `psfmatch` stage: the mosaic convolved to other resolutions (Aniano et al. 2011 kernels).
+    pub psfmatch: RawPsfmatch,
     /// `tessera simulate`: the synthetic survey.
     pub simulate: RawSimulate,
     /// Targets for `tessera run`: one `[[target]]` table each.
@@ -154,6 +156,42 @@ impl Default for RawAstrometry {
             wide_tolerance_arcsec: 0.15,
             strict_tolerance_arcsec: 0.05,
             min_matches: 5,
+        }
+    }
+}
+
+/// `[psfmatch]` (pjpipe psf_matching with Aniano et al. 2011 kernels; SPEC stage psfmatch).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPsfmatch {
+    /// PSF images (FITS, pixel scale in PIXELSCL or PIXSCALE, arcsec). A band takes the file whose
+    /// FILTER card, else whose file name, names it; a single file serves any band. No file for a band
+    /// = its analytic (Gaussian) model, with a warning. `tessera mosaic --psf` adds files.
+    pub psf: Vec<String>,
+    /// Resolutions to match to: "gaussNpNN" (a Gaussian of that FWHM in arcsec, e.g. "gauss0p90") or a
+    /// band name (e.g. "F770W": that band's PSF). Empty = the stage is skipped.
+    /// `tessera mosaic --psf-target` adds targets.
+    pub targets: Vec<String>,
+    /// Mosaic rows per convolution chunk (one FFT each, with halos as wide as the kernel radius).
+    pub chunk_rows: usize,
+    /// Write the noise-versus-resolution curve (psfmatch/noise_curve.csv and .png).
+    pub noise_curve: bool,
+    /// Largest smoothing FWHM of the noise curve, arcsec; 0 = twice the largest Gaussian target, at
+    /// least 1 arcsec.
+    pub noise_max_fwhm_arcsec: f64,
+    /// Side of the central square of the mosaic on which the noise curve is measured, pixels.
+    pub noise_region_px: usize,
+}
+
+impl Default for RawPsfmatch {
+    fn default() -> Self {
+        RawPsfmatch {
+            psf: vec![],
+            targets: vec![],
+            chunk_rows: 512,
+            noise_curve: true,
+            noise_max_fwhm_arcsec: 0.0,
+            noise_region_px: 1024,
         }
     }
 }
@@ -817,6 +855,24 @@ min_coverage = 0.9
 # whose beam reaches them: saturated stars and cores, whose flux the mosaic misses and the reference
 # has; 0 = none (pjpipe; on small fields the masked beams can leave too few bins).
 mask_above_mjysr = 0.0
+[psfmatch]
+# PSF images (FITS, pixel scale in PIXELSCL or PIXSCALE, arcsec). A band takes the file whose
+# FILTER card, else whose file name, names it; a single file serves any band. No file for a band
+# = its analytic (Gaussian) model, with a warning. `tessera mosaic --psf` adds files.
+psf = []
+# Resolutions to match to: "gaussNpNN" (a Gaussian of that FWHM in arcsec, e.g. "gauss0p90") or a
+# band name (e.g. "F770W": that band's PSF). Empty = the stage is skipped.
+# `tessera mosaic --psf-target` adds targets.
+targets = []
+# Mosaic rows per convolution chunk (one FFT each, with halos as wide as the kernel radius).
+chunk_rows = 512
+# Write the noise-versus-resolution curve (psfmatch/noise_curve.csv and .png).
+noise_curve = true
+# Largest smoothing FWHM of the noise curve, arcsec; 0 = twice the largest Gaussian target, at
+# least 1 arcsec.
+noise_max_fwhm_arcsec = 0.0
+# Side of the central square of the mosaic on which the noise curve is measured, pixels.
+noise_region_px = 1024
 
 # Targets for `tessera run` (repeat the table for each target):
 # [[target]]

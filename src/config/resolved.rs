@@ -19,6 +19,7 @@ pub struct Config {
     pub assemble: AssembleConfig,
     pub astrometry: AstrometryConfig,
     pub anchor: super::anchor::AnchorConfig,
+    pub psfmatch: PsfmatchConfig,
     pub simulate: SimulateConfig,
     pub targets: Vec<Target>,
 }
@@ -64,6 +65,50 @@ pub struct AstrometryConfig {
     pub wide_tolerance_arcsec: f64,
     pub strict_tolerance_arcsec: f64,
     pub min_matches: usize,
+}
+
+/// The checked `[psfmatch]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PsfmatchConfig {
+    pub psf: Vec<std::path::PathBuf>,
+    pub targets: Vec<PsfTarget>,
+    pub chunk_rows: usize,
+    pub noise_curve: bool,
+    pub noise_max_fwhm_arcsec: f64,
+    pub noise_region_px: usize,
+}
+
+/// A resolution to match to, with the name used in file names (`<stem>_at<name>.fits`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PsfTarget {
+    pub name: String,
+    /// `Some(FWHM arcsec)` for a Gaussian, `None` for a band (`name` is the band).
+    pub gaussian_fwhm_arcsec: Option<f64>,
+}
+
+impl PsfTarget {
+    /// Parse "gauss0p90" (Gaussian FWHM 0.90 arcsec; "gauss0.9" and "gauss1" too) or a band name
+    /// ("F770W"; case-insensitive, stored upper case).
+    ///
+    /// # Errors
+    /// Anything else, in words.
+    pub fn parse(s: &str) -> Result<PsfTarget, String> {
+        let t = s.trim();
+        let lower = t.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("gauss") {
+            let v: f64 =
+                rest.replace('p', ".").parse().map_err(|_| format!("{t:?}: expected gaussNpNN, e.g. gauss0p90"))?;
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{t:?}: the Gaussian FWHM must be positive"));
+            }
+            return Ok(PsfTarget { name: lower, gaussian_fwhm_arcsec: Some(v) });
+        }
+        let up = t.to_ascii_uppercase();
+        if up.len() >= 3 && up.starts_with('F') && up.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Ok(PsfTarget { name: up, gaussian_fwhm_arcsec: None });
+        }
+        Err(format!("{t:?}: expected gaussNpNN (e.g. gauss0p90) or a band name (e.g. F770W)"))
+    }
 }
 
 /// The checked `[destripe]` section.
@@ -679,6 +724,19 @@ impl RawConfig {
         if astrometry.wide_tolerance_arcsec > astrometry.search_radius_arcsec {
             return Err(invalid("astrometry.wide_tolerance_arcsec", "must not exceed astrometry.search_radius_arcsec"));
         }
+        let pm = &self.psfmatch;
+        let psfmatch = PsfmatchConfig {
+            psf: pm.psf.iter().filter_map(|p| opt_path(p)).collect(),
+            targets: pm
+                .targets
+                .iter()
+                .map(|t| PsfTarget::parse(t).map_err(|m| invalid("psfmatch.targets", m)))
+                .collect::<Result<_, _>>()?,
+            chunk_rows: at_least("psfmatch.chunk_rows", pm.chunk_rows, 1)?,
+            noise_curve: pm.noise_curve,
+            noise_max_fwhm_arcsec: non_negative("psfmatch.noise_max_fwhm_arcsec", pm.noise_max_fwhm_arcsec)?,
+            noise_region_px: at_least("psfmatch.noise_region_px", pm.noise_region_px, 16)?,
+        };
         let dm = &self.destripe_multi;
         if dm.large_scale_filter_px != 0 && dm.large_scale_filter_px % 2 == 0 {
             return Err(invalid(
@@ -707,6 +765,7 @@ impl RawConfig {
             assemble,
             astrometry,
             anchor: self.anchor.resolve()?,
+            psfmatch,
             simulate,
             targets,
         })

@@ -15,6 +15,8 @@
 //! - `background`: the per-pixel clipped combination of MIRI off-source exposures.
 //! - `level`: background level matching: mergeable sigma-clipped pair statistics, pair rejection,
 //!   the weighted least-squares offsets (pjpipe level_match, solved directly).
+//! - `psfmatch`: Aniano et al. (2011) matching kernels, their W-/D metrics and safe FWHMs, the
+//!   NaN-aware FFT convolution of row bands with halos, and the noise-versus-resolution curve.
 //! - `stats`: the exact sigma-clipped statistics (astropy's `sigma_clipped_stats`, in the variants
 //!   level, destripe and sources need) and numpy-convention medians, shared by the kernels above.
 //! - `gaussian`: the sampled Gaussian kernel and NaN-aware separable smoothing.
@@ -30,6 +32,7 @@ pub mod gaussian;
 pub mod level;
 pub mod matching;
 pub mod outlier;
+pub mod psfmatch;
 pub mod scene;
 pub mod sources;
 pub mod stats;

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod preflight;
 pub mod prep;
 pub mod progress;
+pub mod psfmatch;
 pub mod runner;
 pub mod simulate;
 
@@ -111,7 +112,8 @@ impl Stage {
             Astrometry => &[Plan, Prep, Align, Outlier, Assemble],
             // anchor reads the band store's SCI (so a rerun never anchors twice) and the -o mosaic's WCS
             Anchor => &[Plan, Drizzle, Assemble, Astrometry],
-            Psfmatch | Release => &[Plan, Assemble, Astrometry],
+            Psfmatch => &[Plan, Assemble, Astrometry, Anchor],
+            Release => &[Plan, Assemble, Astrometry, Anchor, Psfmatch],
         }
     }
 }

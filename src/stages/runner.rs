@@ -28,13 +28,16 @@ use crate::plan::{CalMeta, Plan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The stages `tessera mosaic` chains, in order: every stage up to `anchor`.
-pub const CHAIN: [Stage; 11] = {
-    let mut c = [Stage::Plan; 11];
-    let mut i = 0;
-    while i < c.len() {
-        c[i] = Stage::ALL[i];
-        i += 1;
+/// The stages `tessera mosaic` chains, in order: every stage but `release`.
+pub const CHAIN: [Stage; 12] = {
+    let mut c = [Stage::Plan; 12];
+    let (mut i, mut j) = (0, 0);
+    while j < Stage::ALL.len() {
+        if !matches!(Stage::ALL[j], Stage::Release) {
+            c[i] = Stage::ALL[j];
+            i += 1;
+        }
+        j += 1;
     }
     c
 };
@@ -165,6 +168,7 @@ fn config_sections(stage: Stage) -> &'static [&'static str] {
         Stage::Assemble => &["plan", "assemble"],
         Stage::Astrometry => &["plan", "astrometry"],
         Stage::Anchor => &["anchor"],
+        Stage::Psfmatch => &["plan", "psfmatch"],
         _ => &[],
     }
 }
@@ -189,6 +193,7 @@ fn skip_reason(stage: Stage, cfg: &Config, band: &str, catalog: Option<&Path>) -
             "no reference catalogue (--catalog or astrometry.catalog) and no reference band's solution".into()
         }),
         Stage::Anchor => super::anchor::skip_reason(cfg, band),
+        Stage::Psfmatch => cfg.psfmatch.targets.is_empty().then(|| "no psfmatch.targets (--psf-target)".into()),
         _ => None,
     }
 }
@@ -337,7 +342,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
             Stage::Plan => {
                 v["inputs"] = serde_json::json!(inputs.iter().map(|s| (&s.path, &s.sha256)).collect::<Vec<_>>())
             }
-            Stage::Assemble => v["output"] = serde_json::json!(output),
+            Stage::Assemble | Stage::Psfmatch => v["output"] = serde_json::json!(output),
             Stage::Astrometry => {
                 v["output"] = serde_json::json!(output);
                 v["catalog"] = serde_json::json!(catalog);
@@ -544,6 +549,8 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         {
             paths.extend(output.clone());
         }
+        // products written beside the mosaic (psfmatch's `<stem>_at<target>.fits`)
+        paths.extend(written.beside_mosaic.iter().cloned());
         let th = Instant::now();
         let sums = hash_files(comm, &paths, &dir)?;
         checksum_s += th.elapsed().as_secs_f64();
@@ -625,6 +632,8 @@ pub struct Written {
     pub partial: bool,
     /// `astrometry` rewrote the `-o` mosaic's WCS, or `anchor` its SCI.
     pub rewrote_mosaic: bool,
+    /// Products written outside the stage's folder, beside the `-o` mosaic (checksummed with it).
+    pub beside_mosaic: Vec<PathBuf>,
 }
 
 fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> crate::Result<Written> {
@@ -640,6 +649,7 @@ fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> crate::Result<Writ
         (Stage::Assemble, Some(b)) => super::assemble::stage(ctx, b),
         (Stage::Astrometry, Some(b)) => super::astrometry::stage(ctx, b),
         (Stage::Anchor, Some(b)) => super::anchor::stage(ctx, b),
+        (Stage::Psfmatch, Some(b)) => super::psfmatch::stage(ctx, b),
         (s, _) => crate::bail!("stage {} is not part of the single-band chain", s.name()),
     }
 }

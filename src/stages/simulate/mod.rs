@@ -10,6 +10,7 @@
 //! threads. Under MPI, exposure `i` is rendered by rank `i % size`.
 
 pub mod references;
+pub mod psf;
 pub mod survey;
 
 use super::progress::Progress;
@@ -575,6 +576,9 @@ fn write_truth(
 
     // wide-field reference images for `anchor` (IRAC/WISE-like, references.rs)
     let anchor = references::write_references(cfg, &scene_params(cfg, survey), scene, centre, &pts, out)?;
+    // the PSF at 4x oversampling, stpsf-like (psfmatch)
+    psf::write_oversampled_psf(&out.join("aux"), &cfg.filter, cfg.instrument, survey.psf_fwhm_arcsec, s)?;
+
 
     let truth = Truth {
         provenance: prov.clone(),
