@@ -531,7 +531,7 @@ mod tests {
         let only =
             par_multi_tile_model_preferring(diff.view(), bad.view(), prefer.view(), true, &p).unwrap().to_array();
         let err = |m: &Array2<f32>, rows: std::ops::Range<usize>| {
-            let pm: Vec<f64> = rows.clone().map(|y| prof(y)).collect();
+            let pm: Vec<f64> = rows.clone().map(&prof).collect();
             let mean_p = pm.iter().sum::<f64>() / pm.len() as f64;
             let mm: Vec<f64> = rows.clone().map(|y| f64::from(m[[y, 100]])).collect();
             let mean_m = mm.iter().sum::<f64>() / mm.len() as f64;
