@@ -767,6 +767,10 @@ def stripes_section(s, json_name):
           "data-only method separates them from sky structure along the rows, and pjpipe keeps them by design "
           "(its cascade and filters treat them as sky). The small detectors' 64-column amplifiers make each "
           "row median noisier than on real 512-column amplifiers.",
+          "- Scenes with several rolls add the area 'overlap' (mosaic pixels inside an exposure of each roll) and "
+          "a run with pass A not iterated (`destripe_multi.max_iterations=1`); the last column divides the "
+          "single + multi rms by the floor, the stripe-free twin destriped the same way (issue 19 asks <= 1.5) "
+          "(tables written before issue 19 lack these columns).",
           ""]
     return L
 

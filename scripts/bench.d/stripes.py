@@ -9,15 +9,18 @@ per-amplifier 1/f rows, weaker columns, a slow ripple) and size (small = 256^2 d
 amplifiers, medium = 1024^2 with 256-column amplifiers, large = 2048^2 with 512-column amplifiers) it
 simulates the scene and its stripe-free twin (the same seed and noise, `simulate.stripe_rms_mjysr=0`),
 mosaics the twin without destriping and the scene four ways under `mpirun -n RANKS` (no destriping;
-single-tile only; single-tile + destripe_multi; single-tile + destripe_multi pass A only; outlier
-rejection off everywhere), and measures, exactly as tests/integration/destripe.rs does but written
+single-tile only; single-tile + destripe_multi; single-tile + destripe_multi pass A only; with several
+rolls also pass A not iterated, `destripe_multi.max_iterations=1`; outlier rejection off everywhere),
+and the twin destriped (single-tile + destripe_multi: the floor, what the method adds to stripe-free
+data), and measures, exactly as tests/integration/destripe.rs does but written
 independently here (astropy WCS, scipy median filter):
 
   residual = mosaic - twin mosaic; pixels split into the fainter ("empty") and brighter ("emission")
   half of the truth sky (nearest truth pixel); every pixel binned by its row and its column in the
   first exposure's detector frame (TAN part of its WCS); the median of every bin with >= 20 pixels;
   the rms of the row profile and of the column profile about their means, in quadrature (with
-  several rolls, the mean square over the first exposure of each roll's frame).
+  several rolls, the mean square over the first exposure of each roll's frame). With several rolls,
+  a third area, "overlap": every pixel inside an exposure of each roll.
   "narrow": each profile minus its median filter of L = rows / 10 (odd) bins first, the band
   destripe_multi's large-scale pass is built for; "full": no filter.
 
@@ -51,6 +54,8 @@ RUNS = [
     ("multi", "single-tile + destripe_multi", [], []),
     ("pass_a", "single-tile + destripe_multi pass A only", [], ["destripe_multi.large_scale=false"]),
 ]
+# scenes with several rolls also run pass A once, without the iterations the rolls switch on
+ROLL_RUNS = [("one_pass", "single-tile + destripe_multi, pass A not iterated", [], ["destripe_multi.max_iterations=1"])]
 
 
 def log(msg):
@@ -131,6 +136,24 @@ def stripe_power(resid, sel, mosaic_wcs, det_wcs, scale):
     return out
 
 
+def roll_overlap(sim, truth, mw, shape, nrolls):
+    """Mosaic pixels inside at least one exposure of every roll (tiles are numbered roll by roll)."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    ra, dec = mw.all_pix2world(xx.ravel().astype(float), yy.ravel().astype(float), 0)
+    ntiles = len({e["tile"] for e in truth["exposures"]}) // nrolls
+    cover = [np.zeros(ra.shape, bool) for _ in range(nrolls)]
+    for e in truth["exposures"]:
+        h = fits.getheader(sim / e["file"], "SCI")
+        x, y = tan_only(h).all_world2pix(ra, dec, 0)
+        cover[e["tile"] // ntiles] |= (x > -0.5) & (y > -0.5) & (x < h["NAXIS1"] - 0.5) & (y < h["NAXIS2"] - 0.5)
+    both = cover[0]
+    for c in cover[1:]:
+        both &= c
+    return both.reshape(shape)
+
+
 def measure(args, scene, size):
     from astropy.io import fits
     from astropy.wcs import WCS
@@ -156,6 +179,8 @@ def measure(args, scene, size):
     good = np.isfinite(t) & np.isfinite(ref) & (ref != 0)
     med = np.median(t[good])
     sels = {"empty": np.isfinite(t) & (t <= med), "emission": np.isfinite(t) & (t > med)}
+    if len(rolls) > 1:
+        sels["overlap"] = np.isfinite(t) & roll_overlap(striped, truth, mw, ref.shape, len(rolls))
     # the detector frame of each roll's first exposure (tiles are numbered roll by roll)
     ntiles = len({e["tile"] for e in truth["exposures"]}) // len(rolls)
     firsts = [next(e for e in truth["exposures"] if e["tile"] // ntiles == k) for k in range(len(rolls))]
@@ -164,7 +189,7 @@ def measure(args, scene, size):
     scale = large_scale_filter(heads[0]["NAXIS2"])
     res = {"scene": scene, "size": size, "label": label, "detector_px": SIZES[size], "exposures":
            len(truth["exposures"]), "filter_rows": scale, "simulate": sim_sets(inst, seed, size, rolls, True), "runs": {}}
-    for key, name, flags, sets in RUNS:
+    for key, name, flags, sets in RUNS + (ROLL_RUNS if len(rolls) > 1 else []):
         m, wall = mosaic(args, striped, base / f"run-{key}", flags, sets)
         sci = fits.getdata(m, "SCI").astype(np.float64)
         if sci.shape != ref.shape:
@@ -179,8 +204,20 @@ def measure(args, scene, size):
         res["runs"][key] = r
         if not args.keep_outputs:   # the stage products (HDF5 stores, ~1 GB per medium run); m.fits stays
             shutil.rmtree(base / f"run-{key}" / "out", ignore_errors=True)
+    # the floor: the stripe-free twin destriped like the scene (single-tile + destripe_multi), against
+    # the twin not destriped: what the method itself adds (noise of its row medians, sky taken for stripes)
+    m, _ = mosaic(args, twin, base / "run-twin-destriped", [], [])
+    sci = fits.getdata(m, "SCI").astype(np.float64)
+    resid = np.where(np.isfinite(sci) & np.isfinite(ref) & (sci != 0), sci - ref, np.nan)
+    res["floor"] = {}
+    for area, sel in sels.items():
+        p = np.array([stripe_power(resid, sel, mw, det, scale) for det in dets])
+        res["floor"][area] = [float(v) for v in np.sqrt(np.mean(p ** 2, axis=0))]
+    log(f"{scene} {size} floor (twin destriped): " + ", ".join(f"{a} {res['floor'][a][0]:.5f} / "
+                                                               f"{res['floor'][a][1]:.5f}" for a in sels))
     if not args.keep_outputs:
-        shutil.rmtree(base / "run-twin" / "out", ignore_errors=True)
+        for d in ("run-twin", "run-twin-destriped"):
+            shutil.rmtree(base / d / "out", ignore_errors=True)
     return res
 
 
@@ -190,19 +227,27 @@ def pct(after, before):
 
 def table_md(rows):
     L = ["| scene | detector px | area | no destriping: full / narrow rms (MJy/sr) | power removed, single-tile: "
-         "full / narrow | single + multi: full / narrow | pass A only: full / narrow |",
-         "|---|---|---|---|---|---|---|"]
+         "full / narrow | single + multi: full / narrow | pass A only: full / narrow | pass A not iterated: "
+         "full / narrow | single + multi / floor (rms): full / narrow |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             L.append(f"| {r['label']} ({r['size']}) | | | failed: {r['error'][:120]} | | | |")
             continue
         first = True
-        for area in ("empty", "emission"):
+        for area in ("empty", "emission", "overlap"):
+            if area not in r["runs"]["none"]:
+                continue
             n = r["runs"]["none"][area]
             cells = []
-            for k in ("single", "multi", "pass_a"):
+            for k in ("single", "multi", "pass_a", "one_pass"):
+                if k not in r["runs"]:
+                    cells.append("")
+                    continue
                 a = r["runs"][k][area]
                 cells.append(f"{pct(a[0], n[0]):.0f}% / {pct(a[1], n[1]):.0f}%")
+            f, a = r.get("floor", {}).get(area), r["runs"]["multi"][area]
+            cells.append(f"{a[0] / f[0]:.2f} / {a[1] / f[1]:.2f}" if f else "")
             head = f"{r['label']}, {r['exposures']} files" if first else ""
             px = f"{r['detector_px']}^2 (narrow < {r['filter_rows']} rows)" if first else ""
             L.append(f"| {head} | {px} | {area} | {n[0]:.5f} / {n[1]:.5f} | " + " | ".join(cells) + " |")

@@ -282,11 +282,24 @@ pub struct RawDestripeMulti {
     /// Length of the large-scale median filter across the stripe direction, pixels (odd); 0 = the
     /// exposure's rows / 10, made odd (pjpipe: 203 for 2048 rows).
     pub large_scale_filter_px: usize,
+    /// Most iterations of pass A (pjpipe's do_convergence): each compares every exposure with the
+    /// average of all exposures, itself included, after the models so far; 0 = automatic: 1 when
+    /// the band's exposures share one orientation, 5 (pjpipe's most) when they are rotated 10 deg or more from
+    /// each other (two rolls), where iterating separates stripes from sky.
+    pub max_iterations: usize,
+    /// Iterations stop when no exposure's update is larger than this rms, MJy/sr.
+    pub convergence_mjysr: f64,
 }
 
 impl Default for RawDestripeMulti {
     fn default() -> Self {
-        RawDestripeMulti { enabled: true, large_scale: true, large_scale_filter_px: 0 }
+        RawDestripeMulti {
+            enabled: true,
+            large_scale: true,
+            large_scale_filter_px: 0,
+            max_iterations: 0,
+            convergence_mjysr: 2e-4,
+        }
     }
 }
 
@@ -748,6 +761,13 @@ large_scale = true
 # Length of the large-scale median filter across the stripe direction, pixels (odd); 0 = the
 # exposure's rows / 10, made odd (pjpipe: 203 for 2048 rows).
 large_scale_filter_px = 0
+# Most iterations of pass A (pjpipe's do_convergence): each compares every exposure with the
+# average of all exposures, itself included, after the models so far; 0 = automatic: 1 when
+# the band's exposures share one orientation, 5 (pjpipe's most) when they are rotated 10 deg or more from
+# each other (two rolls), where iterating separates stripes from sky.
+max_iterations = 0
+# Iterations stop when no exposure's update is larger than this rms, MJy/sr.
+convergence_mjysr = 2e-4
 
 [outlier]
 # Run the stage (false = no outlier flags; drizzle uses the DQ as it is).

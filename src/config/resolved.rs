@@ -131,6 +131,10 @@ pub struct DestripeMultiConfig {
     pub large_scale: bool,
     /// Odd, or 0 for the default (rows / 10, made odd).
     pub large_scale_filter_px: usize,
+    /// Most pass-A iterations; 0 = automatic (1 for one orientation, 5 for several).
+    pub max_iterations: usize,
+    /// Stop iterating when every update's rms is below this, MJy/sr (> 0).
+    pub convergence_mjysr: f64,
 }
 
 /// The checked `[level]` section.
@@ -747,10 +751,18 @@ impl RawConfig {
                 ),
             ));
         }
+        if !(dm.convergence_mjysr.is_finite() && dm.convergence_mjysr > 0.0) {
+            return Err(invalid(
+                "destripe_multi.convergence_mjysr",
+                format!("{} must be a finite number > 0 (MJy/sr)", dm.convergence_mjysr),
+            ));
+        }
         let destripe_multi = DestripeMultiConfig {
             enabled: dm.enabled,
             large_scale: dm.large_scale,
             large_scale_filter_px: dm.large_scale_filter_px,
+            max_iterations: dm.max_iterations,
+            convergence_mjysr: dm.convergence_mjysr,
         };
         Ok(Config {
             run,

@@ -60,6 +60,10 @@ pub struct DestripeReport {
     pub exposures: Vec<ExposureReport>,
     /// Exposures passed through, with the reason (MIRI, destriping disabled).
     pub notes: Vec<String>,
+    /// `destripe_multi` only: per iteration of pass A, the largest rms of an exposure's update,
+    /// MJy/sr (the iterations stop below `destripe_multi.convergence_mjysr`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pass_a_update_rms_mjysr: Vec<f64>,
 }
 
 /// Side of a NIRCam full-frame detector, pixels.

@@ -7,34 +7,45 @@
 //!   this exposure's own pixel grid (its TAN-SIP WCS taken as the output grid; square kernel,
 //!   pixfrac 1, the `drizzle.weight_type` weights, all earlier corrections subtracted by
 //!   [`resample_alone`](super::pieces::resample_alone)), summed in exposure order. This is the
-//!   average image blotted back to the exposure, without the second interpolation, and without the
-//!   exposure's own stripes (pjpipe includes them, which removes only `1 - 1/N` of them);
-//!   the difference exposure - average goes to the per-amplifier sigma-clipped row medians with
-//!   the 20% fallback; the model is appended to the [`Corrections`];
+//!   average image blotted back to the exposure, without the second interpolation. The difference
+//!   exposure - average is scaled by `W_others / (W_others + w_self)` per pixel, which makes it the
+//!   difference against the average of *all* exposures, this one included (pjpipe's average);
+//!   it goes to the per-amplifier sigma-clipped row medians with the 20% fallback; the model is
+//!   appended to the [`Corrections`];
+//! - pass A is iterated (pjpipe's `do_convergence`, `destripe_multi.max_iterations`), each time on
+//!   top of the models so far, until no exposure's update exceeds `destripe_multi.convergence_mjysr`
+//!   rms. Summed over the exposures of a pixel the updates cancel, so on a band observed at one
+//!   orientation iterating only shares stripes out between exposures (the mosaic keeps their sum,
+//!   which no data-only method can tell from sky along the rows): the automatic setting runs it
+//!   once. With two orientations (rolls) only a constant is a function of both orientations' rows:
+//!   each iteration takes out more of the stripes wider than any filter, so the automatic setting
+//!   iterates there ([`AUTO_ITERATIONS_ROLLS`]);
 //! - pass B (`destripe_multi.large_scale`, on top of pass A): the average of the others is rebuilt
 //!   the same way; the stripes common to all exposures, which survive averaging, are what is left of
 //!   it after a median filter of `large_scale_filter_px` (rows / 10) across the stripe direction
 //!   ([`large_scale_smooth`]; the direction from the exposures' rotation angles,
 //!   [`stripe_direction`]); their full-row clipped medians ([`row_profile`], under
 //!   [`large_scale_mask`]) are taken out of the average, and the exposure is destriped against
-//!   that corrected average as in pass A. pjpipe builds the average and its smoothing on the mosaic
-//!   grid and reprojects them to each exposure; here both live on the exposure's own frame, so an
-//!   owner needs no halo from other ranks (the median filter reflects at the exposure's edge
-//!   instead of seeing the mosaic beyond it);
-//! - models are all-gathered in rank order; rank 0 writes `destripe_multi/destripe_multi.json`
-//!   (both passes' model rms per exposure) and `destripe_multi/<band>.h5` (group `destripe_multi`:
-//!   per exposure the sum of the models this stage subtracted).
+//!   that corrected average as in pass A (against the others' average alone, not iterated). pjpipe
+//!   builds the average and its smoothing on the mosaic grid and reprojects them to each exposure;
+//!   here both live on the exposure's own frame, so an owner needs no halo from other ranks (the
+//!   median filter reflects at the exposure's edge instead of seeing the mosaic beyond it);
+//! - models are all-gathered in rank order (so every rank takes the same decision to stop
+//!   iterating); rank 0 writes `destripe_multi/destripe_multi.json` (both passes' model rms per
+//!   exposure, the largest update of each pass-A iteration) and `destripe_multi/<band>.h5` (group
+//!   `destripe_multi`: per exposure the sum of the models this stage subtracted).
 
 use super::corrections::Corrections;
 use super::destripe::{applies_to, rms, write_store, DestripeReport, ExposureReport};
-use super::pieces::{resample_alone, Part, BAD_BITS};
+use super::pieces::{exposure_weights, resample_alone, Part, BAD_BITS};
 use crate::config::Config;
 use crate::dist::{Comm, CommExt};
 use crate::error::Context;
 use crate::io::fits::{read_region_dq, read_region_f32};
 use crate::kernels::destripe::{
-    default_large_scale_filter_px, large_scale_mask, large_scale_smooth, par_multi_tile_model, row_profile,
-    stripe_direction, AmpLayout, MultiTileParams, StripeDirection, StripeModel,
+    default_large_scale_filter_px, large_scale_mask, large_scale_smooth, par_multi_tile_model,
+    par_multi_tile_model_preferring, row_profile, stripe_direction, AmpLayout, MultiTileParams, StripeDirection,
+    StripeModel,
 };
 use crate::plan::{CalMeta, Plan};
 use ndarray::{Array1, Array2, Zip};
@@ -43,17 +54,20 @@ use ndarray::{Array1, Array2, Zip};
 pub const STAGE: &str = "destripe_multi";
 
 /// The weighted average of every other overlapping exposure of the same band on exposure `index`'s
-/// frame (`prior` subtracted from each), NaN where none lands, and how many contributed; `None` when
-/// none overlaps.
+/// frame (`prior` subtracted from each), NaN where none lands, the sum of their weights there, the
+/// sum of the weights of those at another orientation (rows 10 deg or more from this exposure's),
+/// and how many contributed; `None` when none overlaps.
 fn average_of_others(
     metas: &[CalMeta],
     index: usize,
     cfg: &Config,
     prior: &Corrections,
-) -> crate::Result<Option<(Array2<f64>, usize)>> {
+) -> crate::Result<Option<Average>> {
     let me = &metas[index];
     let [ny, nx] = me.shape;
+    let own = rows_angle_deg(me);
     let mut wsum = Array2::<f64>::zeros((ny, nx));
+    let mut cross = Array2::<f64>::zeros((ny, nx));
     let mut swsum = Array2::<f64>::zeros((ny, nx));
     let mut used = 0;
     for (k, m) in metas.iter().enumerate() {
@@ -70,12 +84,27 @@ fn average_of_others(
         used += 1;
         wsum += &acc.wsum;
         swsum += &acc.sci_wsum;
+        if stripe_direction(&[0.0, rows_angle_deg(m) - own]) == StripeDirection::Isotropic {
+            cross += &acc.wsum;
+        }
     }
     if used == 0 {
         return Ok(None);
     }
     let avg = Zip::from(&swsum).and(&wsum).map_collect(|&s, &w| if w > 0.0 { s / w } else { f64::NAN });
-    Ok(Some((avg, used)))
+    Ok(Some(Average { avg, wsum, cross, used }))
+}
+
+/// The average of the other exposures on one exposure's frame ([`average_of_others`]).
+struct Average {
+    /// The weighted average, NaN where no other exposure lands, MJy/sr.
+    avg: Array2<f64>,
+    /// The sum of the others' weights.
+    wsum: Array2<f64>,
+    /// The sum of the weights of the others at another orientation (0 on a band of one orientation).
+    cross: Array2<f64>,
+    /// How many others contributed.
+    used: usize,
 }
 
 /// The angle of a detector's rows (its x axis) on the sky, degrees, from the WCS's CD matrix.
@@ -131,8 +160,15 @@ fn difference(
     Ok((diff, dq.mapv(|v| v & BAD_BITS != 0)))
 }
 
-/// The per-amplifier row-median model of `diff` (pass A's step 4, also pass B's last step).
-fn amp_model(me: &CalMeta, cfg: &Config, diff: &Array2<f32>, bad: &Array2<bool>) -> crate::Result<StripeModel> {
+/// The per-amplifier row-median model of `diff` (pass A's step 4, also pass B's last step), each
+/// amplifier row measured over the pixels of `prefer` where it has enough of them.
+fn amp_model(
+    me: &CalMeta,
+    cfg: &Config,
+    diff: &Array2<f32>,
+    bad: &Array2<bool>,
+    prefer: Option<(&Array2<bool>, bool)>,
+) -> crate::Result<StripeModel> {
     let nx = me.shape[1];
     let full = me.subarray.trim().eq_ignore_ascii_case("FULL");
     let p = MultiTileParams {
@@ -142,14 +178,20 @@ fn amp_model(me: &CalMeta, cfg: &Config, diff: &Array2<f32>, bad: &Array2<bool>)
         min_mask_frac: cfg.destripe.min_mask_frac,
         ..MultiTileParams::default()
     };
-    par_multi_tile_model(diff.view(), bad.view(), &p).with_context(|| me.path.display().to_string())
+    match prefer {
+        Some((q, only)) => par_multi_tile_model_preferring(diff.view(), bad.view(), q.view(), only, &p),
+        None => par_multi_tile_model(diff.view(), bad.view(), &p),
+    }
+    .with_context(|| me.path.display().to_string())
 }
 
 /// Which pass of the stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
-    /// Against the plain average of the others.
+    /// Against the plain average of all exposures (this one included): the first iteration.
     A,
+    /// A later iteration of pass A (only the rows another orientation covers are updated).
+    AIterated,
     /// Against the average with its common stripes (scales below the large-scale filter) removed.
     LargeScale,
 }
@@ -172,20 +214,39 @@ pub fn exposure_model(
     // level's tile planes are given in output-grid pixels, and here the grid is this exposure's own
     // frame: leave them out on both sides (they are smooth; the row medians look for stripes)
     let prior = &Corrections { plane: vec![], ..prior.clone() };
-    let Some((mut avg, used)) = average_of_others(metas, index, cfg, prior)? else {
+    let Some(Average { mut avg, wsum, cross, used }) = average_of_others(metas, index, cfg, prior)? else {
         return Ok((StripeModel::zero(ny, nx), 0));
     };
     if pass == Pass::LargeScale {
         let common = common_stripes(metas, index, cfg, &avg)?;
         Zip::indexed(&mut avg).for_each(|(y, _), v| *v -= common[y]);
     }
-    let (diff, bad) = difference(me, index, prior, &avg)?;
-    let model = amp_model(me, cfg, &diff, &bad)?;
+    let (mut diff, bad) = difference(me, index, prior, &avg)?;
+    if pass != Pass::LargeScale {
+        // against the average of all exposures, this one included (pjpipe): exposure minus that
+        // average is (exposure minus the others' average) x W_others / (W_others + w_self). Summed
+        // over the exposures of a pixel the updates cancel, so iterating moves stripes between
+        // exposures without drifting, and the exposures' disagreements shrink every iteration.
+        let own = exposure_weights(me, cfg.drizzle.weight_type)?;
+        Zip::from(&mut diff).and(&wsum).and(&own).for_each(|d, &wo, &ws| {
+            let t = wo + f64::from(ws);
+            if t > 0.0 {
+                *d = (f64::from(*d) * wo / t) as f32;
+            }
+        });
+    }
+    // where another orientation covers the exposure, the difference holds even the stripes every
+    // exposure of this orientation shares: pass A's row medians are taken there when they can be
+    // (the later iterations update those rows only: elsewhere they would only stir the noise of
+    // the row medians between exposures)
+    let prefer = (pass != Pass::LargeScale && cross.iter().any(|&w| w > 0.0)).then(|| cross.mapv(|w| w > 0.0));
+    let model = amp_model(me, cfg, &diff, &bad, prefer.as_ref().map(|q| (q, pass == Pass::AIterated)))?;
     if cfg.destripe.png {
         let file = me.file_name();
         let stem = file.trim_end_matches(".fits");
         let (name, title) = match pass {
             Pass::A => (format!("{stem}.png"), format!("destripe_multi {file}")),
+            Pass::AIterated => return Ok((model, used)),
             Pass::LargeScale => (format!("{stem}_large_scale.png"), format!("destripe_multi large scale {file}")),
         };
         let png = cfg.run.output_dir.join(STAGE).join(name);
@@ -193,6 +254,32 @@ pub fn exposure_model(
     }
     Ok((model, used))
 }
+
+/// The dense sum of `models` (all of one exposure), empty when there are none.
+fn dense_sum(models: &[&StripeModel]) -> Array2<f32> {
+    let mut it = models.iter();
+    let Some(first) = it.next() else { return Array2::zeros((0, 0)) };
+    let mut a = first.to_array();
+    for m in it {
+        a += &m.to_array();
+    }
+    a
+}
+
+/// Pass A's iterations when `destripe_multi.max_iterations` is 0: 1 when the band's NIRCam
+/// exposures share one orientation (iterating then only moves stripes between exposures, which
+/// the mosaic sums back), [`AUTO_ITERATIONS_ROLLS`] when they are rotated 10 deg or more from each
+/// other: there a stripe of one orientation crosses the rows of the other, and only a constant is
+/// a function of both orientations' rows, so the iterations separate stripes from sky.
+fn auto_iterations(metas: &[CalMeta]) -> usize {
+    match metas.iter().position(applies_to) {
+        Some(k) if direction_on(metas, k) == StripeDirection::Isotropic => AUTO_ITERATIONS_ROLLS,
+        _ => 1,
+    }
+}
+
+/// Most pass-A iterations on a band observed at several orientations (the automatic setting).
+pub const AUTO_ITERATIONS_ROLLS: usize = 5;
 
 /// Run the stage on top of `prior` corrections (those of `destripe` and `level`): pass A, then pass
 /// B with `destripe_multi.large_scale`.
@@ -217,22 +304,48 @@ pub fn run(
         )?;
         Ok(results.into_iter().map(|r| r.map_or((None, 0), |(m, u)| (Some(m), u))).unzip())
     };
-    let (models, others) = pass(prior, Pass::A)?;
-    let after_a = prior.with_stripes(models.clone());
+    // pass A, iterated (pjpipe's do_convergence): every rank holds every update (all-gathered), so
+    // every rank takes the same decision to stop
+    let max_iterations = match cfg.destripe_multi.max_iterations {
+        0 => auto_iterations(metas),
+        n => n,
+    };
+    let mut after_a = prior.clone();
+    let mut pass_a: Vec<Vec<StripeModel>> = vec![vec![]; metas.len()];
+    let mut others = vec![0; metas.len()];
+    let mut updates = vec![];
+    for it in 0..max_iterations {
+        let (models, used) = pass(&after_a, if it == 0 { Pass::A } else { Pass::AIterated })?;
+        if it == 0 {
+            others = used;
+        }
+        let largest = models.iter().flatten().map(|m| rms(&m.to_array())).fold(0.0, f64::max);
+        updates.push(largest);
+        for (k, m) in models.iter().enumerate() {
+            pass_a[k].extend(m.iter().filter(|m| !m.is_zero()).cloned());
+        }
+        after_a = after_a.with_stripes(models);
+        if comm.rank() == 0 && max_iterations > 1 {
+            tracing::info!("[destripe_multi] pass A iteration {}: largest update {largest:.6} MJy/sr rms", it + 1);
+        }
+        if largest < cfg.destripe_multi.convergence_mjysr {
+            break;
+        }
+    }
     let large: Vec<Option<StripeModel>> =
         if cfg.destripe_multi.large_scale { pass(&after_a, Pass::LargeScale)?.0 } else { vec![None; metas.len()] };
-    let mut report = DestripeReport::default();
+    let mut report = DestripeReport { pass_a_update_rms_mjysr: updates, ..DestripeReport::default() };
     for (k, m) in metas.iter().enumerate() {
         let file = m.file_name();
-        let (status, rms_a, amps) = match &models[k] {
-            Some(s) if others[k] > 0 => {
-                (format!("destriped against {} other exposures", others[k]), rms(&s.to_array()), s.amps.len())
-            }
-            Some(_) => {
-                report.notes.push(format!("{file}: no other exposure overlaps it; no multi-exposure model"));
-                ("passed through: no overlapping exposure".to_string(), 0.0, 0)
-            }
-            None => (format!("passed through: {} is not NIRCam", m.instrument), 0.0, 0),
+        let (status, rms_a, amps) = if !applies_to(m) {
+            (format!("passed through: {} is not NIRCam", m.instrument), 0.0, 0)
+        } else if others[k] > 0 {
+            let refs: Vec<&StripeModel> = pass_a[k].iter().collect();
+            let amps = pass_a[k].first().map_or(0, |s| s.amps.len());
+            (format!("destriped against {} other exposures", others[k]), rms(&dense_sum(&refs)), amps)
+        } else {
+            report.notes.push(format!("{file}: no other exposure overlaps it; no multi-exposure model"));
+            ("passed through: no overlapping exposure".to_string(), 0.0, 0)
         };
         let large_scale_rms_mjysr = large[k].as_ref().filter(|_| others[k] > 0).map(|s| rms(&s.to_array()));
         let large_scale_direction = large_scale_rms_mjysr.map(|_| direction_on(metas, k).name().to_string());
@@ -247,7 +360,7 @@ pub fn run(
     }
     // the store holds, per exposure, everything this stage subtracts
     let parts: Vec<Vec<&StripeModel>> =
-        models.iter().zip(&large).map(|(a, b)| a.iter().chain(b.iter()).collect()).collect();
+        pass_a.iter().zip(&large).map(|(a, b)| a.iter().chain(b.iter()).collect()).collect();
     let out = cfg.run.output_dir.join(STAGE);
     comm.on_root_then_broadcast(0, || -> crate::Result<()> {
         crate::io::make_dir(&out)?;

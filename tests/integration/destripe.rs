@@ -624,3 +624,142 @@ fn final_mosaic_stripes_lw() {
 fn final_mosaic_stripes_sw() {
     check_final_mosaic("nircam_sw", "22");
 }
+
+/// The largest fraction of one detector row that outlier rejection flagged, over every exposure, in
+/// `outlier/flags.json` under `work`.
+fn largest_flagged_row_fraction(work: &Path) -> f64 {
+    let r: serde_json::Value = tessera::io::json::read_json(&work.join("out/outlier/flags.json")).unwrap();
+    let mut worst = 0.0f64;
+    for e in r["exposures"].as_array().unwrap() {
+        let nx = e["nx"].as_u64().unwrap() as usize;
+        let mut per_row: std::collections::BTreeMap<usize, usize> = Default::default();
+        for p in e["pixels"].as_array().unwrap() {
+            *per_row.entry(p.as_u64().unwrap() as usize / nx).or_default() += 1;
+        }
+        worst = per_row.values().fold(worst, |w, &n| w.max(n as f64 / nx as f64));
+    }
+    worst
+}
+
+/// What `scripts/demo` relies on: with the simulator's default 1/f stripes on, outlier rejection
+/// flags cosmic rays, not whole rows. The control, the same scene without destriping, flags long
+/// runs of row pixels where the stripes of one exposure stand out of the median (measured: up to a
+/// third of a row and more); with destriping no row has even a tenth of its pixels flagged.
+#[test]
+fn outlier_flags_no_whole_rows_on_a_striped_scene() {
+    let dir = tmp().keep();
+    simulate(
+        &dir,
+        &[
+            "simulate.instrument=\"nircam_lw\"",
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"1x1\"",
+            "simulate.dithers=4",
+            "simulate.seed=1",
+        ],
+    );
+    let stop = ["--set", "run.stop_after=\"outlier\""];
+    let control = tmp();
+    run(2, &dir, control.path(), &[&stop[..], &["--no-destripe"]].concat());
+    let destriped = tmp();
+    run(2, &dir, destriped.path(), &stop);
+    let (c, d) = (largest_flagged_row_fraction(control.path()), largest_flagged_row_fraction(destriped.path()));
+    eprintln!("largest flagged fraction of a row: no destriping {c:.3}, destriped {d:.3}");
+    assert!(c > 0.25, "the control flags no long runs along rows ({c}): nothing to show");
+    assert!(d < 0.1, "a row has {d} of its pixels flagged after destriping");
+}
+
+/// Issue 19's two-roll case: on a survey observed at two rolls 50 deg apart (1 tile x 4 dithers per
+/// roll, LW), where both rolls overlap, the full-band stripe power left in the final mosaic (the
+/// residual against the mosaic of the stripe-free twin, binned along each roll's rows and columns,
+/// the power averaged over the two rolls' frames). Only a constant is a function of both rolls'
+/// rows, so pass A, measured where the other roll covers and iterated, separates even the stripes
+/// wider than any filter from the sky; a single pass (`destripe_multi.max_iterations = 1`) is
+/// reported beside it.
+///
+/// KNOWN SHORTFALL: the issue asks at least 75% of the full-band power removed there; NOT met.
+/// Measured here: full band 14% (pass A once 14%), narrow band 89% (once 91%); on the 2x2-tile
+/// small bench scene 45% of the full band (single-tile alone 13%; see BENCHMARKS.md). This test
+/// guards what is achieved: at least 5% of the full band, 80% of the narrow band, and iterating
+/// not worse than one pass.
+#[test]
+fn two_rolls_remove_the_full_band_where_they_overlap() {
+    let sets = |stripes: bool| {
+        let mut v = vec![
+            "simulate.instrument=\"nircam_lw\"",
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"1x1\"",
+            "simulate.dithers=4",
+            "simulate.seed=21",
+            "simulate.pointing_error_arcsec=0.0",
+            "simulate.rolls_deg=[0.0, 50.0]",
+        ];
+        if !stripes {
+            v.push("simulate.stripe_rms_mjysr=0.0");
+        }
+        v
+    };
+    let (striped, twin) = (tmp().keep(), tmp().keep());
+    simulate(&striped, &sets(true));
+    simulate(&twin, &sets(false));
+    let common = ["--set", "outlier.enabled=false"];
+    let wt = tmp();
+    let twin_m = run(2, &twin, wt.path(), &[&common[..], &["--no-destripe"]].concat());
+    let reference = read_ext_f32(&twin_m, "SCI").unwrap().mapv(f64::from);
+    let mw = TanSip::from_cards(&read_header(&twin_m, "SCI").unwrap()).unwrap();
+    let t: Truth = tessera::io::json::read_json(&striped.join("truth/truth.json")).unwrap();
+    // each roll's frame (its first exposure's TAN part) and where both rolls cover the mosaic
+    let ntiles = t.exposures.iter().map(|e| e.tile).max().unwrap() + 1;
+    let metas: Vec<(usize, tessera::plan::CalMeta)> = t
+        .exposures
+        .iter()
+        .map(|e| (e.tile * 2 / ntiles, tessera::io::fits::read_cal_meta(&striped.join(&e.file)).unwrap()))
+        .collect();
+    let frames: Vec<TanSip> = (0..2)
+        .map(|r| {
+            let w = &metas.iter().find(|(k, _)| *k == r).unwrap().1.wcs;
+            TanSip::tan(w.crval_deg, w.crpix, w.cd)
+        })
+        .collect();
+    let overlap = Array2::from_shape_fn(reference.dim(), |(y, x)| {
+        let (ra, dec) = mw.pixel_to_sky(x as f64, y as f64);
+        (0..2).all(|r| {
+            metas.iter().filter(|(k, _)| *k == r).any(|(_, m)| {
+                let Ok((px, py)) = m.wcs.sky_to_pixel(ra, dec) else { return false };
+                px > -0.5 && py > -0.5 && px < m.shape[1] as f64 - 0.5 && py < m.shape[0] as f64 - 0.5
+            })
+        })
+    });
+    assert!(overlap.iter().filter(|&&v| v).count() > 10_000, "the rolls hardly overlap");
+    let scale = tessera::kernels::destripe::default_large_scale_filter_px(metas[0].1.shape[0]);
+    let power = |flags: &[&str]| -> (f64, f64) {
+        let w = tmp();
+        let m = run(2, &striped, w.path(), &[&common[..], flags].concat());
+        let (r, mw) = mosaic_residual(&m, &reference);
+        let p: Vec<(f64, f64)> = frames.iter().map(|f| mosaic_stripe_power(&r, &overlap, &mw, f, scale)).collect();
+        let ms = |i: usize| (p.iter().map(|v| if i == 0 { v.0 * v.0 } else { v.1 * v.1 }).sum::<f64>() / 2.0).sqrt();
+        (ms(0), ms(1))
+    };
+    let none = power(&["--no-destripe"]);
+    let once = power(&["--set", "destripe_multi.max_iterations=1"]);
+    let iterated = power(&[]);
+    let pct = |a: f64, b: f64| 100.0 * (1.0 - (a / b).powi(2));
+    eprintln!(
+        "two rolls, overlap: stripe rms full / narrow: none {:.5} / {:.5}; pass A once {:.5} / {:.5} ({:.0}% / {:.0}% \
+         removed); iterated {:.5} / {:.5} ({:.0}% / {:.0}% removed)",
+        none.0,
+        none.1,
+        once.0,
+        once.1,
+        pct(once.0, none.0),
+        pct(once.1, none.1),
+        iterated.0,
+        iterated.1,
+        pct(iterated.0, none.0),
+        pct(iterated.1, none.1)
+    );
+    assert!(none.0 > 0.002, "the control has no stripes to remove: {none:?}");
+    assert!(iterated.0 * iterated.0 <= 0.95 * none.0 * none.0, "full band: {none:?} -> {iterated:?}");
+    assert!(iterated.1 * iterated.1 <= 0.2 * none.1 * none.1, "narrow band: {none:?} -> {iterated:?}");
+    assert!(iterated.0 <= 1.05 * once.0, "iterating made the full band worse: {once:?} -> {iterated:?}");
+}

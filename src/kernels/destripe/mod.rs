@@ -52,7 +52,7 @@ pub use mask::{par_source_mask, source_mask};
 pub use model::StripeModel;
 pub use multi::{
     broadcast_rows, default_large_scale_filter_px, large_scale_mask, large_scale_smooth, multi_tile_model,
-    par_multi_tile_model, row_profile, stripe_direction, StripeDirection,
+    par_multi_tile_model, par_multi_tile_model_preferring, row_profile, stripe_direction, StripeDirection,
 };
 pub use params::{
     AmpLayout, ButterworthParams, DestripeError, MultiTileParams, SingleTileParams, SourceMaskParams, VerticalMethod,
