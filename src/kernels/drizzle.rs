@@ -271,7 +271,9 @@ pub fn par_drizzle_add_window(
     acc: &mut DrizzleAccum,
 ) -> DrizzleStats {
     let ny = acc.shape()[0];
-    let band_rows = ny.div_ceil(4 * rayon::current_num_threads()).max(BAND_ROWS_MIN);
+    let threads = rayon::current_num_threads();
+    // one thread: one band, which skips the pre-scan's stored drops
+    let band_rows = if threads <= 1 { ny.max(1) } else { ny.div_ceil(4 * threads).max(BAND_ROWS_MIN) };
     add_impl(sci, weight, pixmap, vars, window, exposure_index, p, acc, band_rows, true)
 }
 
@@ -425,13 +427,19 @@ fn sgarea(x1: f64, y1: f64, x2: f64, y2: f64) -> f64 {
     if dx == 0.0 {
         return 0.0;
     }
+    sgarea_with(x1, y1, x2, y2, dx, dy, dy / dx)
+}
+
+/// The body of [`sgarea`] given `dx = x2 - x1`, `dy = y2 - y1` and `slope = dy / dx` (`dx != 0`),
+/// operation for operation, so a caller that knows those bits already gets the same result.
+#[inline(always)]
+fn sgarea_with(x1: f64, y1: f64, x2: f64, y2: f64, dx: f64, dy: f64, slope: f64) -> f64 {
     let (sgn_dx, mut xlo, mut xhi) = if dx < 0.0 { (-1.0, x2, x1) } else { (1.0, x1, x2) };
     if xlo >= 1.0 || xhi <= 0.0 {
         return 0.0;
     }
     xlo = if xlo > 0.0 { xlo } else { 0.0 };
     xhi = if xhi < 1.0 { xhi } else { 1.0 };
-    let slope = dy / dx;
     let mut ylo = y1 + slope * (xlo - x1);
     let mut yhi = y1 + slope * (xhi - x1);
     if ylo <= 0.0 && yhi <= 0.0 {
@@ -477,6 +485,65 @@ fn boxer(ii: f64, jj: f64, q: &Quad) -> f64 {
     sum
 }
 
+/// A drop's edge differences and slopes, computed once per drop instead of once per output pixel.
+///
+/// [`boxer`] shifts the corners by the pixel's lower-left corner `(is, js)` before it takes the
+/// edge differences. Where every shift `q.x[k] - is` (and `q.y[k] - js`) is exact, the shifted
+/// differences are the rounded differences of the unshifted corners, whatever the pixel, and so are
+/// the slopes: by Sterbenz's lemma `a - b` is exact when `b / 2 <= a <= 2 b`, which
+/// [`Edges::exact_for`] checks for the drop's whole pixel box. [`boxer_with`] is then [`boxer`] to
+/// the bit, with three of its operations per edge and pixel (two subtractions and the division)
+/// done once per drop.
+#[derive(Debug, Clone, Copy)]
+struct Edges {
+    dx: [f64; 4],
+    dy: [f64; 4],
+    slope: [f64; 4],
+}
+
+impl Edges {
+    #[inline]
+    fn new(q: &Quad) -> Self {
+        let mut e = Self { dx: [0.0; 4], dy: [0.0; 4], slope: [0.0; 4] };
+        for k in 0..4 {
+            let n = (k + 1) & 3;
+            e.dx[k] = q.x[n] - q.x[k];
+            e.dy[k] = q.y[n] - q.y[k];
+            e.slope[k] = e.dy[k] / e.dx[k];
+        }
+        e
+    }
+
+    /// Whether every corner shift of [`boxer`] is exact for the output pixels `xlo..=xhi` x
+    /// `ylo..=yhi`: each corner coordinate `a` and each pixel edge `s` (`ii - 0.5`, `jj - 0.5`)
+    /// satisfy `0 < s / 2 <= a <= 2 s`. The bounds `(hi - 0.5) / 2` and `2 (lo - 0.5)` are exact.
+    #[inline]
+    fn exact_for(q: &Quad, [xlo, xhi, ylo, yhi]: [i64; 4]) -> bool {
+        let ok = |v: &[f64; 4], lo: i64, hi: i64| {
+            let (s_lo, s_hi) = (lo as f64 - 0.5, hi as f64 - 0.5);
+            let (a_lo, a_hi) = (v[0].min(v[1]).min(v[2]).min(v[3]), v[0].max(v[1]).max(v[2]).max(v[3]));
+            s_lo > 0.0 && a_lo >= 0.5 * s_hi && a_hi <= 2.0 * s_lo
+        };
+        ok(&q.x, xlo, xhi) && ok(&q.y, ylo, yhi)
+    }
+}
+
+/// [`boxer`] with the edge constants of [`Edges`]; bit-identical to it where
+/// [`Edges::exact_for`] holds for the pixel.
+#[inline]
+fn boxer_with(ii: f64, jj: f64, q: &Quad, e: &Edges) -> f64 {
+    let is = ii - 0.5;
+    let js = jj - 0.5;
+    let px = [q.x[0] - is, q.x[1] - is, q.x[2] - is, q.x[3] - is];
+    let py = [q.y[0] - js, q.y[1] - js, q.y[2] - js, q.y[3] - js];
+    let mut sum = 0.0;
+    for k in 0..4 {
+        let n = (k + 1) & 3;
+        sum += if e.dx[k] == 0.0 { 0.0 } else { sgarea_with(px[k], py[k], px[n], py[n], e.dx[k], e.dy[k], e.slope[k]) };
+    }
+    sum
+}
+
 /// Which output rows (grid indices, inclusive) the drops of one block of input pixels reach;
 /// empty when `lo > hi`.
 #[derive(Debug, Clone, Copy)]
@@ -489,12 +556,13 @@ impl RowReach {
     const EMPTY: Self = Self { lo: i64::MAX, hi: i64::MIN };
 }
 
-/// One input pixel's drop as the pre-scan found it: corners and output-pixel bounds, or
-/// [`Drop::SKIP`] for pixels with no weight, no mapping or no reach into the chunk.
+/// One input pixel's drop as the pre-scan found it: corners and the output pixels it can touch,
+/// clipped to the chunk (`[x_lo, x_hi, y_lo, y_hi]`, grid indices), or [`Drop::SKIP`] for pixels
+/// with no weight, no mapping or no reach into the chunk.
 #[derive(Debug, Clone, Copy)]
 struct Drop {
     q: Quad,
-    bounds: [i64; 4],
+    bounds: [i32; 4],
 }
 
 impl Drop {
@@ -517,8 +585,60 @@ struct Inputs<'a> {
     /// Grid columns of the chunk, inclusive.
     col_lo: i64,
     col_hi: i64,
+    /// Grid rows of the chunk, inclusive.
+    row_lo: i64,
+    row_hi: i64,
     /// Blocks per input row of the window.
     blocks: usize,
+}
+
+/// Why an input pixel drops nothing into the chunk.
+enum Skip {
+    ZeroWeight,
+    Unmapped,
+    OffChunk,
+}
+
+impl Inputs<'_> {
+    /// The drop of input pixel `(i, j)` with its output-pixel bounds clipped to the chunk.
+    #[inline]
+    fn drop_at(&self, i: usize, j: usize) -> Result<Drop, Skip> {
+        let w_in = self.weight[[j, i]];
+        if w_in.is_nan() || w_in <= 0.0 {
+            return Err(Skip::ZeroWeight);
+        }
+        let q = self.corners.quad(i, j).ok_or(Skip::Unmapped)?;
+        let [bx0, bx1, by0, by1] = q.pixel_bounds();
+        let (xlo, xhi) = (bx0.max(self.col_lo), bx1.min(self.col_hi));
+        let (ylo, yhi) = (by0.max(self.row_lo), by1.min(self.row_hi));
+        if xlo > xhi || ylo > yhi {
+            return Err(Skip::OffChunk);
+        }
+        // chunk indices are grid indices, far below i32::MAX
+        Ok(Drop { q, bounds: [xlo as i32, xhi as i32, ylo as i32, yhi as i32] })
+    }
+}
+
+impl DrizzleStats {
+    #[inline]
+    fn count(&mut self, r: &Result<Drop, Skip>) {
+        match r {
+            Ok(_) => self.pixels_used += 1,
+            Err(Skip::ZeroWeight) => self.pixels_zero_weight += 1,
+            Err(Skip::Unmapped) => self.pixels_unmapped += 1,
+            Err(Skip::OffChunk) => self.pixels_off_chunk += 1,
+        }
+    }
+
+    fn plus(self, b: Self) -> Self {
+        Self {
+            pixels_in: self.pixels_in + b.pixels_in,
+            pixels_used: self.pixels_used + b.pixels_used,
+            pixels_off_chunk: self.pixels_off_chunk + b.pixels_off_chunk,
+            pixels_zero_weight: self.pixels_zero_weight + b.pixels_zero_weight,
+            pixels_unmapped: self.pixels_unmapped + b.pixels_unmapped,
+        }
+    }
 }
 
 /// Mutable rows `[row0, row0 + n)` of the chunk's sums (one band).
@@ -529,6 +649,89 @@ struct BandMut<'a> {
     sci_wsum: ArrayViewMut2<'a, f64>,
     var: Vec<ArrayViewMut2<'a, f64>>,
     ctx: ArrayViewMut2<'a, u32>,
+}
+
+/// A band's sums as flat slices, and the band's place on the grid.
+struct BandSums<'a> {
+    row_lo: i64,
+    row_hi: i64,
+    ncols: usize,
+    wsum: &'a mut [f64],
+    sci_wsum: &'a mut [f64],
+    var: Vec<&'a mut [f64]>,
+    ctx: &'a mut [u32],
+    /// Scratch: the variance values of the current input pixel.
+    var_in: Vec<f64>,
+}
+
+impl<'a> BandSums<'a> {
+    fn new(band: &'a mut BandMut) -> Self {
+        const LAYOUT: &str = "accumulator arrays are in standard layout";
+        let nrows = band.wsum.nrows();
+        let n_var = band.var.len();
+        Self {
+            row_lo: band.row0,
+            row_hi: band.row0 + nrows as i64 - 1,
+            ncols: band.wsum.ncols(),
+            wsum: band.wsum.as_slice_mut().expect(LAYOUT),
+            sci_wsum: band.sci_wsum.as_slice_mut().expect(LAYOUT),
+            var: band.var.iter_mut().map(|v| v.as_slice_mut().expect(LAYOUT)).collect(),
+            ctx: band.ctx.as_slice_mut().expect(LAYOUT),
+            var_in: vec![0.0; n_var],
+        }
+    }
+
+    /// Add the drop of input pixel `(i, j)` to the band's rows.
+    #[inline]
+    fn deposit(&mut self, inputs: &Inputs, d: &Drop, i: usize, j: usize, bit: u32) {
+        let q = &d.q;
+        let [bx0, bx1, by0, by1] = d.bounds.map(i64::from);
+        let (ylo, yhi) = (by0.max(self.row_lo), by1.min(self.row_hi));
+        let (xlo, xhi) = (bx0, bx1);
+        if ylo > yhi || xlo > xhi {
+            return;
+        }
+        let w = f64::from(inputs.weight[[j, i]]) / q.jacobian();
+        let value = f64::from(inputs.sci[[j, i]]);
+        for (k, v) in self.var_in.iter_mut().enumerate() {
+            *v = f64::from(inputs.vars[k][[j, i]]);
+        }
+        let exact = Edges::exact_for(q, [xlo, xhi, ylo, yhi]);
+        let edges = Edges::new(q);
+        let col0 = inputs.col_lo;
+        for jj in ylo..=yhi {
+            let row_off = (jj - self.row_lo) as usize * self.ncols;
+            for ii in xlo..=xhi {
+                let dover =
+                    if exact { boxer_with(ii as f64, jj as f64, q, &edges) } else { boxer(ii as f64, jj as f64, q) };
+                if dover == 0.0 {
+                    continue;
+                }
+                let dow = dover * w;
+                // cdrizzle tests the weight after rounding it to f32.
+                let dow32 = dow as f32;
+                if dow32 == 0.0 {
+                    continue;
+                }
+                let k = row_off + (ii - col0) as usize;
+                if dow32 > 0.0 {
+                    self.ctx[k] |= bit;
+                }
+                self.wsum[k] += dow;
+                self.sci_wsum[k] += dow * value;
+                let dow2 = dow * dow;
+                for (plane, v) in self.var.iter_mut().zip(&self.var_in) {
+                    plane[k] += dow2 * v;
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The pre-scan's drops and row reaches, kept between calls on the calling thread so that a
+    /// chunk of many exposures does not allocate (and fault in) them once per exposure.
+    static SCRATCH: std::cell::RefCell<(Vec<Drop>, Vec<RowReach>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -589,71 +792,10 @@ fn add_impl(
         window: window.clone(),
         col_lo: x0 as i64,
         col_hi: (x0 + nx) as i64 - 1,
+        row_lo: y0 as i64,
+        row_hi: (y0 + ny) as i64 - 1,
         blocks: win_nx.div_ceil(BLOCK_PX),
     };
-    let (row_lo, row_hi) = (y0 as i64, (y0 + ny) as i64 - 1);
-
-    // Pre-scan: every drop's corners and bounds once (the bands reuse them), and per input row and
-    // block the output rows reached inside the chunk, plus counts.
-    let mut reach = vec![RowReach::EMPTY; win_ny * inputs.blocks];
-    let mut drops = vec![Drop::SKIP; win_ny * win_nx];
-    let scan_row = |jw: usize, row: &mut [RowReach], drops: &mut [Drop]| -> DrizzleStats {
-        let j = inputs.window.rows.start + jw;
-        let mut st = DrizzleStats::default();
-        for (b, r) in row.iter_mut().enumerate() {
-            let i_start = inputs.window.cols.start + b * BLOCK_PX;
-            let i_end = (i_start + BLOCK_PX).min(inputs.window.cols.end);
-            for i in i_start..i_end {
-                let w_in = inputs.weight[[j, i]];
-                if w_in.is_nan() || w_in <= 0.0 {
-                    st.pixels_zero_weight += 1;
-                    continue;
-                }
-                let Some(q) = inputs.corners.quad(i, j) else {
-                    st.pixels_unmapped += 1;
-                    continue;
-                };
-                let bounds = q.pixel_bounds();
-                let [bx0, bx1, by0, by1] = bounds;
-                let (ylo, yhi) = (by0.max(row_lo), by1.min(row_hi));
-                if bx0.max(inputs.col_lo) > bx1.min(inputs.col_hi) || ylo > yhi {
-                    st.pixels_off_chunk += 1;
-                    continue;
-                }
-                st.pixels_used += 1;
-                r.lo = r.lo.min(ylo);
-                r.hi = r.hi.max(yhi);
-                drops[i - inputs.window.cols.start] = Drop { q, bounds };
-            }
-        }
-        st
-    };
-    let add_stats = |a: DrizzleStats, b: DrizzleStats| DrizzleStats {
-        pixels_in: a.pixels_in + b.pixels_in,
-        pixels_used: a.pixels_used + b.pixels_used,
-        pixels_off_chunk: a.pixels_off_chunk + b.pixels_off_chunk,
-        pixels_zero_weight: a.pixels_zero_weight + b.pixels_zero_weight,
-        pixels_unmapped: a.pixels_unmapped + b.pixels_unmapped,
-    };
-    let scanned = if parallel {
-        reach
-            .par_chunks_mut(inputs.blocks)
-            .zip(drops.par_chunks_mut(win_nx))
-            .enumerate()
-            .map(|(jw, (row, d))| scan_row(jw, row, d))
-            .reduce(DrizzleStats::default, add_stats)
-    } else {
-        reach
-            .chunks_mut(inputs.blocks)
-            .zip(drops.chunks_mut(win_nx))
-            .enumerate()
-            .map(|(jw, (row, d))| scan_row(jw, row, d))
-            .fold(DrizzleStats::default(), add_stats)
-    };
-    stats = add_stats(stats, scanned);
-    if stats.pixels_used == 0 {
-        return stats;
-    }
 
     // Split the chunk's sums into bands of output rows.
     let band_rows = band_rows.max(1);
@@ -671,81 +813,102 @@ fn add_impl(
             ctx: ctx_it.next().expect("band"),
         });
     }
-    if parallel {
-        bands.into_par_iter().for_each(|band| drizzle_band(&inputs, &reach, &drops, bit, band));
-    } else {
-        bands.into_iter().for_each(|band| drizzle_band(&inputs, &reach, &drops, bit, band));
+
+    if bands.len() == 1 {
+        // One band: drop by drop in input raster order, with nothing stored in between (the same
+        // contributions in the same order as the banded path below).
+        let mut band = bands.pop().expect("one band");
+        let mut sums = BandSums::new(&mut band);
+        for j in inputs.window.rows.clone() {
+            for i in inputs.window.cols.clone() {
+                let d = inputs.drop_at(i, j);
+                stats.count(&d);
+                if let Ok(d) = d {
+                    sums.deposit(&inputs, &d, i, j, bit);
+                }
+            }
+        }
+        return stats;
     }
+
+    // Pre-scan: every drop's corners and bounds once (the bands reuse them), and per input row and
+    // block the output rows reached inside the chunk, plus counts.
+    let (mut drops, mut reach) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    // every entry is written by the scan below, so growing is the only initialisation needed
+    if drops.len() < win_ny * win_nx {
+        drops.resize(win_ny * win_nx, Drop::SKIP);
+    }
+    reach.clear();
+    reach.resize(win_ny * inputs.blocks, RowReach::EMPTY);
+    let scan_row = |jw: usize, row: &mut [RowReach], drops: &mut [Drop]| -> DrizzleStats {
+        let j = inputs.window.rows.start + jw;
+        let mut st = DrizzleStats::default();
+        for (b, r) in row.iter_mut().enumerate() {
+            let i_start = inputs.window.cols.start + b * BLOCK_PX;
+            let i_end = (i_start + BLOCK_PX).min(inputs.window.cols.end);
+            for i in i_start..i_end {
+                let d = inputs.drop_at(i, j);
+                st.count(&d);
+                let slot = &mut drops[i - inputs.window.cols.start];
+                *slot = match d {
+                    Ok(d) => {
+                        r.lo = r.lo.min(i64::from(d.bounds[2]));
+                        r.hi = r.hi.max(i64::from(d.bounds[3]));
+                        d
+                    }
+                    Err(_) => Drop::SKIP,
+                };
+            }
+        }
+        st
+    };
+    let used = &mut drops[..win_ny * win_nx];
+    let scanned = if parallel {
+        reach
+            .par_chunks_mut(inputs.blocks)
+            .zip(used.par_chunks_mut(win_nx))
+            .enumerate()
+            .map(|(jw, (row, d))| scan_row(jw, row, d))
+            .reduce(DrizzleStats::default, DrizzleStats::plus)
+    } else {
+        reach
+            .chunks_mut(inputs.blocks)
+            .zip(used.chunks_mut(win_nx))
+            .enumerate()
+            .map(|(jw, (row, d))| scan_row(jw, row, d))
+            .fold(DrizzleStats::default(), DrizzleStats::plus)
+    };
+    stats = stats.plus(scanned);
+    if stats.pixels_used > 0 {
+        let used = &drops[..win_ny * win_nx];
+        if parallel {
+            bands.into_par_iter().for_each(|band| drizzle_band(&inputs, &reach, used, bit, band));
+        } else {
+            bands.into_iter().for_each(|band| drizzle_band(&inputs, &reach, used, bit, band));
+        }
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = (drops, reach));
     stats
 }
 
 /// The per-band body shared by the serial and rayon versions: drizzle every input pixel of the
 /// window whose drop reaches the band's rows, in input raster order.
 fn drizzle_band(inputs: &Inputs, reach: &[RowReach], drops: &[Drop], bit: u32, mut band: BandMut) {
-    let nrows = band.wsum.nrows();
-    let ncols = band.wsum.ncols();
-    let band_lo = band.row0;
-    let band_hi = band.row0 + nrows as i64 - 1;
-    let col0 = inputs.col_lo;
-    let n_var = band.var.len();
-    let wsum = band.wsum.as_slice_mut().expect("accumulator arrays are in standard layout");
-    let sci_wsum = band.sci_wsum.as_slice_mut().expect("accumulator arrays are in standard layout");
-    let ctx = band.ctx.as_slice_mut().expect("accumulator arrays are in standard layout");
-    let mut var: Vec<&mut [f64]> =
-        band.var.iter_mut().map(|v| v.as_slice_mut().expect("accumulator arrays are in standard layout")).collect();
-    let mut var_in = vec![0.0f64; n_var];
-
+    let mut sums = BandSums::new(&mut band);
     let win_nx = inputs.window.cols.len();
     for (jw, row_reach) in reach.chunks(inputs.blocks).enumerate() {
         let j = inputs.window.rows.start + jw;
         let row_drops = &drops[jw * win_nx..(jw + 1) * win_nx];
         for (b, r) in row_reach.iter().enumerate() {
-            if r.lo > band_hi || r.hi < band_lo {
+            if r.lo > sums.row_hi || r.hi < sums.row_lo {
                 continue;
             }
             let i_start = inputs.window.cols.start + b * BLOCK_PX;
             let i_end = (i_start + BLOCK_PX).min(inputs.window.cols.end);
             for i in i_start..i_end {
                 let d = &row_drops[i - inputs.window.cols.start];
-                if d.is_skip() {
-                    continue;
-                }
-                let (q, [bx0, bx1, by0, by1]) = (&d.q, d.bounds);
-                let w_in = inputs.weight[[j, i]];
-                let (ylo, yhi) = (by0.max(band_lo), by1.min(band_hi));
-                let (xlo, xhi) = (bx0.max(col0), bx1.min(inputs.col_hi));
-                if ylo > yhi || xlo > xhi {
-                    continue;
-                }
-                let w = f64::from(w_in) / q.jacobian();
-                let value = f64::from(inputs.sci[[j, i]]);
-                for (k, v) in var_in.iter_mut().enumerate() {
-                    *v = f64::from(inputs.vars[k][[j, i]]);
-                }
-                for jj in ylo..=yhi {
-                    let row_off = (jj - band_lo) as usize * ncols;
-                    for ii in xlo..=xhi {
-                        let dover = boxer(ii as f64, jj as f64, q);
-                        if dover == 0.0 {
-                            continue;
-                        }
-                        let dow = dover * w;
-                        // cdrizzle tests the weight after rounding it to f32.
-                        let dow32 = dow as f32;
-                        if dow32 == 0.0 {
-                            continue;
-                        }
-                        let k = row_off + (ii - col0) as usize;
-                        if dow32 > 0.0 {
-                            ctx[k] |= bit;
-                        }
-                        wsum[k] += dow;
-                        sci_wsum[k] += dow * value;
-                        let dow2 = dow * dow;
-                        for (plane, v) in var.iter_mut().zip(&var_in) {
-                            plane[k] += dow2 * v;
-                        }
-                    }
+                if !d.is_skip() {
+                    sums.deposit(inputs, d, i, j, bit);
                 }
             }
         }
@@ -941,6 +1104,47 @@ mod tests {
     }
 
     // ---------------------------------------------------------------- invariants
+
+    #[test]
+    fn hoisted_edges_match_boxer_bit_for_bit() {
+        // Random drops (rotated, stretched, either orientation) all over a large grid: wherever
+        // `Edges::exact_for` holds, `boxer_with` must give `boxer`'s bits for every pixel of the box.
+        let mut r = Rng(20);
+        let (mut drops, mut pixels) = (0, 0);
+        for _ in 0..20_000 {
+            let (cx, cy) = (0.5 + 4000.0 * r.uniform(), 0.5 + 4000.0 * r.uniform());
+            let (a, b) = (0.2 + 2.5 * r.uniform(), 0.2 + 2.5 * r.uniform());
+            let t = std::f64::consts::TAU * r.uniform();
+            let flip = if r.uniform() < 0.5 { -1.0 } else { 1.0 };
+            let corner = |u: f64, v: f64| {
+                (cx + a * u * t.cos() - b * v * t.sin(), cy + flip * (a * u * t.sin() + b * v * t.cos()))
+            };
+            let c = [corner(-0.5, 0.5), corner(0.5, 0.5), corner(0.5, -0.5), corner(-0.5, -0.5)];
+            let q = Quad { x: c.map(|p| p.0), y: c.map(|p| p.1) };
+            let bounds = q.pixel_bounds();
+            if !Edges::exact_for(&q, bounds) {
+                continue;
+            }
+            let e = Edges::new(&q);
+            let [x0, x1, y0, y1] = bounds;
+            for jj in y0..=y1 {
+                for ii in x0..=x1 {
+                    let (ii, jj) = (ii as f64, jj as f64);
+                    assert_eq!(
+                        boxer_with(ii, jj, &q, &e).to_bits(),
+                        boxer(ii, jj, &q).to_bits(),
+                        "{q:?} at {ii}, {jj}"
+                    );
+                    pixels += 1;
+                }
+            }
+            drops += 1;
+        }
+        assert!(drops > 19_000 && pixels > 4 * drops, "{drops} drops, {pixels} pixels checked");
+        // near the grid origin the shifts are not exact, and the plain boxer is used
+        let q = Quad { x: [0.2, 1.2, 1.2, 0.2], y: [5.2, 5.2, 4.2, 4.2] };
+        assert!(!Edges::exact_for(&q, q.pixel_bounds()));
+    }
 
     #[test]
     fn overlap_area_basics() {

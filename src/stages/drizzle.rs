@@ -59,9 +59,18 @@ pub fn drizzle_chunk(
     let mut pixels_in = 0;
     for &k in &c.exposures {
         let m = &metas[k];
-        let Some(piece) =
-            read_piece(m, k, &grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: true, rnoise: true }, corr)
-                .with_context(|| format!("drizzle: reading {}", m.path.display()))?
+        let Some(piece) = read_piece(
+            m,
+            k,
+            &grid,
+            c.y0..c.y1,
+            c.x0..c.x1,
+            3,
+            (0, 0),
+            Want { vars: true, rnoise: true, err: false },
+            corr,
+        )
+        .with_context(|| format!("drizzle: reading {}", m.path.display()))?
         else {
             continue;
         };
@@ -81,14 +90,15 @@ pub fn drizzle_chunk(
         pixels_in += st.pixels_used;
     }
     let out = acc.finish();
+    let [vp, vr, vf]: [Array2<f32>; 3] = out.var.try_into().expect("three variance planes");
     let err = {
-        let mut e = out.var[0].clone();
-        e.zip_mut_with(&out.var[1], |a, b| *a += b);
-        e.zip_mut_with(&out.var[2], |a, b| *a += b);
+        let mut e = vp.clone();
+        e.zip_mut_with(&vr, |a, b| *a += b);
+        e.zip_mut_with(&vf, |a, b| *a += b);
         e.mapv_inplace(f32::sqrt);
         e
     };
-    let planes = vec![out.sci, err, out.wht, out.var[0].clone(), out.var[1].clone(), out.var[2].clone()];
+    let planes = vec![out.sci, err, out.wht, vp, vr, vf];
     Ok(ChunkOut { chunk: c.index, y0: c.y0, x0: c.x0, planes, context: out.context, pixels_in })
 }
 

@@ -783,43 +783,46 @@ fn measure_chunk(
                 });
             }
         }
+        // per image: its values and where it has one (flat, row-major), and the box of rows and
+        // columns holding them, so that a pair only visits the intersection of its two boxes
         let images: Vec<usize> = planes.keys().copied().collect();
-        let value = |img: usize, yy: usize, xx: usize| -> Option<f32> {
-            let (nu, de) = &planes[&img];
-            let d = de[[yy, xx]];
-            (d > 0.0).then(|| (nu[[yy, xx]] / d) as f32)
-        };
+        let resampled: Vec<Resampled> = images.iter().map(|img| Resampled::new(&planes[img])).collect();
         let on_lattice = |gy: usize, gx: usize| gy % lattice == 0 && gx % lattice == 0;
-        for &a in &images {
+        for (&a, ra) in images.iter().zip(&resampled) {
             let ext = out.image_ext.entry(a).or_default();
-            for yy in 0..h {
-                for xx in 0..nx {
-                    if let Some(v) = value(a, yy, xx) {
+            for yy in ra.rows.clone() {
+                for xx in ra.cols.clone() {
+                    let k = yy * nx + xx;
+                    if ra.ok[k] {
                         let (gy, gx) = (rows.start + yy, c.x0 + xx);
                         ext.add(gy as i64, gx as i64);
                         if step.sky && on_lattice(gy, gx) {
-                            out.values.entry(a).or_default().push(v);
+                            out.values.entry(a).or_default().push(ra.v[k]);
                         }
                     }
                 }
             }
         }
         for (ia, &a) in images.iter().enumerate() {
-            for &b in &images[ia + 1..] {
+            for (ib, &b) in images.iter().enumerate().skip(ia + 1) {
                 if !(step.pair_ok)(a, b) {
                     continue;
                 }
+                let (ra, rb) = (&resampled[ia], &resampled[ib]);
+                let (r0, r1) = (ra.rows.start.max(rb.rows.start), ra.rows.end.min(rb.rows.end));
+                let (c0, c1) = (ra.cols.start.max(rb.cols.start), ra.cols.end.min(rb.cols.end));
                 let mut d = vec![];
                 let mut xy = vec![];
                 let mut ext = IndexExtent::new();
-                for yy in 0..h {
+                for yy in r0..r1 {
                     let gy = rows.start + yy;
-                    for xx in 0..nx {
-                        let gx = c.x0 + xx;
-                        if let (Some(va), Some(vb)) = (value(a, yy, xx), value(b, yy, xx)) {
+                    for xx in c0..c1 {
+                        let k = yy * nx + xx;
+                        if ra.ok[k] && rb.ok[k] {
+                            let gx = c.x0 + xx;
                             ext.add(gy as i64, gx as i64);
                             if on_lattice(gy, gx) {
-                                d.push(va - vb);
+                                d.push(ra.v[k] - rb.v[k]);
                                 if step.planes {
                                     xy.push([gx as i32 - plane_origin[0], gy as i32 - plane_origin[1]]);
                                 }
@@ -839,6 +842,35 @@ fn measure_chunk(
         y += h;
     }
     Ok(())
+}
+
+/// One image resampled onto a row band: `v = sum w v / sum w` (f32) where `sum w > 0` (`ok`), both
+/// flat and row-major, and the rows and columns of the band that hold any value.
+struct Resampled {
+    v: Vec<f32>,
+    ok: Vec<bool>,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+}
+
+impl Resampled {
+    fn new((nu, de): &(Array2<f64>, Array2<f64>)) -> Self {
+        let (h, w) = de.dim();
+        let mut r = Self { v: vec![0.0; h * w], ok: vec![false; h * w], rows: h..0, cols: w..0 };
+        for ((yy, xx), &d) in de.indexed_iter() {
+            if d > 0.0 {
+                let k = yy * w + xx;
+                r.v[k] = (nu[[yy, xx]] / d) as f32;
+                r.ok[k] = true;
+                r.rows = r.rows.start.min(yy)..r.rows.end.max(yy + 1);
+                r.cols = r.cols.start.min(xx)..r.cols.end.max(xx + 1);
+            }
+        }
+        if r.rows.start >= r.rows.end {
+            (r.rows, r.cols) = (0..0, 0..0);
+        }
+        r
+    }
 }
 
 /// Extents merged across ranks (min and max reductions), one per key.

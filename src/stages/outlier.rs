@@ -267,9 +267,18 @@ fn flag_chunk_exposure(
     bicubic: bool,
     corr: &Corrections,
 ) -> crate::Result<Vec<u64>> {
-    let Some(piece): Option<Piece> =
-        read_piece(meta, k, grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), Want { vars: false, rnoise: false }, corr)
-            .with_context(|| format!("outlier: reading {}", meta.path.display()))?
+    let Some(piece): Option<Piece> = read_piece(
+        meta,
+        k,
+        grid,
+        c.y0..c.y1,
+        c.x0..c.x1,
+        3,
+        (0, 0),
+        Want { vars: false, rnoise: false, err: true },
+        corr,
+    )
+    .with_context(|| format!("outlier: reading {}", meta.path.display()))?
     else {
         return Ok(vec![]);
     };

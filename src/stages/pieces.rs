@@ -25,6 +25,7 @@ pub struct Piece {
     pub rows: Range<usize>,
     pub cols: Range<usize>,
     pub sci: Array2<f32>,
+    /// ERR, read only when asked for ([`Want::err`]); empty otherwise.
     pub err: Array2<f32>,
     pub dq: Array2<u32>,
     /// VAR_POISSON, VAR_RNOISE, VAR_FLAT (read when asked for).
@@ -77,6 +78,8 @@ pub struct Want {
     pub vars: bool,
     /// VAR_RNOISE alone (for inverse-variance weights).
     pub rnoise: bool,
+    /// ERR (the outlier test); the drizzle and the resampled stacks do not need it.
+    pub err: bool,
 }
 
 /// Read the piece of exposure `index` covering output rows x cols (grid pixels), with `margin` input
@@ -103,7 +106,7 @@ pub fn read_piece(
     let p = &meta.path;
     let mut sci = read_region_f32(p, "SCI", rows.clone(), cols.clone())?;
     corrections.apply_window(index, rows.clone(), cols.clone(), &mut sci);
-    let err = read_region_f32(p, "ERR", rows.clone(), cols.clone())?;
+    let err = if want.err { read_region_f32(p, "ERR", rows.clone(), cols.clone())? } else { Array2::zeros((0, 0)) };
     let mut dqa = read_region_dq(p, rows.clone(), cols.clone())?;
     corrections.mask_dq(index, &mut dqa, rows.clone(), cols.clone());
     let read_var = |name: &str| read_region_f32(p, name, rows.clone(), cols.clone());
@@ -148,7 +151,7 @@ pub fn resample_alone(
     corrections: &Corrections,
     part: Part,
 ) -> Result<Option<DrizzleAccum>, FitsError> {
-    let want = Want { vars: false, rnoise: wt == WeightType::Ivm };
+    let want = Want { vars: false, rnoise: wt == WeightType::Ivm, err: false };
     let origin = [out_rows.start, out_cols.start];
     let (h, w) = (out_rows.len(), out_cols.len());
     let Some(piece) = read_piece(meta, index, grid, out_rows, out_cols, 3, (0, 0), want, corrections)? else {

@@ -523,9 +523,17 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         })?;
         man.set(entry.clone());
         let t = Instant::now();
+        let cpu0 = cpu_seconds();
         let ctx = Ctx { comm, inputs: inv.inputs, raw, cfg, prov: &prov, output: output.as_deref(), catalog };
         let result = run_stage(&ctx, stage, band.as_ref());
         entry.wall_s = t.elapsed().as_secs_f64();
+        // issue 20 (SCALING.md): the CPU time each rank spent in the stage (TESSERA_LOG=info for all ranks)
+        tracing::info!(
+            "[{}] stage cpu {:.2} s, wall {:.2} s on this rank",
+            stage.name(),
+            cpu_seconds() - cpu0,
+            entry.wall_s
+        );
         let written = match result {
             Ok(w) => w,
             Err(e) => {
@@ -652,4 +660,15 @@ fn run_stage(ctx: &Ctx, stage: Stage, band: Option<&Band>) -> crate::Result<Writ
         (Stage::Psfmatch, Some(b)) => super::psfmatch::stage(ctx, b),
         (s, _) => crate::bail!("stage {} is not part of the single-band chain", s.name()),
     }
+}
+
+// ---- issue 20 (scaling): CPU time of this process, all threads (user + system), for the stage log
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + 1e-6 * t.tv_usec as f64;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
