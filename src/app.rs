@@ -40,7 +40,7 @@ impl World {
     pub fn comm(&self) -> &dyn Comm {
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
-            return m;
+            return m.comm();
         }
         &self.serial
     }
@@ -207,10 +207,15 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
             }
             Ok(outcome)
         }
-        Command::Run { config_file, resume, overwrite } => {
+        Command::Run { config_file, resume, overwrite, targets } => {
             let (raw, cfg) = config::load(Some(config_file), &cli.sets)?;
             set_threads(&cfg)?;
-            Ok(stages::campaign::run(comm, &raw, &cfg, *resume, *overwrite)?)
+            Ok(stages::campaign::run(comm, &raw, &cfg, *resume, *overwrite, targets)?)
+        }
+        Command::Release { config_file, targets } => {
+            let (_, cfg) = config::load(Some(config_file), &cli.sets)?;
+            set_threads(&cfg)?;
+            Ok(stages::release::run(comm, &cfg, targets)?)
         }
         Command::Mosaic(args) => {
             let (raw, cfg) = load_config(cli, &args.as_sets())?;

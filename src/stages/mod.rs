@@ -19,6 +19,7 @@ pub mod plan;
 pub mod preflight;
 pub mod prep;
 pub mod progress;
+pub mod release;
 pub mod runner;
 pub mod simulate;
 
