@@ -129,7 +129,18 @@ pub fn main_with(cli: Cli, comm: &dyn Comm) -> u8 {
 fn load_config(cli: &Cli, extra_sets: &[String]) -> anyhow::Result<(RawConfig, Config)> {
     let mut sets = cli.sets.clone();
     sets.extend_from_slice(extra_sets);
-    Ok(config::load(cli.config.as_deref(), &sets)?)
+    let (raw, cfg) = config::load(cli.config.as_deref(), &sets)?;
+    // per-target/per-band tables are resolved per task by `tessera run`; a single-band command
+    // does not know its target, so it takes their defaults: say so rather than ignore them silently
+    if let Some(doc) = &raw.doc {
+        if config::overrides::check(doc, &config::overrides::target_names(doc)).unwrap_or(false) {
+            tracing::warn!(
+                "the config's per-target/per-band tables apply to `tessera run`; this command uses the defaults \
+                 of those keys"
+            );
+        }
+    }
+    Ok((raw, cfg))
 }
 
 fn set_threads(cfg: &Config) -> anyhow::Result<()> {

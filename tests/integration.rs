@@ -6,6 +6,8 @@ mod common;
 
 #[path = "integration/align.rs"]
 mod align;
+#[path = "integration/campaign.rs"]
+mod campaign;
 #[path = "integration/cli.rs"]
 mod cli;
 #[path = "integration/cosmic.rs"]

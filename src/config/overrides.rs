@@ -190,7 +190,6 @@ pub fn resolve(doc: &Table, target: Option<&str>, band: Option<&str>) -> Table {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::RawConfig;
 
     const DOC: &str = r#"

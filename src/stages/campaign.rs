@@ -88,6 +88,9 @@ struct TargetInputs {
     missing: Vec<String>,
     /// Band -> the shared output grid (`plan.common_grid`).
     grids: BTreeMap<String, RawGrid>,
+    /// Band -> the `off/` folders beside its files (MIRI off-source exposures: the band's chain gets
+    /// files, not folders, so they are handed over as `prep.off_inputs`).
+    off_dirs: BTreeMap<String, Vec<PathBuf>>,
     catalog: Option<PathBuf>,
 }
 
@@ -320,8 +323,17 @@ fn read_targets(cfg: &Config, raw: &RawConfig) -> crate::Result<Vec<TargetInputs
                 }
             }
         }
+        let mut off_dirs: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for (b, ms) in &by_band {
+            let mut dirs: Vec<PathBuf> =
+                ms.iter().filter_map(|m| m.path.parent().map(|p| p.join("off"))).filter(|d| d.is_dir()).collect();
+            dirs.sort();
+            dirs.dedup();
+            off_dirs.insert(b.clone(), dirs);
+        }
         out.push(TargetInputs {
             name: t.name.clone(),
+            off_dirs,
             bands,
             skipped: skipped.len(),
             missing,
@@ -622,6 +634,12 @@ fn run_task(
                     );
                 }
             }
+        }
+    }
+    for d in t.off_dirs.get(band).into_iter().flatten() {
+        let d = d.display().to_string();
+        if !traw.prep.off_inputs.contains(&d) {
+            traw.prep.off_inputs.push(d);
         }
     }
     let mut c = traw.resolve()?;
