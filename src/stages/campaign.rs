@@ -327,6 +327,7 @@ fn read_targets(cfg: &Config, raw: &RawConfig) -> crate::Result<Vec<TargetInputs
         for (b, ms) in &by_band {
             let mut dirs: Vec<PathBuf> =
                 ms.iter().filter_map(|m| m.path.parent().map(|p| p.join("off"))).filter(|d| d.is_dir()).collect();
+            dirs.retain(|d| crate::io::expand_cal_inputs(std::slice::from_ref(d)).is_ok_and(|v| !v.is_empty()));
             dirs.sort();
             dirs.dedup();
             off_dirs.insert(b.clone(), dirs);
