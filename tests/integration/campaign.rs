@@ -121,7 +121,7 @@ fn check_release(dirs: &[PathBuf]) {
 #[test]
 fn groups_and_ranks_give_the_same_products_overrides_take_effect_and_the_release_checks() {
     let root = inputs();
-    let extra = "[run]\noutput_dir = \"out\"\ngroups = GROUPS\n[plan]\ncommon_grid = \"instrument\"\n\
+    let extra = "[run]\noutput_dir = \"out\"\ngroups = GROUPS\nprogress_interval_s = 1.0\n[plan]\ncommon_grid = \"instrument\"\n\
                  [drizzle]\npixfrac = { F335M = 0.8 }\n[outlier]\nenabled = { miri = false }\n";
     let toml = |g: usize| campaign(root, &BANDS.map(|b| b.1), &extra.replace("GROUPS", &g.to_string()));
     // two groups of two ranks
@@ -129,6 +129,9 @@ fn groups_and_ranks_give_the_same_products_overrides_take_effect_and_the_release
     std::fs::write(w2.path().join("c.toml"), toml(2)).unwrap();
     let o = mpirun(4, w2.path(), &["run", "c.toml"]);
     let stdout = ok(&o);
+    // world rank 0's campaign progress line
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.lines().any(|l| l.contains("[run] campaign:") && l.contains("tasks done")), "{stderr}");
     let out2 = w2.path().join("out");
     let s = summary(&out2);
     assert_eq!((s.groups, s.ranks, s.tasks.len()), (2, 4, 8), "{stdout}");
@@ -199,9 +202,32 @@ fn groups_and_ranks_give_the_same_products_overrides_take_effect_and_the_release
         assert!(serial.get(k) == Some(v), "{k}: 4 ranks in 2 groups differ from 1 rank");
     }
 
-    // compare_to: this release against the one-rank run's release (the same bits): zero differences
+    // what the anchor and psfmatch stages leave (issue 16), faked: an ANCHOR keyword in the F300M
+    // mosaic, a PSF-matched copy beside it
+    let f300 = out2.join("ngc1/F300M/ngc1_f300m_i2d.fits");
+    let anchor = [tessera::io::fits::card_real("ANCHOR", 0.0123, "background offset, MJy/sr")];
+    tessera::io::fits::copy_for_release(&f300, &f300, &[], &anchor, &[]).unwrap();
+    let matched = out2.join("ngc1/F300M/ngc1_f300m_i2d_atF1000W.fits");
+    tessera::io::fits::copy_for_release(&f300, &matched, &["VAR_RNOISE"], &[], &[]).unwrap();
+    // compare_to: this release against the one-rank run's release (the same bits): zero differences;
+    // remove_bloat drops the VAR_* extensions (those the PSF-matched copy still has)
     let set = format!("release.compare_to=\"{}\"", ws.path().join("out/release/v1").display());
-    ok(&tessera(w2.path(), &["--set", &set, "--set", "release.version=\"v2\"", "release", "c.toml"]));
+    ok(&tessera(
+        w2.path(),
+        &["--set", &set, "--set", "release.version=\"v2\"", "--set", "release.remove_bloat=true", "release", "c.toml"],
+    ));
+    let m: tessera::stages::release::ReleaseManifest =
+        tessera::io::json::read_json(&out2.join("release/v2/ngc1/manifest.json")).unwrap();
+    let b300 = m.bands.iter().find(|b| b.band == "F300M").unwrap();
+    assert!(b300.anchored && b300.psf_matched == ["F300M_psf_matched/ngc1_f300m_i2d_atF1000W.fits"], "{b300:?}");
+    assert!(m.bands.iter().filter(|b| b.band != "F300M").all(|b| !b.anchored && b.psf_matched.is_empty()));
+    for f in ["ngc1_f335m_i2d.fits", "F300M_psf_matched/ngc1_f300m_i2d_atF1000W.fits"] {
+        let p = out2.join("release/v2/ngc1").join(f);
+        assert!(read_ext_f32(&p, "SCI").is_ok() && read_ext_f32(&p, "ERR").is_ok(), "{f}");
+        for e in tessera::stages::release::BLOAT {
+            assert!(read_header(&p, e).is_err(), "{f}: {e} not removed");
+        }
+    }
     let csv = std::fs::read_to_string(out2.join("release/v2/ngc1/compare/compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
     for line in csv.lines().skip(1) {
@@ -419,7 +445,8 @@ fn slurm_and_pbs_scripts_run_end_to_end_through_stand_ins() {
     ok(&job(d, "pbs-array.sh", &[], &pbs(&[("PBS_ARRAY_INDEX", "1".into())])));
     let s = summary(&d.join("out"));
     assert!(s.tasks.iter().all(|t| t.target == "ngc1" && t.status == TaskStatus::Done) && s.tasks.len() == 2, "{s:?}");
-    ok(&job(d, "pbs-campaign.sh", &[], &pbs(&[("NGROUPS", "2".into())])));
+    // groups "auto": tiny bands fit one rank each, so as many groups as ranks (2, under the 4 chains)
+    ok(&job(d, "pbs-campaign.sh", &[], &pbs(&[])));
     let s = summary(&d.join("out"));
     assert_eq!((s.groups, s.tasks.len()), (2, 4));
     assert!(s.tasks.iter().all(|t| t.status == TaskStatus::Done));
