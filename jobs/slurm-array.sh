@@ -1,6 +1,7 @@
 #!/bin/bash
-# A job array over targets: one array task per line of a target list (a cal directory per line).
-# Usage: sbatch --array=1-$(wc -l < targets.txt) jobs/slurm-array.sh targets.txt [config.toml]
+# A job array over the targets of a campaign file: array task i runs the i-th [[target]] (1-based,
+# in file order; or the i-th line of a list of target names), all its bands and its release.
+# Usage: sbatch --array=1-<number of targets> jobs/slurm-array.sh campaign.toml [targets.txt]
 #SBATCH --job-name=tessera-array
 #SBATCH --nodes=1
 #SBATCH --ntasks=8
@@ -9,10 +10,14 @@
 #SBATCH --time=04:00:00
 #SBATCH --output=tessera-%A_%a.log
 set -euo pipefail
-list="${1:?usage: sbatch --array=1-N jobs/slurm-array.sh targets.txt [config.toml]}"
-config="${2:-config/phangs-nircam.toml}"
-caldir=$(sed -n "${SLURM_ARRAY_TASK_ID}p" "$list")
-name=$(basename "$caldir")
-export RAYON_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"
-srun tessera --config "$config" --set run.output_dir="\"tessera-out/$name\"" \
-  --set run.threads="${SLURM_CPUS_PER_TASK:-1}" plan "$caldir"
+campaign="${1:?usage: sbatch --array=1-N jobs/slurm-array.sh campaign.toml [targets.txt]}"
+i="${SLURM_ARRAY_TASK_ID:?not an array job: submit with sbatch --array=1-N}"
+if [[ -n "${2:-}" ]]; then
+  target=$(sed -n "${i}p" "$2")
+else
+  target=$(grep -E '^[[:space:]]*name[[:space:]]*=' "$campaign" | sed -n "${i}p" | sed -E 's/^[^=]*=[[:space:]]*"([^"]*)".*/\1/')
+fi
+[[ -n "$target" ]] || { echo "no target number $i in $campaign" >&2; exit 2; }
+source "${JOBS_DIR:-jobs}/resources.sh"
+srun "$TESSERA" --set run.mem_budget_mb="$TESSERA_MEM_MB" --set run.threads="$TESSERA_THREADS" \
+  run "$campaign" --target "$target" --resume

@@ -40,7 +40,7 @@ impl World {
     pub fn comm(&self) -> &dyn Comm {
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
-            return m;
+            return m.comm();
         }
         &self.serial
     }
@@ -129,7 +129,18 @@ pub fn main_with(cli: Cli, comm: &dyn Comm) -> u8 {
 fn load_config(cli: &Cli, extra_sets: &[String]) -> anyhow::Result<(RawConfig, Config)> {
     let mut sets = cli.sets.clone();
     sets.extend_from_slice(extra_sets);
-    Ok(config::load(cli.config.as_deref(), &sets)?)
+    let (raw, cfg) = config::load(cli.config.as_deref(), &sets)?;
+    // per-target/per-band tables are resolved per task by `tessera run`; a single-band command
+    // does not know its target, so it takes their defaults: say so rather than ignore them silently
+    if let Some(doc) = &raw.doc {
+        if config::overrides::check(doc, &config::overrides::target_names(doc)).unwrap_or(false) {
+            tracing::warn!(
+                "the config's per-target/per-band tables apply to `tessera run`; this command uses the defaults \
+                 of those keys"
+            );
+        }
+    }
+    Ok((raw, cfg))
 }
 
 fn set_threads(cfg: &Config) -> anyhow::Result<()> {
@@ -207,10 +218,15 @@ pub fn run(cli: &Cli, comm: &dyn Comm) -> anyhow::Result<Outcome> {
             }
             Ok(outcome)
         }
-        Command::Run { config_file, resume, overwrite } => {
+        Command::Run { config_file, resume, overwrite, targets } => {
             let (raw, cfg) = config::load(Some(config_file), &cli.sets)?;
             set_threads(&cfg)?;
-            Ok(stages::campaign::run(comm, &raw, &cfg, *resume, *overwrite)?)
+            Ok(stages::campaign::run(comm, &raw, &cfg, *resume, *overwrite, targets)?)
+        }
+        Command::Release { config_file, targets } => {
+            let (_, cfg) = config::load(Some(config_file), &cli.sets)?;
+            set_threads(&cfg)?;
+            Ok(stages::release::run(comm, &cfg, targets)?)
         }
         Command::Mosaic(args) => {
             let (raw, cfg) = load_config(cli, &args.as_sets())?;

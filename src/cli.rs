@@ -42,6 +42,17 @@ pub enum Command {
         /// Delete the products of earlier runs in the bands' folders and start clean.
         #[arg(long)]
         overwrite: bool,
+        /// Only this target of the file (repeatable; e.g. one target per task of a job array).
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+    },
+    /// Build the release tree of a campaign's finished bands (see [release] in `config default`).
+    Release {
+        /// The campaign configuration (TOML).
+        config_file: PathBuf,
+        /// Only this target of the file (repeatable).
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
     },
     /// Stage prep alone, on the products in run.output_dir (MIRI off-source background, DQ masks).
     Prep(StageArgs),

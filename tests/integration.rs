@@ -8,6 +8,8 @@ mod common;
 mod align;
 #[path = "integration/anchor.rs"]
 mod anchor;
+#[path = "integration/campaign.rs"]
+mod campaign;
 #[path = "integration/cli.rs"]
 mod cli;
 #[path = "integration/cosmic.rs"]

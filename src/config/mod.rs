@@ -10,18 +10,20 @@
 //! Nothing here reads exposures or talks to MPI.
 
 mod anchor;
+pub mod overrides;
 mod raw;
 mod resolved;
 
 pub use anchor::{AnchorConfig, RawAnchor};
 pub use raw::{
-    RawAlign, RawAssemble, RawAstrometry, RawConfig, RawDrizzle, RawGrid, RawLevel, RawOutlier, RawPlan, RawPrep,
-    RawRun, RawSimulate, RawTarget, DEFAULT_TOML,
+    RawAlign, RawAssemble, RawAstrometry, RawConfig, RawDrizzle, RawGrid, RawGroups, RawLevel, RawOutlier, RawPlan,
+    RawPrep, RawRelease, RawRun, RawSimulate, RawTarget, DEFAULT_TOML,
 };
 pub use resolved::thread_count;
 pub use resolved::{
-    AlignConfig, AssembleConfig, AstrometryConfig, Config, DrizzleConfig, Instrument, LevelConfig, OutlierConfig,
-    PlanConfig, PrepConfig, PsfTarget, PsfmatchConfig, RunConfig, SimSize, SimulateConfig, Target, UserGrid,
+    AlignConfig, AssembleConfig, AstrometryConfig, CommonGrid, Config, DrizzleConfig, Groups, Instrument, LevelConfig,
+    OutlierConfig, PlanConfig, PrepConfig, PsfTarget, PsfmatchConfig, ReleaseConfig, RunConfig, SimSize, SimulateConfig,
+    Target, UserGrid,
     WeightType, MAX_THREADS,
 };
 
@@ -54,6 +56,7 @@ pub fn load(path: Option<&Path>, sets: &[String]) -> Result<(RawConfig, Config),
     };
     let raw = RawConfig::from_toml_with_sets(&text, &name, sets)?;
     let cfg = raw.resolve()?;
+    raw.check_tasks()?;
     Ok((raw, cfg))
 }
 
@@ -138,6 +141,10 @@ mod tests {
             ("drizzle.weight_type=\"wht\"", "drizzle.weight_type"),
             ("outlier.maskpt=2.0", "outlier.maskpt"),
             ("assemble.row_block=0", "assemble.row_block"),
+            ("run.groups=0", "run.groups"),
+            ("run.groups=\"many\"", "run.groups"),
+            ("plan.common_grid=\"band\"", "plan.common_grid"),
+            ("release.version=\"\"", "release.version"),
         ] {
             let raw = RawConfig::from_toml_with_sets("", "-", &[set.into()]).unwrap();
             let e = raw.resolve().unwrap_err().to_string();

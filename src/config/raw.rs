@@ -33,11 +33,54 @@ pub struct RawConfig {
     pub anchor: super::anchor::RawAnchor,
     /// The `psfmatch` stage: the mosaic convolved to other resolutions (Aniano et al. 2011 kernels).
     pub psfmatch: RawPsfmatch,
+    /// The `release` stage of `tessera run`: the release tree of each target.
+    pub release: RawRelease,
     /// `tessera simulate`: the synthetic survey.
     pub simulate: RawSimulate,
     /// Targets for `tessera run`: one `[[target]]` table each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub target: Vec<RawTarget>,
+    /// The TOML document as given (with `--set` applied), per-target/per-band override tables and
+    /// all, from which [`RawConfig::for_task`] resolves the config of one (target, band).
+    #[serde(skip)]
+    pub doc: Option<toml::Table>,
+}
+
+/// `[release]` (pjpipe release and regress_against_previous).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRelease {
+    /// Build the release tree at the end of `tessera run` (`tessera release` builds it alone).
+    pub enabled: bool,
+    /// Root of the release trees; empty = `<run.output_dir>/release`.
+    pub dir: String,
+    /// Release version: a folder level, `<dir>/<version>/<target>/`.
+    pub version: String,
+    /// Drop the VAR_POISSON, VAR_RNOISE and VAR_FLAT extensions from the released FITS files.
+    pub remove_bloat: bool,
+    /// A previous release's version folder (`<dir>/<old version>`): difference images and a table of
+    /// per-band median and rms differences against it; empty = no comparison.
+    pub compare_to: String,
+}
+
+impl Default for RawRelease {
+    fn default() -> Self {
+        RawRelease {
+            enabled: true,
+            dir: String::new(),
+            version: "v1".into(),
+            remove_bloat: false,
+            compare_to: String::new(),
+        }
+    }
+}
+
+/// `run.groups`: a number of communicator groups, or `"auto"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawGroups {
+    Count(i64),
+    Word(String),
 }
 
 /// `[prep]` (pjpipe lv2 background subtraction and lyot_separate, SPEC stage prep).
@@ -387,7 +430,7 @@ pub struct RawTarget {
     pub name: String,
     /// Cal files or directories holding `*_cal.fits` (all bands; grouped by FILTER/PUPIL).
     pub inputs: Vec<String>,
-    /// Only these bands (empty = every band found).
+    /// Only these bands (empty = every band found); an unknown band or one without exposures is an error.
     #[serde(default)]
     pub bands: Vec<String>,
     /// Reference catalogue for absolute astrometry.
@@ -411,6 +454,8 @@ pub struct RawRun {
     /// `tessera mosaic` stops after this stage (its products written; `--resume` continues); empty =
     /// run all.
     pub stop_after: String,
+    /// `tessera run`: communicator groups that take (target, band) tasks, a number or "auto".
+    pub groups: RawGroups,
 }
 
 impl Default for RawRun {
@@ -421,6 +466,7 @@ impl Default for RawRun {
             threads: 0,
             progress_interval_s: 5.0,
             stop_after: String::new(),
+            groups: RawGroups::Count(1),
         }
     }
 }
@@ -443,6 +489,8 @@ pub struct RawPlan {
     pub max_fill_ratio: f64,
     /// Refuse an output grid larger than this many megapixels.
     pub max_output_mpix: f64,
+    /// `tessera run`: bands of one target that share one output grid: "none", "instrument" or "all".
+    pub common_grid: String,
     /// A user-given output grid; when absent, a north-up grid covering all footprints is built.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grid: Option<RawGrid>,
@@ -457,6 +505,7 @@ impl Default for RawPlan {
             bytes_per_output_px: 256,
             max_fill_ratio: 4.0,
             max_output_mpix: 2000.0,
+            common_grid: "none".into(),
             grid: None,
         }
     }
@@ -577,16 +626,51 @@ impl RawConfig {
     /// [`ConfigError::Parse`] (naming `name` and the line) or [`ConfigError::Set`].
     pub fn from_toml_with_sets(text: &str, name: &str, sets: &[String]) -> Result<RawConfig, ConfigError> {
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| parse_error(name, text, &e))?;
-        if sets.is_empty() {
-            // deserialise the file's own text so that error line numbers are the file's
-            return toml::from_str::<RawConfig>(text).map_err(|e| parse_error(name, text, &e));
-        }
         for arg in sets {
             apply_set(&mut doc, arg)?;
         }
-        let merged = toml::to_string(&doc).expect("a TOML table serialises");
-        let label = format!("{name} with --set {}", sets.join(" "));
-        toml::from_str::<RawConfig>(&merged).map_err(|e| parse_error(&label, &merged, &e))
+        let targets = super::overrides::target_names(&doc);
+        let has_overrides = super::overrides::check(&doc, &targets)?;
+        let mut raw = if sets.is_empty() && !has_overrides {
+            // deserialise the file's own text so that error line numbers are the file's
+            toml::from_str::<RawConfig>(text).map_err(|e| parse_error(name, text, &e))?
+        } else {
+            // the campaign-wide values: every override table falls back to the default
+            let plain = super::overrides::resolve(&doc, None, None);
+            let merged = toml::to_string(&plain).expect("a TOML table serialises");
+            let label =
+                if sets.is_empty() { name.to_string() } else { format!("{name} with --set {}", sets.join(" ")) };
+            toml::from_str::<RawConfig>(&merged).map_err(|e| parse_error(&label, &merged, &e))?
+        };
+        raw.doc = Some(doc);
+        Ok(raw)
+    }
+
+    /// The config of one task of a campaign: every override table resolved for `target` and `band`
+    /// (`pjpipe-algorithms.md` section 14: target name, then band, then `nircam_short`/`nircam_long`,
+    /// then `nircam`/`miri`; no matching entry = the default), holding only that target, with the
+    /// campaign-wide keys that do not change how a band is computed (`run.groups`, `[release]`) at
+    /// their defaults, so they stay out of the band's provenance and dependency hashes.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] naming the target and band.
+    pub fn for_task(&self, target: &str, band: &str) -> Result<RawConfig, ConfigError> {
+        let doc = match &self.doc {
+            Some(d) => d.clone(),
+            None => match toml::Value::try_from(self).expect("config serialises") {
+                toml::Value::Table(t) => t,
+                _ => unreachable!("a struct serialises as a table"),
+            },
+        };
+        let plain = super::overrides::resolve(&doc, Some(target), Some(band));
+        let merged = toml::to_string(&plain).expect("a TOML table serialises");
+        let label = format!("the config of target {target}, band {band}");
+        let mut raw = toml::from_str::<RawConfig>(&merged).map_err(|e| parse_error(&label, &merged, &e))?;
+        raw.run.groups = RawRun::default().groups;
+        raw.release = RawRelease::default();
+        raw.target.retain(|t| t.name.eq_ignore_ascii_case(target));
+        raw.doc = None;
+        Ok(raw)
     }
 
     /// Serialise as TOML (written into provenance).
@@ -648,6 +732,17 @@ progress_interval_s = 5.0
 # `tessera mosaic` stops after this stage (its products written; `--resume` continues): one of plan,
 # prep, destripe, align, level, destripe_multi, outlier, drizzle, assemble; empty = run all.
 stop_after = ""
+# `tessera run`: split the ranks into this many communicator groups, each taking (target, band)
+# tasks from the campaign's queue (a target's reference band first, then the bands that use its
+# solutions, on the same group); "auto" = groups as large as the largest band needs (its input
+# bytes over half of mem_budget_mb), as many as fit, at most one per (target, instrument).
+# Products are the same whatever the number of groups.
+groups = 1
+
+# Any value may instead be a table keyed by target name, band, nircam_short/nircam_long or
+# nircam/miri, resolved in that order of priority for each band of each target (no matching entry =
+# the default), e.g. `sigma = { F770W = 2.5, miri = 2.8 }` under [level], or with --set
+# level.sigma.miri=2.8. A key that is none of those is an error.
 
 [plan]
 # Output pixel scale in arcsec; 0 = the instrument's native scale (NIRCam SW 0.031, LW 0.063, MIRI 0.11).
@@ -662,6 +757,11 @@ bytes_per_output_px = 256
 max_fill_ratio = 4.0
 # Refuse an output grid larger than this many megapixels.
 max_output_mpix = 2000.0
+# `tessera run`: the bands of one target that share one output grid, so that their images align pixel
+# for pixel (PSF matching, colour images): "none" (a grid per band), "instrument" (one per NIRCam and
+# one for MIRI) or "all". The shared grid covers every band's footprints, at plan.pixscale_arcsec or
+# else the finest native scale among those bands.
+common_grid = "none"
 
 # A user-given output grid instead of one covering all footprints (uncomment all lines to use):
 # [plan.grid]
@@ -893,6 +993,18 @@ noise_curve = true
 noise_max_fwhm_arcsec = 0.0
 # Side of the central square of the mosaic on which the noise curve is measured, pixels.
 noise_region_px = 1024
+[release]
+# Build the release tree at the end of `tessera run` (`tessera release` builds it alone).
+enabled = true
+# Root of the release trees; empty = <run.output_dir>/release.
+dir = ""
+# Release version: a folder level, <dir>/<version>/<target>/.
+version = "v1"
+# Drop the VAR_POISSON, VAR_RNOISE and VAR_FLAT extensions from the released FITS files.
+remove_bloat = false
+# A previous release's version folder (<dir>/<old version>): difference images and a table of
+# per-band median and rms differences against it; empty = no comparison.
+compare_to = ""
 
 # Targets for `tessera run` (repeat the table for each target):
 # [[target]]
@@ -900,7 +1012,8 @@ noise_region_px = 1024
 # name = "NGC0628"
 # Cal files or directories holding *_cal.fits (all bands; grouped by FILTER/PUPIL).
 # inputs = ["/data/ngc0628"]
-# Only these bands (empty = every band found).
+# Only these bands (empty = every band found); a band that is not a JWST imaging filter, or that
+# has no exposures among the inputs, is an error.
 # bands = ["F300M", "F335M"]
 # Reference catalogue for absolute astrometry.
 # catalog = "/data/ngc0628/refcat.csv"

@@ -21,7 +21,46 @@ pub struct Config {
     pub anchor: super::anchor::AnchorConfig,
     pub psfmatch: PsfmatchConfig,
     pub simulate: SimulateConfig,
+    pub release: ReleaseConfig,
     pub targets: Vec<Target>,
+}
+
+/// The checked `[release]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseConfig {
+    pub enabled: bool,
+    /// `None` = `<run.output_dir>/release`.
+    pub dir: Option<std::path::PathBuf>,
+    pub version: String,
+    pub remove_bloat: bool,
+    pub compare_to: Option<std::path::PathBuf>,
+}
+
+impl ReleaseConfig {
+    /// `<dir>/<version>`: where this release's target folders go.
+    pub fn root(&self, output_dir: &std::path::Path) -> std::path::PathBuf {
+        self.dir.clone().unwrap_or_else(|| output_dir.join("release")).join(&self.version)
+    }
+}
+
+/// `run.groups`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Groups {
+    /// This many groups (at most the number of ranks).
+    Count(usize),
+    /// From the bands' input sizes and the memory budget.
+    Auto,
+}
+
+/// `plan.common_grid`: which bands of a target share one output grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommonGrid {
+    None,
+    /// One grid for the NIRCam bands, one for the MIRI bands.
+    Instrument,
+    All,
 }
 
 /// The checked `[prep]` section.
@@ -209,6 +248,7 @@ pub struct RunConfig {
     pub progress_interval_s: f64,
     /// A stage of [`STOPPABLE_STAGES`], or `None` to run all.
     pub stop_after: Option<String>,
+    pub groups: Groups,
 }
 
 /// The stages `run.stop_after` may name, in chain order.
@@ -225,6 +265,7 @@ pub struct PlanConfig {
     pub bytes_per_output_px: u64,
     pub max_fill_ratio: f64,
     pub max_output_mpix: f64,
+    pub common_grid: CommonGrid,
     pub grid: Option<UserGrid>,
 }
 
@@ -464,6 +505,20 @@ impl RawConfig {
                     ))
                 }
             },
+            groups: match &r.groups {
+                super::raw::RawGroups::Count(n) if *n >= 1 => Groups::Count(*n as usize),
+                super::raw::RawGroups::Word(w) if w == "auto" => Groups::Auto,
+                other => {
+                    let shown = match other {
+                        super::raw::RawGroups::Count(n) => n.to_string(),
+                        super::raw::RawGroups::Word(w) => format!("\"{w}\""),
+                    };
+                    return Err(invalid(
+                        "run.groups",
+                        format!("must be a number of groups (1 or more) or \"auto\", got {shown}"),
+                    ));
+                }
+            },
         };
 
         let p = &self.plan;
@@ -485,6 +540,17 @@ impl RawConfig {
             bytes_per_output_px: p.bytes_per_output_px,
             max_fill_ratio: p.max_fill_ratio,
             max_output_mpix: positive("plan.max_output_mpix", p.max_output_mpix)?,
+            common_grid: match p.common_grid.as_str() {
+                "none" => CommonGrid::None,
+                "instrument" => CommonGrid::Instrument,
+                "all" => CommonGrid::All,
+                other => {
+                    return Err(invalid(
+                        "plan.common_grid",
+                        format!("use \"none\", \"instrument\" or \"all\", got \"{other}\""),
+                    ))
+                }
+            },
             grid,
         };
 
@@ -670,6 +736,15 @@ impl RawConfig {
             if t.inputs.is_empty() {
                 return Err(invalid(&format!("target[{i}].inputs"), "lists no input files or directories"));
             }
+            if let Some(j) = self.target[..i].iter().position(|o| o.name.eq_ignore_ascii_case(&t.name)) {
+                return Err(invalid(&format!("target[{i}].name"), format!("`{}` is also target[{j}]", t.name)));
+            }
+            if let Some(b) = t.bands.iter().find(|b| !super::overrides::is_known_filter(b)) {
+                return Err(invalid(
+                    &format!("target[{i}].bands"),
+                    format!("`{b}` is not a JWST imaging filter (NIRCam F070W..F480M, MIRI F560W..F2550W)"),
+                ));
+            }
             targets.push(Target {
                 name: t.name.clone(),
                 inputs: t.inputs.iter().map(Into::into).collect(),
@@ -764,6 +839,18 @@ impl RawConfig {
             max_iterations: dm.max_iterations,
             convergence_mjysr: dm.convergence_mjysr,
         };
+        let rl = &self.release;
+        let version = rl.version.trim();
+        if version.is_empty() || version.contains('/') || version.starts_with('.') {
+            return Err(invalid("release.version", format!("must be a folder name, got `{}`", rl.version)));
+        }
+        let release = ReleaseConfig {
+            enabled: rl.enabled,
+            dir: opt_path(&rl.dir),
+            version: version.to_string(),
+            remove_bloat: rl.remove_bloat,
+            compare_to: opt_path(&rl.compare_to),
+        };
         Ok(Config {
             run,
             plan,
@@ -779,8 +866,48 @@ impl RawConfig {
             anchor: self.anchor.resolve()?,
             psfmatch,
             simulate,
+            release,
             targets,
         })
+    }
+
+    /// Resolve the config of every task the file can make (each target with each band its
+    /// `bands` list, its override tables or the instruments name), so that a bad value in an override
+    /// table is found before anything runs.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key, the target and the band.
+    pub fn check_tasks(&self) -> Result<(), ConfigError> {
+        let mut bands: Vec<String> = ["F200W", "F300M", "F1000W"].map(String::from).to_vec();
+        if let Some(doc) = &self.doc {
+            fn keys(v: &toml::Value, out: &mut Vec<String>) {
+                if let toml::Value::Table(t) = v {
+                    for (k, v) in t {
+                        if super::overrides::is_known_filter(k) {
+                            out.push(k.to_ascii_uppercase());
+                        }
+                        keys(v, out);
+                    }
+                }
+            }
+            keys(&toml::Value::Table(doc.clone()), &mut bands);
+        }
+        for t in &self.target {
+            let mut mine = bands.clone();
+            mine.extend(t.bands.iter().map(|b| b.to_ascii_uppercase()));
+            mine.sort();
+            mine.dedup();
+            for b in &mine {
+                let task = self.for_task(&t.name, b)?;
+                task.resolve().map_err(|e| match e {
+                    ConfigError::Invalid { key, message } => {
+                        ConfigError::Invalid { key, message: format!("{message} (target {}, band {b})", t.name) }
+                    }
+                    e => e,
+                })?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -57,6 +57,28 @@ pub trait Comm: Sync {
     /// driver). No default on purpose: an MPI communicator answering `None` would make every rank
     /// write the same file with the serial driver.
     fn hdf5_handle(&self) -> Option<crate::io::hdf5::MpiHandle>;
+    /// Split into groups (`MPI_Comm_split`): the ranks passing the same `color` form one new
+    /// communicator, ranked in this communicator's rank order. Collective.
+    fn split(&self, color: usize) -> Box<dyn Comm>;
+}
+
+/// The communicator group of `rank` when `size` ranks are cut into `groups` contiguous groups of
+/// near-equal size (the first `size % groups` groups one rank larger): `(group, first rank, ranks)`.
+///
+/// # Panics
+/// If `groups` is 0 or larger than `size`.
+pub fn group_of(rank: usize, size: usize, groups: usize) -> (usize, usize, usize) {
+    assert!(groups >= 1 && groups <= size, "{groups} groups of {size} ranks");
+    let (base, extra) = (size / groups, size % groups);
+    let mut first = 0;
+    for g in 0..groups {
+        let n = base + usize::from(g < extra);
+        if rank < first + n {
+            return (g, first, n);
+        }
+        first += n;
+    }
+    unreachable!("rank {rank} < size {size}")
 }
 
 /// One rank, no MPI: every collective is the identity.
@@ -99,6 +121,9 @@ impl Comm for SerialComm {
     }
     fn hdf5_handle(&self) -> Option<crate::io::hdf5::MpiHandle> {
         None
+    }
+    fn split(&self, _color: usize) -> Box<dyn Comm> {
+        Box::new(SerialComm)
     }
 }
 
@@ -251,5 +276,27 @@ mod tests {
         assert!(e.to_string().contains("rank 0: boom"));
         assert_eq!(c.agree(Ok::<u8, String>(7)).unwrap(), 7);
         assert_eq!(c.agree(Err::<u8, _>("bad")).unwrap_err().to_string(), "bad");
+        assert_eq!(c.split(3).size(), 1);
+    }
+
+    #[test]
+    fn groups_are_contiguous_and_cover_every_rank() {
+        // 7 ranks in 3 groups: 3 + 2 + 2
+        let got: Vec<(usize, usize, usize)> = (0..7).map(|r| group_of(r, 7, 3)).collect();
+        assert_eq!(got[0], (0, 0, 3));
+        assert_eq!(got[2], (0, 0, 3));
+        assert_eq!(got[3], (1, 3, 2));
+        assert_eq!(got[6], (2, 5, 2));
+        for size in 1..9 {
+            for groups in 1..=size {
+                let mut count = vec![0; groups];
+                for r in 0..size {
+                    let (g, first, n) = group_of(r, size, groups);
+                    assert!(r >= first && r < first + n);
+                    count[g] += 1;
+                }
+                assert!(count.iter().all(|&c| c == size / groups || c == size / groups + 1), "{count:?}");
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The rsmpi implementation of [`Comm`](super::Comm) on `MPI_COMM_WORLD` (or a split of it).
+//! The rsmpi implementation of [`Comm`](super::Comm) on `MPI_COMM_WORLD` or a group split from it
+//! (`MPI_Comm_split`, for the communicator groups of a campaign).
 //!
 //! `main` initialises MPI once through [`init`] and keeps the returned [`MpiWorld`] (which owns the
 //! rsmpi `Universe`) alive for the whole run; MPI is finalised when it is dropped.
@@ -7,31 +8,44 @@ use super::Comm;
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::datatype::{Partition, PartitionMut};
 use mpi::raw::AsRaw;
-use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::Count;
 
 /// MPI initialised: the universe and the world communicator.
 pub struct MpiWorld {
+    world: MpiComm,
     _universe: mpi::environment::Universe,
+}
+
+/// An MPI communicator: `MPI_COMM_WORLD` or a group split from it ([`Comm::split`]). A split
+/// communicator is freed when dropped; drop it before the [`MpiWorld`].
+pub struct MpiComm {
     world: SimpleCommunicator,
 }
 
 // SAFETY: stages call collectives from one thread at a time (the main thread); rayon workers never
 // touch the communicator. `Sync` is needed only so `&dyn Comm` can be captured by rayon closures
 // that read `rank()`/`size()`.
-unsafe impl Sync for MpiWorld {}
+unsafe impl Sync for MpiComm {}
 
 /// Initialise MPI (once per process). Returns `None` if MPI was already initialised.
 pub fn init() -> Option<MpiWorld> {
     let universe = mpi::initialize()?;
     let world = universe.world();
-    Some(MpiWorld { _universe: universe, world })
+    Some(MpiWorld { world: MpiComm { world }, _universe: universe })
 }
 
 impl MpiWorld {
+    /// The world communicator.
+    pub fn comm(&self) -> &MpiComm {
+        &self.world
+    }
+}
+
+impl MpiComm {
     /// This communicator as the opaque handle `io::hdf5::BandStore::create` takes, so that `io` opens
     /// its band files on it without importing `mpi`. HDF5 duplicates the communicator on open; close
-    /// every band store before this `MpiWorld` (and MPI) goes away.
+    /// every band store before this communicator (and MPI) goes away.
     pub fn raw_comm_handle(&self) -> crate::io::hdf5::MpiHandle {
         // SAFETY: `world` is a valid Open MPI communicator of an initialised MPI while `self` lives.
         unsafe { crate::io::hdf5::MpiHandle::from_raw(self.world.as_raw().0.cast()) }
@@ -68,7 +82,7 @@ fn count(n: usize) -> Count {
     Count::try_from(n).expect("message larger than 2 GiB: split it")
 }
 
-impl Comm for MpiWorld {
+impl Comm for MpiComm {
     fn rank(&self) -> usize {
         self.world.rank() as usize
     }
@@ -179,5 +193,14 @@ impl Comm for MpiWorld {
     }
     fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
+    }
+    fn split(&self, color: usize) -> Box<dyn Comm> {
+        let c = Color::with_value(i32::try_from(color).expect("a group number fits an int"));
+        // key = this rank: the group keeps the parent's rank order
+        let sub = self
+            .world
+            .split_by_color_with_key(c, self.world.rank())
+            .expect("a non-negative colour always gives a communicator");
+        Box::new(MpiComm { world: sub })
     }
 }

@@ -1296,6 +1296,42 @@ pub fn read_table_columns(path: &Path, names: [&[&str]; 2]) -> Result<[Vec<f64>;
     Err(FitsError::new(path, None, None, FitsProblem::BadData("no table extension".into())))
 }
 
+/// Copy `src` to `dst` (atomically) for a release: the HDUs named in `drop` deleted where present
+/// (`release.remove_bloat`: the VAR_* extensions), `cards` set and `history` appended in PRIMARY, with
+/// the CHECKSUM/DATASUM of every HDU rewritten. Returns the HDUs dropped.
+///
+/// # Errors
+/// [`FitsError`] naming the file and HDU.
+pub fn copy_for_release(
+    src: &Path,
+    dst: &Path,
+    drop: &[&str],
+    cards: &[Card],
+    history: &[String],
+) -> Result<Vec<String>, FitsError> {
+    if !src.is_file() {
+        return Err(FitsError::cfitsio(src, None, "file does not exist"));
+    }
+    let mut dropped = vec![];
+    crate::io::write_atomic(dst, |tmp| -> Result<(), FitsError> {
+        std::fs::copy(src, tmp).map_err(|e| copy_error(src, dst, e))?;
+        let mut f = open_disk(tmp, true).map_err(|e| FitsError { path: dst.to_path_buf(), ..e })?;
+        for name in drop {
+            if let Ok(h) = f.hdu(*name) {
+                h.delete(&mut f).map_err(|e| FitsError::cfitsio(dst, Some(name), e))?;
+                dropped.push(name.to_string());
+            }
+        }
+        f.primary_hdu().map_err(|e| FitsError::cfitsio(dst, Some("PRIMARY"), e))?;
+        put_cards(&mut f, dst, "PRIMARY", cards)?;
+        put_history(&mut f, dst, "PRIMARY", history)?;
+        flush(&mut f, dst)?;
+        std::mem::drop(f);
+        write_checksums(tmp).map_err(|e| FitsError { path: dst.to_path_buf(), ..e })
+    })?;
+    Ok(dropped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

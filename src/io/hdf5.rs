@@ -17,7 +17,7 @@
 //! What does not live here: which rank owns which block (`plan`), the all-reduce that gives
 //! `max_blocks_any_rank` (`dist`), the rename of the temporary file when the stage completes (the
 //! caller, see [`super::temp_path`]). This module never imports `mpi`: the communicator arrives as an
-//! opaque [`MpiHandle`] made by `dist::mpi::MpiWorld::raw_comm_handle`.
+//! opaque [`MpiHandle`] made by `dist::mpi::MpiComm::raw_comm_handle`.
 
 use std::ffi::c_void;
 use std::ops::Range;
@@ -31,7 +31,7 @@ use hdf5_sys::h5i::hid_t;
 use ndarray::{s, Array2, ArrayView2, CowArray, Ix2};
 
 /// An MPI communicator for [`BandStore::create`], as an opaque handle (Open MPI's `MPI_Comm` is a
-/// pointer). Made by `dist` (`MpiWorld::raw_comm_handle`), so that `io` never imports `mpi`.
+/// pointer). Made by `dist` (`MpiComm::raw_comm_handle`), so that `io` never imports `mpi`.
 /// HDF5 duplicates the communicator when the file is opened, so the handle only has to be valid for
 /// the duration of `create`; MPI must stay initialised until the store is closed.
 #[derive(Clone, Copy, Debug)]

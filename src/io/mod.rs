@@ -5,6 +5,7 @@
 //! name beside the target and is renamed when complete, so a crash never leaves a half-written
 //! product under the final name.
 
+pub mod archive;
 pub mod catalog;
 pub mod fits;
 pub mod hdf5;

@@ -453,6 +453,21 @@ pub fn line_fit_figure(
             }
         }
         Ok(())
+/// Write an 8-bit PNG of `width` x `height` pixels, `channels` = 1 (grey) or 3 (RGB), rows top first,
+/// atomically (the release's quick-look images).
+///
+/// # Errors
+/// [`IoError`] naming the file.
+pub fn write_png(path: &Path, width: usize, height: usize, channels: usize, pixels: &[u8]) -> Result<(), IoError> {
+    assert_eq!(pixels.len(), width * height * channels, "pixel buffer size");
+    let colour = match channels {
+        1 => image::ColorType::L8,
+        3 => image::ColorType::Rgb8,
+        n => panic!("{n} channels: 1 or 3"),
+    };
+    write_atomic(path, |tmp| {
+        image::save_buffer_with_format(tmp, pixels, width as u32, height as u32, colour, image::ImageFormat::Png)
+            .map_err(|e| plot_err(path, e))
     })
 }
 

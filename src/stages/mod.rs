@@ -21,6 +21,7 @@ pub mod preflight;
 pub mod prep;
 pub mod progress;
 pub mod psfmatch;
+pub mod release;
 pub mod runner;
 pub mod simulate;
 

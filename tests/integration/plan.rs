@@ -51,6 +51,7 @@ fn cfg(chunk_px: usize) -> PlanConfig {
         bytes_per_output_px: 256,
         max_fill_ratio: 4.0,
         max_output_mpix: 2000.0,
+        common_grid: tessera::config::CommonGrid::None,
         grid: None,
     }
 }
