@@ -453,6 +453,9 @@ pub fn line_fit_figure(
             }
         }
         Ok(())
+    })
+}
+
 /// Write an 8-bit PNG of `width` x `height` pixels, `channels` = 1 (grey) or 3 (RGB), rows top first,
 /// atomically (the release's quick-look images).
 ///
