@@ -22,9 +22,8 @@ pub use raw::{
 pub use resolved::thread_count;
 pub use resolved::{
     AlignConfig, AssembleConfig, AstrometryConfig, CommonGrid, Config, DrizzleConfig, Groups, Instrument, LevelConfig,
-    OutlierConfig, PlanConfig, PrepConfig, PsfTarget, PsfmatchConfig, ReleaseConfig, RunConfig, SimSize, SimulateConfig,
-    Target, UserGrid,
-    WeightType, MAX_THREADS,
+    OutlierConfig, PlanConfig, PrepConfig, PsfTarget, PsfmatchConfig, ReleaseConfig, RunConfig, SimSize,
+    SimulateConfig, Target, UserGrid, WeightType, MAX_THREADS,
 };
 
 use std::path::{Path, PathBuf};

@@ -22,6 +22,15 @@ pub fn tessera(cwd: &Path, args: &[&str]) -> Output {
 pub fn mpirun(n: usize, cwd: &Path, args: &[&str]) -> Output {
     let mut c = Command::new("timeout");
     c.args(["300", "mpirun", "-n", &n.to_string(), "--oversubscribe", bin()]).args(args).current_dir(cwd);
+    open_mpi_env(&mut c);
+    let out = c.output().expect("mpirun runs");
+    assert_ne!(out.status.code(), Some(124), "mpirun -n {n} {args:?} timed out (deadlock?)");
+    out
+}
+
+/// The Open MPI settings every test run needs: root allowed (containers), oversubscription (more
+/// ranks than the 2 cores), and shared memory plus TCP without single-copy (no CMA in containers).
+pub fn open_mpi_env(c: &mut Command) {
     for (k, v) in [
         ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
         ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
@@ -32,9 +41,16 @@ pub fn mpirun(n: usize, cwd: &Path, args: &[&str]) -> Output {
     ] {
         c.env(k, v);
     }
-    let out = c.output().expect("mpirun runs");
-    assert_ne!(out.status.code(), Some(124), "mpirun -n {n} {args:?} timed out (deadlock?)");
-    out
+}
+
+/// A folder for data kept for the whole test run (a survey simulated once and shared by several
+/// tests): `<CARGO_TARGET_TMPDIR>/<name>`, emptied first, so that each run replaces the last run's
+/// instead of leaving another temporary folder behind. `name` must be unique within the run.
+pub fn run_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("the test run's folder");
+    d
 }
 
 /// Assert success and return stdout.
@@ -65,7 +81,10 @@ pub fn simulate(out: &Path, sets: &[&str]) -> RawConfig {
 /// A survey simulated once per test run with the `--set` overrides `sets`, kept in `cell`.
 pub fn cached(cell: &'static OnceLock<PathBuf>, sets: &[&str]) -> &'static Path {
     cell.get_or_init(|| {
-        let d = tmp().keep();
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        sets.hash(&mut h);
+        let d = run_dir(&format!("cached-{:016x}", h.finish()));
         simulate(&d, sets);
         d
     })

@@ -65,7 +65,7 @@ fn run_mosaic(dir: &Path, work: &Path, extra: &[&str]) -> PathBuf {
 fn aligned_run() -> &'static Path {
     static W: OnceLock<PathBuf> = OnceLock::new();
     W.get_or_init(|| {
-        let w = tmp().keep();
+        let w = crate::common::run_dir("align-aligned-run");
         let cat = scene().join("aux/refcat.csv").to_str().unwrap().to_string();
         run_mosaic(scene(), &w, &["--catalog", &cat]);
         w

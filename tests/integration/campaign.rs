@@ -25,7 +25,7 @@ const BANDS: [(&str, &str); 4] =
 fn inputs() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
-        let d = tmp().keep();
+        let d = crate::common::run_dir("campaign-inputs");
         for k in 1..=2 {
             for (inst, band) in BANDS {
                 simulate(
@@ -363,16 +363,7 @@ fn job(dir: &Path, script: &str, args: &[&str], env: &[(&str, String)]) -> Outpu
     let mut c = Command::new("timeout");
     c.args(["300", "bash", &repo().join("jobs").join(script).display().to_string()]).args(args).current_dir(dir);
     c.env("PATH", path).env("TESSERA", bin()).env("JOBS_DIR", repo().join("jobs"));
-    for (k, v) in [
-        ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
-        ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
-        ("OMPI_MCA_rmaps_base_oversubscribe", "1"),
-        ("OMPI_MCA_btl_vader_single_copy_mechanism", "none"),
-        ("OMPI_MCA_btl", "self,vader,tcp"),
-        ("OMPI_MCA_pml", "ob1"),
-    ] {
-        c.env(k, v);
-    }
+    crate::common::open_mpi_env(&mut c);
     for (k, v) in env {
         c.env(k, v);
     }

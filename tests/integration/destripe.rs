@@ -13,7 +13,7 @@ use tessera::stages::simulate::Truth;
 
 /// Small NIRCam scene (256^2 detectors, 1 tile x 2 dithers) with the default 1/f stripes.
 fn striped_scene(instrument: &str) -> PathBuf {
-    let d = tmp().keep();
+    let d = crate::common::run_dir(&format!("destripe-striped-{instrument}"));
     let inst = format!("simulate.instrument=\"{instrument}\"");
     simulate(
         &d,
@@ -374,7 +374,8 @@ fn subarrays_and_fully_masked_exposures_work() {
 /// mosaic they gain less: see `check_final_mosaic`.)
 #[test]
 fn multi_exposure_pass_removes_more_of_the_full_band_stripes() {
-    let dir = tmp().keep();
+    let keep = tmp();
+    let dir = keep.path().to_path_buf();
     simulate(
         &dir,
         &[
@@ -510,7 +511,8 @@ fn final_mosaic_stripe_power(instrument: &str, seed: &str) -> [[[f64; 4]; 2]; 2]
         }
         v
     };
-    let (striped, twin) = (tmp().keep(), tmp().keep());
+    let (keep_s, keep_t) = (tmp(), tmp());
+    let (striped, twin) = (keep_s.path().to_path_buf(), keep_t.path().to_path_buf());
     for (d, s) in [(&striped, true), (&twin, false)] {
         let v = sets(s);
         simulate(d, &v.iter().map(String::as_str).collect::<Vec<_>>());
@@ -647,7 +649,8 @@ fn largest_flagged_row_fraction(work: &Path) -> f64 {
 /// third of a row and more); with destriping no row has even a tenth of its pixels flagged.
 #[test]
 fn outlier_flags_no_whole_rows_on_a_striped_scene() {
-    let dir = tmp().keep();
+    let keep = tmp();
+    let dir = keep.path().to_path_buf();
     simulate(
         &dir,
         &[
@@ -699,7 +702,8 @@ fn two_rolls_remove_the_full_band_where_they_overlap() {
         }
         v
     };
-    let (striped, twin) = (tmp().keep(), tmp().keep());
+    let (keep_s, keep_t) = (tmp(), tmp());
+    let (striped, twin) = (keep_s.path().to_path_buf(), keep_t.path().to_path_buf());
     simulate(&striped, &sets(true));
     simulate(&twin, &sets(false));
     let common = ["--set", "outlier.enabled=false"];

@@ -9,8 +9,8 @@
 //! (seed, purpose, exposure), so the same seed gives the same files for any number of ranks or
 //! threads. Under MPI, exposure `i` is rendered by rank `i % size`.
 
-pub mod references;
 pub mod psf;
+pub mod references;
 pub mod survey;
 
 use super::progress::Progress;
@@ -578,7 +578,6 @@ fn write_truth(
     let anchor = references::write_references(cfg, &scene_params(cfg, survey), scene, centre, &pts, out)?;
     // the PSF at 4x oversampling, stpsf-like (psfmatch)
     psf::write_oversampled_psf(&out.join("aux"), &cfg.filter, cfg.instrument, survey.psf_fwhm_arcsec, s)?;
-
 
     let truth = Truth {
         provenance: prov.clone(),
