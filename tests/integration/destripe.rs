@@ -22,6 +22,23 @@ fn striped_scene(instrument: &str) -> PathBuf {
     d
 }
 
+/// A small striped LW scene of 1 tile x 4 dithers (each exposure compared with 3 others), seeded.
+fn lw_one_tile_four_dithers(seed: u64) -> tempfile::TempDir {
+    let keep = tmp();
+    let seed = format!("simulate.seed={seed}");
+    simulate(
+        keep.path(),
+        &[
+            "simulate.instrument=\"nircam_lw\"",
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"1x1\"",
+            "simulate.dithers=4",
+            &seed,
+        ],
+    );
+    keep
+}
+
 fn lw_scene() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| striped_scene("nircam_lw"))
@@ -374,18 +391,8 @@ fn subarrays_and_fully_masked_exposures_work() {
 /// mosaic they gain less: see `check_final_mosaic`.)
 #[test]
 fn multi_exposure_pass_removes_more_of_the_full_band_stripes() {
-    let keep = tmp();
+    let keep = lw_one_tile_four_dithers(12);
     let dir = keep.path().to_path_buf();
-    simulate(
-        &dir,
-        &[
-            "simulate.instrument=\"nircam_lw\"",
-            "simulate.size=\"small\"",
-            "simulate.tiles=\"1x1\"",
-            "simulate.dithers=4",
-            "simulate.seed=12",
-        ],
-    );
     let w = tmp();
     run(2, &dir, w.path(), &[]);
     let t: Truth = tessera::io::json::read_json(&dir.join("truth/truth.json")).unwrap();
@@ -649,18 +656,8 @@ fn largest_flagged_row_fraction(work: &Path) -> f64 {
 /// third of a row and more); with destriping no row has even a tenth of its pixels flagged.
 #[test]
 fn outlier_flags_no_whole_rows_on_a_striped_scene() {
-    let keep = tmp();
+    let keep = lw_one_tile_four_dithers(1);
     let dir = keep.path().to_path_buf();
-    simulate(
-        &dir,
-        &[
-            "simulate.instrument=\"nircam_lw\"",
-            "simulate.size=\"small\"",
-            "simulate.tiles=\"1x1\"",
-            "simulate.dithers=4",
-            "simulate.seed=1",
-        ],
-    );
     let stop = ["--set", "run.stop_after=\"outlier\""];
     let control = tmp();
     run(2, &dir, control.path(), &[&stop[..], &["--no-destripe"]].concat());
