@@ -157,7 +157,7 @@ pub struct MosaicArgs {
     #[arg(long)]
     pub no_destripe: bool,
     /// Stop after this stage (its products written): plan, prep, destripe, align, level,
-    /// destripe_multi, outlier, drizzle or assemble  [run.stop_after]
+    /// destripe_multi, outlier, drizzle, assemble, astrometry or anchor  [run.stop_after]
     #[arg(long, value_name = "STAGE")]
     pub stop_after: Option<String>,
     /// Wide-field reference image for the anchor stage (FITS in MJy/sr; repeat in order of

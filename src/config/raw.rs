@@ -730,7 +730,8 @@ threads = 0
 # Seconds between progress lines on rank 0.
 progress_interval_s = 5.0
 # `tessera mosaic` stops after this stage (its products written; `--resume` continues): one of plan,
-# prep, destripe, align, level, destripe_multi, outlier, drizzle, assemble; empty = run all.
+# prep, destripe, align, level, destripe_multi, outlier, drizzle, assemble, astrometry, anchor;
+# empty = run all.
 stop_after = ""
 # `tessera run`: split the ranks into this many communicator groups, each taking (target, band)
 # tasks from the campaign's queue (a target's reference band first, then the bands that use its

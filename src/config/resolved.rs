@@ -252,8 +252,19 @@ pub struct RunConfig {
 }
 
 /// The stages `run.stop_after` may name, in chain order.
-pub const STOPPABLE_STAGES: [&str; 9] =
-    ["plan", "prep", "destripe", "align", "level", "destripe_multi", "outlier", "drizzle", "assemble"];
+pub const STOPPABLE_STAGES: [&str; 11] = [
+    "plan",
+    "prep",
+    "destripe",
+    "align",
+    "level",
+    "destripe_multi",
+    "outlier",
+    "drizzle",
+    "assemble",
+    "astrometry",
+    "anchor",
+];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PlanConfig {

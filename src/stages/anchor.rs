@@ -240,7 +240,8 @@ struct Comparison {
 /// Resample `m` onto `r`'s grid (over the part of it that the mosaic can reach) and pair the pixels.
 fn compare(m: &OnSky, r: &OnSky) -> Comparison {
     let (my, mx) = m.data.dim();
-    // coverage: the mosaic's finite pixels landing on a finite reference pixel
+    // coverage: the mosaic's footprint landing on the reference's footprint (for a reference band's
+    // mosaic, its footprint, not its smoothed pixels, which the beam-weight cut blanks near edges)
     let (ry, rx) = r.data.dim();
     let (mut n, mut on) = (0usize, 0usize);
     let mut bbox = [f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY];
@@ -253,12 +254,7 @@ fn compare(m: &OnSky, r: &OnSky) -> Comparison {
         if let Some((u, w)) = r.from_sky(ra, dec) {
             bbox = [bbox[0].min(u), bbox[1].max(u), bbox[2].min(w), bbox[3].max(w)];
             let (i, j) = (u.round(), w.round());
-            if i >= 0.0
-                && j >= 0.0
-                && (i as usize) < rx
-                && (j as usize) < ry
-                && r.data[[j as usize, i as usize]].is_finite()
-            {
+            if i >= 0.0 && j >= 0.0 && (i as usize) < rx && (j as usize) < ry && r.foot[[j as usize, i as usize]] {
                 on += 1;
             }
         }

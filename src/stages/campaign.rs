@@ -10,6 +10,16 @@
 //! or fails, the other bands solve for themselves, with a warning. The queue lists the chains target
 //! by target (NIRCam before MIRI), each in that order.
 //!
+//! **Anchoring.** The bands of a chain other than the instrument's anchor reference band
+//! (`anchor.reference_band_nircam` / `_miri`: F300M, F770W) are tied to its anchored mosaic
+//! (`anchor.reference_band_mosaic`, set here). When that band comes later in the chain (MIRI by
+//! default: F1000W gives the visit shifts, F770W is anchored), the band runs up to astrometry
+//! (`run.stop_after`), waits, and resumes its own run for `anchor` and `psfmatch` once the anchor
+//! reference band has finished, as pjpipe runs each step for every band before the next. A band
+//! whose anchor reference band failed or is missing is not anchored, with a warning. The anchor
+//! stage's dependency hash holds the reference mosaic's checksum, so a reference band that reran
+//! with another offset reruns its dependants' anchoring on `--resume`.
+//!
 //! **Communicator groups.** `run.groups` (or `auto`: see [`auto_groups`]) cuts the world into
 //! contiguous groups (`Comm::split`). The chains are dealt to the groups before anything runs,
 //! largest first to the least loaded group ([`assign`]: a pure function of the inputs' sizes), so
@@ -467,13 +477,56 @@ pub fn run(
     let mut reports: Vec<(usize, TaskReport)> = vec![];
     // per chain: the reference bands that finished (band -> folder) and whether they reran now
     let mut finished: BTreeMap<(usize, String), (PathBuf, bool)> = BTreeMap::new();
-    for (k, task) in mine.iter().enumerate() {
+    // tasks stopped after astrometry until their anchor reference band is anchored: (position in
+    // `mine`, that band, wall seconds so far, whether a stage ran)
+    let mut waiting: Vec<(usize, String, f64, bool)> = vec![];
+    let mut k = 0;
+    while k < mine.len() || !waiting.is_empty() {
+        // a waiting task whose anchor reference band has finished (or will not run) goes first
+        let ready = waiting.iter().position(|(j, rb, _, _)| {
+            let chain = mine[*j].chain;
+            finished.contains_key(&(chain, rb.clone())) || !mine[k..].iter().any(|t| t.chain == chain && &t.band == rb)
+        });
+        let (j, phase, wall0, ran0) = match ready {
+            Some(i) => {
+                let (j, _, w, r) = waiting.remove(i);
+                (j, Phase::Rest, w, r)
+            }
+            None => {
+                k += 1;
+                (k - 1, Phase::All, 0.0, false)
+            }
+        };
+        let task = mine[j];
         let t = targets.iter().find(|x| x.name == task.target).expect("a target of the queue");
-        status.tasks[k].1 = TaskStatus::Running;
+        status.tasks[j].1 = TaskStatus::Running;
         write_status(&status);
+        // the band tied to an anchor reference band later in its chain stops after astrometry and
+        // waits for it (MIRI by default: F1000W gives the visit shifts, F770W is anchored)
+        let anchor_ref = match phase {
+            Phase::Rest => None,
+            _ => anchor_reference(raw, task, &mine[j + 1..]).unwrap_or(None),
+        };
+        let phase = if anchor_ref.is_some() { Phase::Solve } else { phase };
         let t0 = Instant::now();
-        let result = run_task(&*comm, raw, cfg, t, task, &finished, resume, overwrite);
-        let wall_s = t0.elapsed().as_secs_f64();
+        // a task that waited resumes its own run: nothing upstream of anchor reruns
+        let (res, ovw) = if phase == Phase::Rest { (true, false) } else { (resume, overwrite) };
+        let result = run_task(&*comm, raw, cfg, t, task, &finished, res, ovw, phase);
+        let wall_s = wall0 + t0.elapsed().as_secs_f64();
+        if let (Some(rb), Ok((_, ran))) = (&anchor_ref, &result) {
+            if leader {
+                tracing::info!(
+                    "[run] {}/{}: stopped after astrometry until {rb}, its anchor reference band, is anchored",
+                    task.target,
+                    task.band
+                );
+            }
+            // its solutions (align, astrometry) serve the bands after it
+            let dir = band_dir(cfg, &task.target, &task.band);
+            finished.insert((task.chain, task.band.clone()), (dir, *ran));
+            waiting.push((j, rb.clone(), wall_s, *ran));
+            continue;
+        }
         let (dir, mosaic) = (band_dir(cfg, &task.target, &task.band), mosaic_path(cfg, &task.target, &task.band));
         let rel = |p: &Path| p.strip_prefix(&out).unwrap_or(p).display().to_string();
         let mut report = TaskReport {
@@ -490,8 +543,8 @@ pub fn run(
         };
         match result {
             Ok((outcome, ran)) => {
-                finished.insert((task.chain, task.band.clone()), (dir.clone(), ran));
-                report.ran = ran;
+                finished.insert((task.chain, task.band.clone()), (dir.clone(), ran || ran0));
+                report.ran = ran || ran0;
                 report.products = vec![rel(&mosaic), format!("{}/", rel(&dir))];
                 if outcome == Outcome::Partial {
                     report.status = TaskStatus::Partial;
@@ -507,7 +560,7 @@ pub fn run(
                 report.products = vec![format!("{}/", rel(&dir))];
             }
         }
-        status.tasks[k] = (report.task.clone(), report.status, wall_s);
+        status.tasks[j] = (report.task.clone(), report.status, wall_s);
         write_status(&status);
         reports.push((task.index, report));
     }
@@ -571,6 +624,36 @@ pub fn run(
     Ok(if failed > 0 || partial { Outcome::Partial } else { Outcome::Clean })
 }
 
+/// Which part of a band's chain a task runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Every stage.
+    All,
+    /// Up to astrometry (`run.stop_after`): the band waits for its anchor reference band.
+    Solve,
+    /// The rest, resumed, once the anchor reference band is anchored.
+    Rest,
+}
+
+/// The band that `task`'s band is tied to by `anchor` (the instrument's anchor reference band,
+/// `anchor.reference_band_*`) when it is among `later` (the group's tasks still to run, so in the same
+/// chain and not yet run) and will be anchored (its config lists references); `None` when the band
+/// needs no wait (it is the reference band, anchoring is off, or `anchor.reference_band_mosaic` is
+/// set by hand).
+fn anchor_reference(raw: &RawConfig, task: &Task, later: &[&Task]) -> crate::Result<Option<String>> {
+    let cfg = raw.for_task(&task.target, &task.band)?.resolve()?;
+    let Some(inst) = Instrument::of_filter(&task.band) else { return Ok(None) };
+    if !cfg.anchor.enabled || cfg.anchor.reference_band_mosaic.is_some() {
+        return Ok(None);
+    }
+    let rb = super::anchor::reference_band(&cfg.anchor, inst).to_string();
+    if rb == task.band || !later.iter().any(|t| t.chain == task.chain && t.band == rb) {
+        return Ok(None);
+    }
+    let rcfg = raw.for_task(&task.target, &rb)?.resolve()?;
+    Ok((rcfg.anchor.enabled && !rcfg.anchor.references.is_empty()).then_some(rb))
+}
+
 /// One task on its group: its config (overrides resolved, the reference band's solutions, the
 /// common grid), then the band's chain. Returns the outcome and whether any stage ran.
 #[allow(clippy::too_many_arguments)]
@@ -583,6 +666,7 @@ fn run_task(
     finished: &BTreeMap<(usize, String), (PathBuf, bool)>,
     resume: bool,
     overwrite: bool,
+    phase: Phase,
 ) -> crate::Result<(Outcome, bool)> {
     let band = &task.band;
     let mut traw = raw.for_task(&task.target, band)?;
@@ -637,6 +721,31 @@ fn run_task(
             }
         }
     }
+    // anchoring: a band other than its instrument's anchor reference band is tied to that band's
+    // anchored mosaic (pjpipe's internal anchoring), when it finished in this chain
+    if let Some(inst) = Instrument::of_filter(band) {
+        let rb = super::anchor::reference_band(&resolved.anchor, inst).to_string();
+        if rb != *band && resolved.anchor.enabled && traw.anchor.reference_band_mosaic.is_empty() {
+            // a band that waits names the mosaic to come already, so that its config (and the anchor
+            // stage's dependency hash) is the same in both halves of its run
+            if finished.contains_key(&(task.chain, rb.clone())) || phase == Phase::Solve {
+                let m = mosaic_path(cfg, &task.target, &rb);
+                traw.anchor.reference_band_mosaic = std::path::absolute(&m).unwrap_or(m).display().to_string();
+                if leader && phase != Phase::Solve {
+                    tracing::info!("[run] {}/{band}: anchor tied to {rb}'s anchored mosaic", task.target);
+                }
+            } else if leader && phase != Phase::Solve && !resolved.anchor.references.is_empty() {
+                tracing::warn!(
+                    "[run] {}/{band}: the anchor reference band {rb} is not in the target or did not finish: {band} \
+                     is not anchored",
+                    task.target
+                );
+            }
+        }
+    }
+    if phase == Phase::Solve {
+        traw.run.stop_after = super::astrometry::STAGE.to_string();
+    }
     for d in t.off_dirs.get(band).into_iter().flatten() {
         let d = d.display().to_string();
         if !traw.prep.off_inputs.contains(&d) {
@@ -649,6 +758,7 @@ fn run_task(
     let out = mosaic_path(cfg, &task.target, band);
     let (files, _) = &t.bands[band];
     // a band whose reference reran now takes the new solutions from the start
+    let reference_reran = reference_reran && phase != Phase::Rest;
     let (resume_this, overwrite_this) = if resume && reference_reran { (false, true) } else { (resume, overwrite) };
     if leader {
         tracing::info!(

@@ -16,7 +16,8 @@
 //!    each chunk is convolved by one FFT (`kernels::psfmatch::convolve_rows`). Rank 0 gathers the
 //!    chunks in order and writes `<stem>_at<target>.fits` beside the `-o` mosaic (SCI, ERR, the
 //!    celestial WCS, BMAJ/BMIN/BPA for Gaussian targets). A band target whose own mosaic exists
-//!    beside this one (the file name with the band substituted) is regridded onto its grid.
+//!    beside this one (the file name with the band substituted), or in the sibling band folder of
+//!    `tessera run`'s layout, is regridded onto its grid.
 //! 4. Rank 0 writes `psfmatch/safe_fwhm.json` (the very safe, safe and aggressive Gaussian FWHMs of
 //!    the band's PSF), `psfmatch/noise_curve.csv` and `.png` (the sky noise after Gaussian smoothing
 //!    of increasing FWHM, beside the uncorrelated law) and `psfmatch/psfmatch.json`.
@@ -392,19 +393,28 @@ pub fn product_path(mosaic: &Path, target: &str) -> PathBuf {
     mosaic.with_file_name(format!("{stem}_at{target}.fits"))
 }
 
-/// The mosaic of `band` beside `mosaic` (its file name with this band's name replaced), if it exists.
+/// The mosaic of `band` for `mosaic` (of `this_band`), if it exists: its file name with the band's
+/// name replaced, beside it, or in the sibling folder named after the band when `mosaic`'s folder is
+/// named after `this_band` (`tessera run`'s `<target>/<band>/` layout).
 fn band_mosaic(mosaic: &Path, this_band: &str, band: &str) -> Option<PathBuf> {
-    let name = mosaic.file_name()?.to_string_lossy().to_string();
-    let (lo, up) = (this_band.to_ascii_lowercase(), this_band.to_ascii_uppercase());
-    let other = if name.contains(&up) {
-        name.replace(&up, &band.to_ascii_uppercase())
-    } else if name.contains(&lo) {
-        name.replace(&lo, &band.to_ascii_lowercase())
-    } else {
-        return None;
+    let swap = |name: &str| -> Option<String> {
+        let (lo, up) = (this_band.to_ascii_lowercase(), this_band.to_ascii_uppercase());
+        if name.contains(&up) {
+            Some(name.replace(&up, &band.to_ascii_uppercase()))
+        } else if name.contains(&lo) {
+            Some(name.replace(&lo, &band.to_ascii_lowercase()))
+        } else {
+            None
+        }
     };
-    let p = mosaic.with_file_name(other);
-    (p != mosaic && p.is_file()).then_some(p)
+    let name = swap(&mosaic.file_name()?.to_string_lossy())?;
+    let beside = mosaic.with_file_name(&name);
+    let folder = mosaic.parent()?;
+    let sibling = folder
+        .file_name()
+        .and_then(|f| swap(&f.to_string_lossy()))
+        .and_then(|f| folder.parent().map(|g| g.join(f).join(&name)));
+    [Some(beside), sibling].into_iter().flatten().find(|p| p != mosaic && p.is_file())
 }
 
 /// Kernel file name: `<band>_to_<target>.fits`, lower case, '.' as 'p' (pjpipe's convention).
@@ -495,6 +505,12 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
     let dir = ctx.cfg.run.output_dir.join(STAGE);
     let bname = band.plan.band.clone();
     let params = KernelParams::default();
+    // a band is not matched to its own PSF (a band list shared by an instrument's bands names it)
+    let targets: Vec<&crate::config::PsfTarget> =
+        pcfg.targets.iter().filter(|t| !t.name.eq_ignore_ascii_case(&bname)).collect();
+    if targets.len() < pcfg.targets.len() && comm.rank() == 0 {
+        tracing::info!("[{STAGE}] {bname} is not matched to its own PSF: that target is left out");
+    }
 
     // 1-2: the PSF and the kernels (rank 0)
     let kernel_bytes = std::cell::RefCell::new(vec![]);
@@ -511,7 +527,7 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
         let mut reports = vec![];
         let mut kernel_n = vec![];
         let mut psf_fwhm = f64::NAN;
-        for t in &pcfg.targets {
+        for t in &targets {
             let (target, target_src) = match t.gaussian_fwhm_arcsec {
                 Some(f) => (Target::Gaussian { fwhm_arcsec: f }, format!("Gaussian, FWHM {f} arcsec")),
                 None => {
@@ -592,7 +608,7 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
         history.push(format!("psfmatch of {}", mosaic.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
         history.push(format!("band PSF: {}", setup.psf_source));
         let mut written = vec![];
-        for ((t, rep), (sci, err)) in pcfg.targets.iter().zip(reports.iter_mut()).zip(results) {
+        for ((t, rep), (sci, err)) in targets.iter().zip(reports.iter_mut()).zip(results) {
             let mut hist = history.clone();
             hist.push(format!("kernel {} W- {:.4} D {:.4}", rep.kernel_file.display(), rep.w_minus, rep.d));
             let (sci, err, cards) = match (t.gaussian_fwhm_arcsec, band_mosaic(&mosaic, &bname, &t.name)) {
@@ -715,4 +731,33 @@ fn noise_curve_products(
     };
     charts(&dir.join("noise_curve.png"), &format!("{band} noise curve"), &[chart])?;
     Ok(fmax / scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_band_mosaic_is_found_beside_the_mosaic_or_in_the_sibling_band_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let touch = |p: &Path| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        };
+        // `tessera mosaic` layout: beside, the band in the file name
+        let m = d.path().join("F770W_i2d.fits");
+        touch(&m);
+        assert_eq!(band_mosaic(&m, "F770W", "F1000W"), None);
+        touch(&d.path().join("F1000W_i2d.fits"));
+        assert_eq!(band_mosaic(&m, "F770W", "F1000W"), Some(d.path().join("F1000W_i2d.fits")));
+        // `tessera run` layout: <target>/<BAND>/<target>_<band>_i2d.fits
+        let m = d.path().join("ngc1/F770W/ngc1_f770w_i2d.fits");
+        touch(&m);
+        assert_eq!(band_mosaic(&m, "F770W", "F1000W"), None);
+        let other = d.path().join("ngc1/F1000W/ngc1_f1000w_i2d.fits");
+        touch(&other);
+        assert_eq!(band_mosaic(&m, "F770W", "F1000W"), Some(other));
+        // never the mosaic itself
+        assert_eq!(band_mosaic(&m, "F770W", "F770W"), None);
+    }
 }

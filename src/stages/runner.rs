@@ -9,7 +9,9 @@
 //! another an in-memory value.
 //!
 //! Resuming: before anything runs, every stage's dependency hash is recomputed (its config sections,
-//! the checksums of the products it reads, for `plan` the inputs' checksums) and compared with the
+//! the checksums of the products it reads and of the files outside the run it reads (references,
+//! PSFs, a reference band's solutions and mosaic, the catalogue: [`external_inputs`]), for `plan`
+//! the inputs' checksums) and compared with the
 //! manifest, and the products of finished stages are checked against their checksums (by all ranks
 //! in parallel). The chain reruns from the first stage that fails any check, and every stage after
 //! it reruns too. `astrometry` rewrites the `-o` mosaic that `assemble` wrote, so when astrometry
@@ -179,6 +181,20 @@ fn config_value(raw: &RawConfig, path: &str) -> serde_json::Value {
     path.split('.').fold(all, |v, k| v.get(k).cloned().unwrap_or(serde_json::Value::Null))
 }
 
+/// The files outside the run folder that a stage reads, with the stage: `align.shifts_file` (align),
+/// `astrometry.solution_file` and the catalogue (astrometry), `anchor.references` and
+/// `anchor.reference_band_mosaic` (anchor), `psfmatch.psf` (psfmatch).
+fn external_inputs(cfg: &Config, catalog: Option<&Path>) -> Vec<(Stage, PathBuf)> {
+    let mut v: Vec<(Stage, PathBuf)> = vec![];
+    v.extend(cfg.align.shifts_file.iter().map(|p| (Stage::Align, p.clone())));
+    v.extend(cfg.astrometry.solution_file.iter().map(|p| (Stage::Astrometry, p.clone())));
+    v.extend(catalog.map(|p| (Stage::Astrometry, p.to_path_buf())));
+    v.extend(cfg.anchor.references.iter().map(|p| (Stage::Anchor, p.clone())));
+    v.extend(cfg.anchor.reference_band_mosaic.iter().map(|p| (Stage::Anchor, p.clone())));
+    v.extend(cfg.psfmatch.psf.iter().map(|p| (Stage::Psfmatch, p.clone())));
+    v
+}
+
 /// Whether the stage is turned off by the config or has nothing to do (the reason), or runs.
 fn skip_reason(stage: Stage, cfg: &Config, band: &str, catalog: Option<&Path>) -> Option<String> {
     let off = |on: bool, key: &str| (!on).then(|| format!("{key}.enabled = false"));
@@ -193,7 +209,15 @@ fn skip_reason(stage: Stage, cfg: &Config, band: &str, catalog: Option<&Path>) -
             "no reference catalogue (--catalog or astrometry.catalog) and no reference band's solution".into()
         }),
         Stage::Anchor => super::anchor::skip_reason(cfg, band),
-        Stage::Psfmatch => cfg.psfmatch.targets.is_empty().then(|| "no psfmatch.targets (--psf-target)".into()),
+        Stage::Psfmatch => {
+            if cfg.psfmatch.targets.is_empty() {
+                Some("no psfmatch.targets (--psf-target)".into())
+            } else if !band.is_empty() && cfg.psfmatch.targets.iter().all(|t| t.name.eq_ignore_ascii_case(band)) {
+                Some(format!("psfmatch.targets name only {band} itself"))
+            } else {
+                None
+            }
+        }
         _ => None,
     }
 }
@@ -282,6 +306,23 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         checksum_s: 0.0,
     };
 
+    // the files outside the run that stages read (references, PSFs, solutions of a reference band,
+    // the catalogue): their checksums enter the dependency hashes of the stages that read them, so a
+    // changed file reruns its stage on --resume (all ranks; a missing file hashes as missing)
+    let external_files: Vec<(Stage, PathBuf)> = external_inputs(cfg, catalog);
+    let paths: Vec<PathBuf> = external_files.iter().map(|(_, p)| p.clone()).collect();
+    let t = Instant::now();
+    let ext_sums = hash_files(comm, &paths, Path::new(""))?;
+    checksum_s += t.elapsed().as_secs_f64();
+    let externals = |stage: Stage| -> Vec<serde_json::Value> {
+        external_files
+            .iter()
+            .zip(&ext_sums)
+            .filter(|((s, _), _)| *s == stage)
+            .map(|((_, p), sum)| serde_json::json!([p, sum.as_ref().map(|s| &s.sha256)]))
+            .collect()
+    };
+
     // which recorded stages still hold: verify every product of every done stage at once
     let recorded: Vec<StageEntry> = old.as_ref().map(|m| m.stages.clone()).unwrap_or_default();
     let product_paths: Vec<PathBuf> = recorded
@@ -338,6 +379,10 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
             "config": cfgs,
             "reads": reads,
         });
+        let ext = externals(stage);
+        if !ext.is_empty() {
+            v["external"] = serde_json::json!(ext);
+        }
         match stage {
             Stage::Plan => {
                 v["inputs"] = serde_json::json!(inputs.iter().map(|s| (&s.path, &s.sha256)).collect::<Vec<_>>())

@@ -3,8 +3,8 @@
 //! each instrument tied to it internally, both checked against the truth (the offset a perfect
 //! anchoring adds: the median of truth sky - mosaic, `simulate::references::perfect_offset`); the
 //! products (ANCHOR in the header, anchor.json, the picture); bad input (a reference that does not
-//! cover the mosaic) and a missing optional reference (skipped with a warning, said in the
-//! manifest).
+//! cover the mosaic), the fallback to the next reference when the preferred one gives no fit, and a
+//! missing optional reference (skipped with a warning, said in the manifest).
 
 use crate::common::{cached, mpirun, ok, tessera, tiny_lw, tmp};
 use std::path::{Path, PathBuf};
@@ -99,7 +99,17 @@ fn anchor_card(m: &Path) -> f64 {
 
 /// The reference band against its references (in order of preference), then a second band of the
 /// instrument tied to the anchored reference band; both within the tolerance of the truth.
-fn anchor_and_tie(band: &Path, second: &Path, refs: [&str; 2], sets: &[&str], tie_sets: &[&str], tie_tolerance: f64) {
+/// Then the preferred reference replaced by a flat copy (no fit): the second is used when
+/// `fallback_fits`, else the error names both.
+fn anchor_and_tie(
+    band: &Path,
+    second: &Path,
+    refs: [&str; 2],
+    sets: &[&str],
+    tie_sets: &[&str],
+    tie_tolerance: f64,
+    fallback_fits: bool,
+) {
     let w = tmp();
     let r: Vec<String> =
         refs.iter().map(|r| band.join("aux").join(format!("{r}.fits")).to_string_lossy().into_owned()).collect();
@@ -152,6 +162,57 @@ fn anchor_and_tie(band: &Path, second: &Path, refs: [&str; 2], sets: &[&str], ti
     );
     assert!(before2.abs() > 5.0 * TOLERANCE_MJYSR, "nothing to tie: {before2}");
     assert!(left2.abs() < tie_tolerance, "{}: {left2:+.4} MJy/sr remain after the tie", rep2.band);
+
+    // the preferred reference gives no fit (a flat copy of it: one bin), so the next one is used
+    let (img, cards) = read_image(&PathBuf::from(&r[0])).unwrap();
+    let mut v: Vec<f32> = img.iter().copied().filter(|v| v.is_finite()).collect();
+    v.sort_by(f32::total_cmp);
+    let flat_img = img.mapv(|p| if p.is_finite() { v[v.len() / 2] } else { p });
+    let flat = w.path().join(format!("flat_{}.fits", refs[0]));
+    tessera::io::fits::write_image(&flat, &flat_img, &header_cards(cards), &[]).unwrap();
+    let mut args: Vec<&str> = vec!["--set", "run.output_dir=\"out\""];
+    args.extend_from_slice(sets);
+    let f = flat.to_str().unwrap().to_string();
+    args.extend_from_slice(&["anchor", d, "-o", o, "--anchor", &f, "--anchor", &r[1], "--catalog", &cat]);
+    let run = tessera(m.parent().unwrap(), &args);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains(&format!("flat_{}.fits: no fit", refs[0])), "{err}");
+    if !fallback_fits {
+        // WISE3's 15" beam over a field of about 1' leaves too few bins: an error naming both
+        assert!(!run.status.success());
+        assert!(
+            err.contains("no anchor reference gave a fit") && err.contains(&format!("{}.fits: ", refs[1])),
+            "{err}"
+        );
+        return;
+    }
+    ok(&run);
+    let rep3 = report(&m);
+    assert_eq!((rep3.reference_name.as_str(), rep3.tried.len()), (refs[1], 2), "{rep3:?}");
+    assert!(rep3.tried[0].outcome.contains("bins"), "{:?}", rep3.tried);
+    let left3 = remaining(&m, band);
+    eprintln!(
+        "{}: against {} (the fallback): {:+.4} +- {:.4} added (slope {:.4}); {left3:+.4} remain",
+        rep3.band, refs[1], rep3.offset_mjysr, rep3.offset_err_mjysr, rep3.slope
+    );
+    assert_eq!(anchor_card(&m), rep3.offset_mjysr);
+    // the coarser reference leaves a larger uncertainty; the truth is within 3 of it
+    assert!(
+        left3.abs() < 3.0 * rep3.offset_err_mjysr,
+        "{}: {left3:+.4} MJy/sr remain after {} (+- {:.4})",
+        rep3.band,
+        refs[1],
+        rep3.offset_err_mjysr
+    );
+}
+
+/// A header's cards for `write_image` (without the structural ones it writes itself).
+fn header_cards(cards: std::collections::BTreeMap<String, tessera::geom::CardValue>) -> Vec<tessera::io::fits::Card> {
+    cards
+        .into_iter()
+        .filter(|(k, _)| !["SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND"].contains(&k.as_str()))
+        .map(|(k, v)| (k, v, String::new()))
+        .collect()
 }
 
 /// NOT MET for the tie: F335M against F300M comes within 0.03 MJy/sr, not 0.01. The simulator's
@@ -172,13 +233,23 @@ fn nircam_f300m_is_anchored_to_irac1_within_0p01_and_f335m_tied_to_it_within_0p0
         &[],
         &["--set", "anchor.auto_range=true"],
         NIRCAM_TIE_TOLERANCE_MJYSR,
+        true,
     );
 }
 
 #[test]
 fn miri_f770w_is_anchored_to_irac4_and_f1000w_tied_to_it_within_0p01_mjysr() {
     // the filled MIRI field holds no IRAC4 pixel below 2 MJy/sr: the faint half of the field instead
-    anchor_and_tie(f770w(), f1000w(), ["irac4", "wise3"], &["--set", "anchor.auto_range=true"], &[], TOLERANCE_MJYSR);
+    // WISE3 (15") over this 56" field gives one bin: the fallback cannot fit here
+    anchor_and_tie(
+        f770w(),
+        f1000w(),
+        ["irac4", "wise3"],
+        &["--set", "anchor.auto_range=true"],
+        &[],
+        TOLERANCE_MJYSR,
+        false,
+    );
 }
 
 #[test]
@@ -206,12 +277,7 @@ fn a_missing_reference_skips_with_a_warning_and_one_off_the_mosaic_is_an_error_n
         other => panic!("{other:?}"),
     };
     cards.insert("CRVAL2".into(), tessera::geom::CardValue::Real(dec + 1.0));
-    let cards: Vec<tessera::io::fits::Card> = cards
-        .into_iter()
-        .filter(|(k, _)| !["SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND"].contains(&k.as_str()))
-        .map(|(k, v)| (k, v, String::new()))
-        .collect();
-    tessera::io::fits::write_image(&far, &img, &cards, &[]).unwrap();
+    tessera::io::fits::write_image(&far, &img, &header_cards(cards), &[]).unwrap();
     let bad = tessera(w.path(), &["--set", "run.output_dir=\"out\"", "anchor", d, "--anchor", far.to_str().unwrap()]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);

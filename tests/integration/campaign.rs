@@ -3,7 +3,9 @@
 //! and as one rank; a failed band is isolated and `--resume` reruns it and its dependents only;
 //! per-band and per-instrument overrides take effect and mistyped keys are named; the common grid;
 //! the release tree checked by `scripts/check_release.py` (astropy without warnings, checksums,
-//! real PNGs); and the Slurm and PBS job scripts run end to end through `srun`/`mpiexec`/`qstat`
+//! real PNGs); anchoring and PSF matching through a campaign on small filled-field scenes (the
+//! internal ties wired to the reference bands' anchored mosaics, the release carrying the real
+//! products, `--resume` rerunning a tie when its reference band's anchoring changes); and the Slurm and PBS job scripts run end to end through `srun`/`mpiexec`/`qstat`
 //! stand-ins that hand the command to `mpirun`.
 
 use crate::common::{bin, mpirun, ok, repo, simulate, tessera, tmp};
@@ -338,6 +340,158 @@ fn mistyped_bands_and_targets_are_named_and_a_listed_band_without_inputs_fails()
 
 /// A folder of stand-ins: `srun` and `mpiexec` hand the command to `mpirun` (with the job's rank
 /// count), `qstat -f` reports the PBS job's memory.
+/// One target (`ngc3`) in the four bands, scenes whose galaxy fills the field (so anchoring has
+/// something to do; NIRCam small, MIRI medium: a small MIRI field of 28" holds too few IRAC4 pixels
+/// of 1.2" for bins of 0.1 MJy/sr), each with its simulated references (`aux/irac1.fits`, ...) and PSF
+/// (`aux/psf_<BAND>_os4.fits`).
+fn filled_inputs() -> &'static Path {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = crate::common::run_dir("campaign-filled-inputs");
+        for (inst, band) in BANDS {
+            simulate(
+                &d.join(band),
+                &[
+                    &format!("simulate.instrument=\"{inst}\""),
+                    &format!("simulate.filter=\"{band}\""),
+                    if inst == "miri" { "simulate.size=\"medium\"" } else { "simulate.size=\"small\"" },
+                    "simulate.tiles=\"1x1\"",
+                    "simulate.dithers=2",
+                    "simulate.seed=3",
+                    "simulate.target=\"ngc3\"",
+                    "simulate.fill_field=true",
+                    "simulate.saturate=false",
+                    "simulate.miri_off_exposures=0",
+                ],
+            );
+        }
+        d
+    })
+}
+
+/// The anchoring and PSF-matching of a campaign (issues 16 and 17): per-instrument references and
+/// targets through overrides; F300M and F770W anchored to IRAC1 and IRAC4, F335M and F1000W tied to
+/// them (F1000W, MIRI's alignment reference, runs before F770W: it stops after astrometry and waits);
+/// the PSF-matched mosaics, F770W's regridded onto F1000W's mosaic; the release carrying the real
+/// products; `--resume` keeping everything, and an anchoring that changes in F770W rerunning
+/// F1000W's anchoring (the reference mosaic's checksum is in its dependency hash) and nothing
+/// upstream of it.
+#[test]
+fn a_campaign_anchors_and_psf_matches_every_band_and_the_release_carries_them() {
+    use tessera::stages::anchor::AnchorReport;
+    let root = filled_inputs();
+    let aux = |band: &str, f: &str| format!("\"{}\"", root.join(band).join("aux").join(f).display());
+    let psfs: Vec<String> = BANDS.iter().map(|(_, b)| aux(b, &format!("psf_{b}_os4.fits"))).collect();
+    let toml = format!(
+        "[run]\noutput_dir = \"out\"\ngroups = 2\n\
+         [anchor]\nauto_range = true\nreferences = {{ nircam = [{}, {}], miri = [{}, {}] }}\n\
+         [psfmatch]\npsf = [{}]\ntargets = {{ nircam = [\"gauss0p90\"], miri = [\"F1000W\"] }}\nnoise_curve = false\n\
+         [[target]]\nname = \"ngc3\"\ninputs = [{}]\ncatalog = \"{}\"\n",
+        aux("F300M", "irac1.fits"),
+        aux("F300M", "wise1.fits"),
+        aux("F770W", "irac4.fits"),
+        aux("F770W", "wise3.fits"),
+        psfs.join(", "),
+        BANDS.iter().map(|(_, b)| format!("\"{}\"", root.join(b).display())).collect::<Vec<_>>().join(", "),
+        root.join("F300M/aux/refcat.csv").display()
+    );
+    let w = tmp();
+    std::fs::write(w.path().join("c.toml"), &toml).unwrap();
+    let o = mpirun(2, w.path(), &["run", "c.toml"]);
+    let stdout = ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let out = w.path().join("out");
+    let s = summary(&out);
+    assert!(s.tasks.iter().all(|t| t.status == TaskStatus::Done), "{stdout}");
+    assert!(
+        stderr.contains("ngc3/F1000W: stopped after astrometry until F770W, its anchor reference band, is anchored"),
+        "{stderr}"
+    );
+    let mosaic = |b: &str| out.join(format!("ngc3/{b}/ngc3_{}_i2d.fits", b.to_ascii_lowercase()));
+    let report = |b: &str| -> AnchorReport {
+        tessera::io::json::read_json(&out.join(format!("ngc3/{b}/anchor/anchor.json"))).unwrap()
+    };
+    let card = |p: &Path, k: &str| match read_header(p, "PRIMARY").unwrap().get(k) {
+        Some(tessera::geom::CardValue::Real(v)) => *v,
+        other => panic!("{} {k}: {other:?}", p.display()),
+    };
+    // the reference bands against their wide-field references, the others tied to them
+    for (band, mode, reference) in [
+        ("F300M", "external", "irac1"),
+        ("F770W", "external", "irac4"),
+        ("F335M", "internal", ""),
+        ("F1000W", "internal", ""),
+    ] {
+        let r = report(band);
+        assert_eq!(r.mode, mode, "{band}: {r:?}");
+        if mode == "external" {
+            assert_eq!(r.reference_name, reference);
+        } else {
+            let rb = if band == "F335M" { "F300M" } else { "F770W" };
+            assert_eq!(r.reference, mosaic(rb), "{band}");
+            assert_eq!(r.reference_band_offset_mjysr, Some(card(&mosaic(rb), "ANCHOR")), "{band}");
+        }
+        assert_eq!(card(&mosaic(band), "ANCHOR"), r.offset_mjysr, "{band}");
+    }
+    // the PSF-matched mosaics: NIRCam at 0.9", F770W at F1000W's PSF on F1000W's grid, F1000W not
+    // matched to itself
+    for b in ["F300M", "F335M"] {
+        let p = out.join(format!("ngc3/{b}/ngc3_{}_i2d_atgauss0p90.fits", b.to_ascii_lowercase()));
+        assert!((card(&p, "BMAJ") * 3600.0 - 0.9).abs() < 1e-9, "{}", p.display());
+    }
+    let pm: serde_json::Value = tessera::io::json::read_json(&out.join("ngc3/F770W/psfmatch/psfmatch.json")).unwrap();
+    assert_eq!(pm["targets"][0]["regridded_onto"].as_str().map(PathBuf::from), Some(mosaic("F1000W")), "{pm}");
+    let matched = out.join("ngc3/F770W/ngc3_f770w_i2d_atF1000W.fits");
+    let dims = |p: &Path| {
+        let h = read_header(p, "SCI").unwrap();
+        ["NAXIS1", "NAXIS2", "CRVAL1", "CRVAL2"].map(|c| format!("{:?}", h[c]))
+    };
+    assert_eq!(dims(&matched), dims(&mosaic("F1000W")));
+    let f1000 = Manifest::read(&out.join("ngc3/F1000W")).unwrap().unwrap();
+    let st = |m: &Manifest, stage: &str| m.stages.iter().find(|e| e.stage == stage).unwrap().clone();
+    assert_eq!(st(&f1000, "psfmatch").status, Status::Skipped);
+    assert_eq!(st(&f1000, "psfmatch").reason.as_deref(), Some("psfmatch.targets name only F1000W itself"));
+    // the release carries them: anchored mosaics, the PSF-matched copies, and checks out
+    let rel = out.join("release/v1/ngc3");
+    let m: tessera::stages::release::ReleaseManifest =
+        tessera::io::json::read_json(&rel.join("manifest.json")).unwrap();
+    assert_eq!(m.bands.len(), 4);
+    for b in &m.bands {
+        assert!(b.anchored, "{b:?}");
+        assert_eq!(b.psf_matched.len(), usize::from(b.band != "F1000W"), "{b:?}");
+    }
+    check_release(&[rel.clone()]);
+
+    // --resume on one rank: everything kept
+    let again = tessera(w.path(), &["run", "c.toml", "--resume"]);
+    let text = ok(&again);
+    let s = summary(&out);
+    assert!(
+        s.tasks.iter().all(|t| t.status == TaskStatus::Done && !t.ran),
+        "{text}\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // F770W's anchoring changes (a per-band override): F770W reruns anchor and psfmatch, F1000W its
+    // anchoring (with its mosaic rebuilt first: assemble and astrometry), NIRCam nothing
+    let before = report("F1000W").offset_mjysr;
+    let changed = toml.replace("auto_range = true\n", "auto_range = true\nbin_width_mjysr = { F770W = 0.2 }\n");
+    assert_ne!(changed, toml);
+    std::fs::write(w.path().join("c.toml"), changed).unwrap();
+    let text = ok(&tessera(w.path(), &["run", "c.toml", "--resume"]));
+    let s = summary(&out);
+    for (band, ran) in [("F300M", false), ("F335M", false), ("F770W", true), ("F1000W", true)] {
+        assert_eq!(status_of(&s, &format!("ngc3/{band}")), (TaskStatus::Done, ran), "{band}: {text}");
+    }
+    let f1000 = Manifest::read(&out.join("ngc3/F1000W")).unwrap().unwrap();
+    for e in f1000.stages.iter().filter(|e| e.status == Status::Done) {
+        let upstream =
+            tessera::stages::Stage::from_name(&e.stage).unwrap().order() < tessera::stages::Stage::Assemble.order();
+        assert_eq!(e.reused, upstream, "F1000W {}: reused {}", e.stage, e.reused);
+    }
+    assert_ne!(report("F1000W").offset_mjysr, before, "F1000W's tie moved with F770W's anchoring");
+    assert_eq!(report("F1000W").reference_band_offset_mjysr, Some(card(&mosaic("F770W"), "ANCHOR")));
+}
+
 fn stand_ins(dir: &Path) -> PathBuf {
     let b = dir.join("standin");
     std::fs::create_dir_all(&b).unwrap();

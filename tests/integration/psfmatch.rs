@@ -140,8 +140,9 @@ fn aperture(img: &Array2<f32>, x0: f64, y0: f64, r: f64) -> Option<(f64, f64)> {
     Some((inside.iter().map(|p| p - bg).sum(), bg * inside.len() as f64))
 }
 
-/// Bright point sources of the truth (above `min_jy`) with no other listed source brighter than a
-/// tenth of theirs within `sep_arcsec`, as mosaic pixels, brightest first.
+/// Bright point sources of the truth (above `min_jy`) with no other listed source (star, galaxy
+/// knot, nucleus) brighter than a hundredth of theirs within `sep_arcsec`, as mosaic pixels,
+/// brightest first.
 fn isolated_stars(sim: &Path, wcs: &TanSip, sep_arcsec: f64, min_jy: f64) -> Vec<(f64, f64, f64)> {
     let text = std::fs::read_to_string(sim.join("truth/sources.csv")).unwrap();
     let all: Vec<(f64, f64, f64, String)> = text
@@ -158,7 +159,7 @@ fn isolated_stars(sim: &Path, wcs: &TanSip, sep_arcsec: f64, min_jy: f64) -> Vec
             continue;
         }
         let lonely = all.iter().enumerate().all(|(j, b)| {
-            j == i || b.2 < 0.1 * a.2 || {
+            j == i || b.2 < 0.01 * a.2 || {
                 let dra = (a.0 - b.0) * a.1.to_radians().cos();
                 ((dra.powi(2) + (a.1 - b.1).powi(2)).sqrt() * 3600.0) > sep_arcsec
             }
@@ -179,7 +180,7 @@ fn psf_matched_point_sources_have_the_target_fwhm_and_keep_their_flux() {
     let d = t.path();
     let sets = [
         "simulate.instrument=\"nircam_lw\"",
-        "simulate.size=\"small\"",
+        "simulate.size=\"medium\"",
         "simulate.tiles=\"1x1\"",
         "simulate.dithers=2",
         "simulate.seed=11",
@@ -216,7 +217,8 @@ fn psf_matched_point_sources_have_the_target_fwhm_and_keep_their_flux() {
             matches!(prim.get("BMAJ"), Some(tessera::geom::wcs::CardValue::Real(v)) if (v * 3600.0 - fwhm).abs() < 1e-9)
         );
         let matched = read_ext_f32(&p, "SCI").unwrap();
-        let stars = isolated_stars(&d.join("sim"), &wcs, 2.0 * fwhm, 1e-4);
+        // apertures of radius 2 FWHM: isolated within 2.5 apertures
+        let stars = isolated_stars(&d.join("sim"), &wcs, 5.0 * fwhm, 1e-5);
         // each star's FWHM and flux ratio; the medians over the stars are checked (a star may sit on
         // a compact galaxy knot the truth does not list as a source)
         let (mut fw, mut fr) = (vec![], vec![]);
@@ -226,25 +228,25 @@ fn psf_matched_point_sources_have_the_target_fwhm_and_keep_their_flux() {
             let (Some((fm, bm)), Some((fn_, _))) = (aperture(&matched, cx, cy, r), aperture(&native, cx, cy, r)) else {
                 continue;
             };
-            // stars on bright, structured galaxy light are not point-source photometry
-            if bm.abs() > 0.2 * fm.abs() {
+            // stars on bright, structured galaxy light are not point-source photometry: the
+            // background in the aperture stays below 5% of the star
+            if bm.abs() > 0.05 * fm.abs() {
                 continue;
             }
             fw.push(sig * pm::FWHM_PER_SIGMA * scale);
             fr.push(fm / fn_);
         }
         eprintln!("{target}: FWHMs {fw:.4?}, flux ratios {fr:.4?}");
-        assert!(fw.len() >= 3, "{target}: only {} isolated stars measured", fw.len());
+        assert!(fw.len() >= 5, "{target}: only {} isolated stars measured", fw.len());
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
         let (mf, mr) = (median(&mut fw), median(&mut fr));
         assert!((mf / fwhm - 1.0).abs() < 0.02, "{target}: median FWHM {mf:.4}\"");
-        // NOT the issue's 1%: on this galaxy-filled scene the annulus background under the stars is
-        // structured galaxy light that smoothing redistributes, which moves single-star aperture sums
-        // by a few per cent either way; 3% on the median is what this scene can show
-        assert!((mr - 1.0).abs() < 0.03, "{target}: median flux ratio {mr:.4}");
+        assert!((mr - 1.0).abs() < 0.01, "{target}: median flux ratio {mr:.4}");
+        // and every star, not only the median
+        assert!(fr.iter().all(|r| (r - 1.0).abs() < 0.01), "{target}: flux ratios {fr:.4?}");
     }
     // products: kernels with W- and D, the safe FWHM table, the noise curve
     let k = read_header(&d.join("out/psfmatch/kernels/f300m_to_gauss0p90.fits"), "PRIMARY").unwrap();
