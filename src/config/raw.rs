@@ -222,7 +222,8 @@ pub struct RawPsfmatch {
     /// Largest smoothing FWHM of the noise curve, arcsec; 0 = twice the largest Gaussian target, at
     /// least 1 arcsec.
     pub noise_max_fwhm_arcsec: f64,
-    /// Side of the central square of the mosaic on which the noise curve is measured, pixels.
+    /// Side of the square of the mosaic on which the noise curve is measured, pixels: the emptiest
+    /// of nine candidates (corners, edge middles, centre).
     pub noise_region_px: usize,
 }
 
@@ -992,7 +993,8 @@ noise_curve = true
 # Largest smoothing FWHM of the noise curve, arcsec; 0 = twice the largest Gaussian target, at
 # least 1 arcsec.
 noise_max_fwhm_arcsec = 0.0
-# Side of the central square of the mosaic on which the noise curve is measured, pixels.
+# Side of the square of the mosaic on which the noise curve is measured, pixels: the emptiest
+# of nine candidates (corners, edge middles, centre).
 noise_region_px = 1024
 [release]
 # Build the release tree at the end of `tessera run` (`tessera release` builds it alone).

@@ -670,7 +670,7 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
     Ok(Written { beside_mosaic: products, ..Default::default() })
 }
 
-/// `psfmatch/noise_curve.csv` and `.png` from the central region of the mosaic; returns the largest
+/// `psfmatch/noise_curve.csv` and `.png` from the emptiest region of the mosaic; returns the largest
 /// smoothing FWHM in pixels.
 #[allow(clippy::too_many_arguments)]
 fn noise_curve_products(
@@ -684,10 +684,35 @@ fn noise_curve_products(
     band: &str,
 ) -> crate::Result<f64> {
     let side = pcfg.noise_region_px;
-    let (y0, x0) = (ny.saturating_sub(side) / 2, nx.saturating_sub(side) / 2);
-    let sci = read_region_f32(mosaic, "SCI", y0..(y0 + side).min(ny), x0..(x0 + side).min(nx))?;
     let gmax = pcfg.targets.iter().filter_map(|t| t.gaussian_fwhm_arcsec).fold(0.0f64, f64::max);
     let fmax = if pcfg.noise_max_fwhm_arcsec > 0.0 { pcfg.noise_max_fwhm_arcsec } else { (2.0 * gmax).max(1.0) };
+    // the emptiest square: of a 3 x 3 grid of candidates (corners, edges' middles, centre), the one
+    // whose flattened sky has the lowest clipped standard deviation, among those at least half
+    // covered (a galaxy's centre, its arms or residual stripes would measure structure, not noise)
+    let starts = |n: usize| -> Vec<usize> {
+        let mut v = vec![0, n.saturating_sub(side) / 2, n.saturating_sub(side)];
+        v.dedup();
+        v
+    };
+    let bx = pm::noise::background_box_px(fmax / scale);
+    let mut best: Option<(f64, usize, usize, Array2<f32>)> = None;
+    for &y0 in &starts(ny) {
+        for &x0 in &starts(nx) {
+            let sci = read_region_f32(mosaic, "SCI", y0..(y0 + side).min(ny), x0..(x0 + side).min(nx))?;
+            if sci.iter().filter(|v| v.is_finite()).count() * 2 < sci.len() {
+                continue;
+            }
+            let flat = pm::noise::flatten(sci.view(), bx);
+            let (std, n) = pm::noise::sky_std(flat.view(), &pm::noise::sky_mask(flat.view(), 2));
+            if n > 0 && std.is_finite() && best.as_ref().is_none_or(|b| std < b.0) {
+                best = Some((std, y0, x0, sci));
+            }
+        }
+    }
+    let Some((_, y0, x0, sci)) = best else {
+        crate::bail!("{}: no region of {side} px at least half covered for the noise curve", mosaic.display());
+    };
+    tracing::info!("[{STAGE}] noise curve measured on the emptiest {side} px square, at x {x0}, y {y0}");
     let steps = 16;
     let fwhms_arcsec: Vec<f64> = (0..=steps).map(|i| fmax * i as f64 / steps as f64).collect();
     let fpx: Vec<f64> = fwhms_arcsec.iter().map(|f| f / scale).collect();
