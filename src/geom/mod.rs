@@ -8,11 +8,13 @@ pub mod correction;
 pub mod grid;
 pub mod pixmap;
 pub mod polygon;
+pub mod sin;
 pub mod wcs;
 
 pub use correction::SkyCorrection;
 pub use grid::OutputGrid;
 pub use polygon::Polygon;
+pub use sin::{SinWcs, SkyWcs};
 pub use wcs::{sky_to_tangent_arcsec, tangent_arcsec_to_sky, CardValue, SipPoly, TanSip, WcsError};
 
 /// Arcseconds per degree.

@@ -529,7 +529,7 @@ fn deproject_deg(center_deg: [f64; 2], xi: f64, eta: f64) -> (f64, f64) {
 }
 
 /// An angle in degrees wrapped into [0, 360).
-fn wrap_360(a: f64) -> f64 {
+pub(crate) fn wrap_360(a: f64) -> f64 {
     let r = a.rem_euclid(360.0);
     // rem_euclid of a tiny negative number rounds to 360.0.
     if r >= 360.0 {
@@ -539,12 +539,12 @@ fn wrap_360(a: f64) -> f64 {
     }
 }
 
-fn det2(m: &[[f64; 2]; 2]) -> f64 {
+pub(crate) fn det2(m: &[[f64; 2]; 2]) -> f64 {
     m[0][0] * m[1][1] - m[0][1] * m[1][0]
 }
 
 /// Inverse of a 2x2 matrix, `None` when singular or not finite.
-fn invert2(m: &[[f64; 2]; 2]) -> Option<[[f64; 2]; 2]> {
+pub(crate) fn invert2(m: &[[f64; 2]; 2]) -> Option<[[f64; 2]; 2]> {
     let d = det2(m);
     if d == 0.0 || !d.is_finite() {
         return None;
@@ -559,12 +559,12 @@ fn mul2(a: &[[f64; 2]; 2], b: &[[f64; 2]; 2]) -> [[f64; 2]; 2] {
     ]
 }
 
-fn bad(key: &str, reason: String) -> WcsError {
+pub(crate) fn bad(key: &str, reason: String) -> WcsError {
     WcsError::BadValue { key: key.to_string(), reason }
 }
 
 /// A real-valued card: `Real`, `Int`, or `Text` holding a number; `None` when absent.
-fn real(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<Option<f64>, WcsError> {
+pub(crate) fn real(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<Option<f64>, WcsError> {
     let value = match cards.get(key) {
         None => return Ok(None),
         Some(CardValue::Real(r)) => *r,
@@ -579,7 +579,7 @@ fn real(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<Option<f64>, W
     Ok(Some(value))
 }
 
-fn required_real(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<f64, WcsError> {
+pub(crate) fn required_real(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<f64, WcsError> {
     real(cards, key)?.ok_or_else(|| WcsError::MissingKey(key.to_string()))
 }
 
@@ -597,7 +597,7 @@ fn int(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<Option<i64>, Wc
 }
 
 /// A text card with trailing blanks removed; `None` when absent.
-fn text(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<Option<String>, WcsError> {
+pub(crate) fn text(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<Option<String>, WcsError> {
     match cards.get(key) {
         None => Ok(None),
         Some(CardValue::Text(t)) => Ok(Some(t.trim().to_string())),
@@ -605,7 +605,7 @@ fn text(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<Option<String>
     }
 }
 
-fn required_text(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<String, WcsError> {
+pub(crate) fn required_text(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<String, WcsError> {
     text(cards, key)?.ok_or_else(|| WcsError::MissingKey(key.to_string()))
 }
 
@@ -622,7 +622,7 @@ fn parse_ctype(key: &str, value: &str, base: &str) -> Result<bool, WcsError> {
 }
 
 /// The linear part in degrees per pixel from CDi_j, PCi_j x CDELTi, or CDELTi with CROTA2.
-fn linear_part(cards: &BTreeMap<String, CardValue>) -> Result<[[f64; 2]; 2], WcsError> {
+pub(crate) fn linear_part(cards: &BTreeMap<String, CardValue>) -> Result<[[f64; 2]; 2], WcsError> {
     let key = |prefix: &str, i: usize, j: usize| format!("{prefix}{i}_{j}");
     let present = |prefix: &str| (1..=2).any(|i| (1..=2).any(|j| cards.contains_key(&key(prefix, i, j))));
     let (has_pc, has_cd) = (present("PC"), present("CD"));

@@ -37,7 +37,7 @@ use super::runner::{Band, Ctx, Written};
 use crate::config::{AnchorConfig, Config, Instrument};
 use crate::dist::CommExt;
 use crate::error::Context;
-use crate::geom::{CardValue, TanSip};
+use crate::geom::{CardValue, SkyWcs, TanSip};
 use crate::io::fits::{card_real, card_text, read_header, read_image, read_region_f32};
 use crate::kernels::anchor::{auto_range, bin_medians, block_mean, clipped_line_fit, reproject_bilinear, Bin};
 use crate::kernels::gaussian::{smooth_nan, FWHM_PER_SIGMA};
@@ -166,7 +166,7 @@ struct OnSky {
     data: Array2<f64>,
     /// Pixels inside the image's footprint (with data, masked or not).
     foot: Array2<bool>,
-    wcs: TanSip,
+    wcs: SkyWcs,
     factor: usize,
 }
 
@@ -227,7 +227,8 @@ fn smooth_to(m: &mut Mosaic, target_fwhm_arcsec: f64, extra_var_arcsec2: f64) ->
         - block * block / 6.0;
     let sigma_px = var_arcsec2.max(0.0).sqrt() / (f as f64 * m.pixscale_arcsec);
     let data = smooth_nan(coarse.view(), sigma_px, MIN_BEAM_WEIGHT);
-    Ok((OnSky { data, foot, wcs: m.wcs.clone(), factor: f }, var_arcsec2.max(0.0).sqrt() * FWHM_PER_SIGMA))
+    let wcs = SkyWcs::Tan(m.wcs.clone());
+    Ok((OnSky { data, foot, wcs, factor: f }, var_arcsec2.max(0.0).sqrt() * FWHM_PER_SIGMA))
 }
 
 /// The result of comparing a smoothed mosaic with a reference on the reference's grid.
@@ -401,8 +402,9 @@ fn run(ctx: &Ctx, b: &Band, output: &Path) -> crate::Result<AnchorReport> {
         let mut found = None;
         for path in &a.references {
             let (img, cards) = read_image(path).with_context(|| format!("anchor reference {}", path.display()))?;
+            // TAN (IRAC mosaics) or SIN (WISE atlas tiles)
             let rwcs =
-                TanSip::from_cards(&cards).with_context(|| format!("anchor reference {}: its WCS", path.display()))?;
+                SkyWcs::from_cards(&cards).with_context(|| format!("anchor reference {}: its WCS", path.display()))?;
             let (fwhm, from) = match real_card(&cards, "BMAJ") {
                 Some(d) if d > 0.0 => (d * 3600.0, "BMAJ".to_string()),
                 _ => match a.reference_fwhm_arcsec {
