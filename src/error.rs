@@ -94,7 +94,10 @@ macro_rules! bail {
 #[macro_export]
 macro_rules! ensure {
     ($cond:expr, $($t:tt)*) => {
-        if !$cond {
+        // `if cond {} else` rather than `if !cond`: a negated float comparison at the call site
+        // (`ensure!(a > b, ..)`) would read as `!(a > b)`
+        if $cond {
+        } else {
             return Err($crate::Error::Msg(format!($($t)*)));
         }
     };

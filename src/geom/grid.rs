@@ -42,7 +42,7 @@ impl OutputGrid {
     /// the points' bounding box in the tangent plane about their mean direction, so the grid is
     /// symmetric about it.
     pub fn covering(points: &[SkyCoord], pixscale_arcsec: f64, margin_px: usize) -> Option<OutputGrid> {
-        if points.is_empty() || !(pixscale_arcsec > 0.0) {
+        if points.is_empty() || pixscale_arcsec.is_nan() || pixscale_arcsec <= 0.0 {
             return None;
         }
         // mean direction as a provisional tangent point

@@ -1332,50 +1332,6 @@ pub fn copy_for_release(
     Ok(dropped)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cfitsio_statuses_are_put_in_words() {
-        let w = status_words(107);
-        assert!(w.contains("end of file") && w.contains("truncated") && w.contains("cfitsio status 107"), "{w}");
-        assert!(status_words(108).contains("error reading from FITS file"), "{}", status_words(108));
-        assert!(status_words(252).contains("not a FITS file"));
-        let e = FitsError::cfitsio(
-            Path::new("a.fits"),
-            Some("SCI"),
-            fitsio::errors::Error::Fits(fitsio::errors::FitsError { status: 107, message: String::new() }),
-        );
-        let text = e.to_string();
-        assert!(
-            !text.contains("FitsError {") && text.starts_with("a.fits [HDU SCI]: cfitsio: tried to move past"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn a_full_disk_is_named_as_such() {
-        let io = crate::io::IoError::fs(Path::new("/data/out/m.fits"), std::io::Error::from_raw_os_error(libc::ENOSPC));
-        let e = FitsError::from(io);
-        assert_eq!(e.to_string(), "/data/out/m.fits: no space left on device in /data/out");
-        let d = tempfile::tempdir().unwrap();
-        assert!(free_bytes(&d.path().join("not/yet")).is_some_and(|b| b > 0));
-    }
-
-    #[test]
-    fn bracketed_names_are_plain_file_names() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("img[1].fits");
-        let a = Array2::from_shape_fn((3, 4), |(y, x)| (10 * y + x) as f32);
-        write_image(&p, &a, &[card_int("ANSWER", 42, "")], &[]).unwrap();
-        assert!(p.is_file() && !d.path().join("img").exists());
-        let (b, cards) = read_image(&p).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(cards.get("ANSWER"), Some(&CardValue::Int(42)));
-    }
-}
-
 /// Rewrite the float image extension `ext` of `path` in place (atomically: a copy under a
 /// temporary name, renamed when complete), row block by row block: `rows(y0..y1)` gives the new
 /// full-width rows. `cards` are set in PRIMARY and in `ext` (replacing cards of the same name), and
@@ -1427,4 +1383,48 @@ pub fn rewrite_ext_f32<E: From<FitsError> + From<crate::io::IoError>>(
         flush(&mut f, path)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cfitsio_statuses_are_put_in_words() {
+        let w = status_words(107);
+        assert!(w.contains("end of file") && w.contains("truncated") && w.contains("cfitsio status 107"), "{w}");
+        assert!(status_words(108).contains("error reading from FITS file"), "{}", status_words(108));
+        assert!(status_words(252).contains("not a FITS file"));
+        let e = FitsError::cfitsio(
+            Path::new("a.fits"),
+            Some("SCI"),
+            fitsio::errors::Error::Fits(fitsio::errors::FitsError { status: 107, message: String::new() }),
+        );
+        let text = e.to_string();
+        assert!(
+            !text.contains("FitsError {") && text.starts_with("a.fits [HDU SCI]: cfitsio: tried to move past"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let io = crate::io::IoError::fs(Path::new("/data/out/m.fits"), std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let e = FitsError::from(io);
+        assert_eq!(e.to_string(), "/data/out/m.fits: no space left on device in /data/out");
+        let d = tempfile::tempdir().unwrap();
+        assert!(free_bytes(&d.path().join("not/yet")).is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn bracketed_names_are_plain_file_names() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("img[1].fits");
+        let a = Array2::from_shape_fn((3, 4), |(y, x)| (10 * y + x) as f32);
+        write_image(&p, &a, &[card_int("ANSWER", 42, "")], &[]).unwrap();
+        assert!(p.is_file() && !d.path().join("img").exists());
+        let (b, cards) = read_image(&p).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(cards.get("ANSWER"), Some(&CardValue::Int(42)));
+    }
 }

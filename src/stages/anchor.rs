@@ -171,11 +171,11 @@ struct OnSky {
 }
 
 impl OnSky {
-    fn to_sky(&self, x: f64, y: f64) -> (f64, f64) {
+    fn grid_to_sky(&self, x: f64, y: f64) -> (f64, f64) {
         let f = self.factor as f64;
         self.wcs.pixel_to_sky(f * x + 0.5 * (f - 1.0), f * y + 0.5 * (f - 1.0))
     }
-    fn from_sky(&self, ra: f64, dec: f64) -> Option<(f64, f64)> {
+    fn sky_to_grid(&self, ra: f64, dec: f64) -> Option<(f64, f64)> {
         let f = self.factor as f64;
         self.wcs.sky_to_pixel(ra, dec).ok().map(|(x, y)| ((x - 0.5 * (f - 1.0)) / f, (y - 0.5 * (f - 1.0)) / f))
     }
@@ -189,8 +189,11 @@ struct Mosaic<'a> {
     fwhm_arcsec: f64,
     /// Pixels above this are holes for the comparison.
     mask_above: Option<f64>,
-    rows: Box<dyn FnMut(Range<usize>) -> crate::Result<(Array2<f32>, Array2<f32>)> + 'a>,
+    rows: RowReader<'a>,
 }
+
+/// Reads (SCI, WHT) of a row range.
+type RowReader<'a> = Box<dyn FnMut(Range<usize>) -> crate::Result<(Array2<f32>, Array2<f32>)> + 'a>;
 
 /// The smoothed block-mean image of `m` at resolution `target_fwhm_arcsec` (plus a Gaussian of
 /// variance `extra_var_arcsec2`), and the FWHM of the Gaussian applied after the blocks (arcsec).
@@ -251,8 +254,8 @@ fn compare(m: &OnSky, r: &OnSky) -> Comparison {
             continue;
         }
         n += 1;
-        let (ra, dec) = m.to_sky(x as f64, y as f64);
-        if let Some((u, w)) = r.from_sky(ra, dec) {
+        let (ra, dec) = m.grid_to_sky(x as f64, y as f64);
+        if let Some((u, w)) = r.sky_to_grid(ra, dec) {
             bbox = [bbox[0].min(u), bbox[1].max(u), bbox[2].min(w), bbox[3].max(w)];
             let (i, j) = (u.round(), w.round());
             if i >= 0.0 && j >= 0.0 && (i as usize) < rx && (j as usize) < ry && r.foot[[j as usize, i as usize]] {
@@ -269,8 +272,8 @@ fn compare(m: &OnSky, r: &OnSky) -> Comparison {
     let y0 = (bbox[2].floor().max(0.0) as usize).min(ry - 1);
     let y1 = (bbox[3].ceil().max(0.0) as usize).min(ry - 1);
     let res = reproject_bilinear(m.data.view(), (y1 - y0 + 1, x1 - x0 + 1), |x, y| {
-        let (ra, dec) = r.to_sky(x + x0 as f64, y + y0 as f64);
-        m.from_sky(ra, dec).filter(|(u, w)| *u >= 0.0 && *w >= 0.0 && *u <= (mx - 1) as f64 && *w <= (my - 1) as f64)
+        let (ra, dec) = r.grid_to_sky(x + x0 as f64, y + y0 as f64);
+        m.sky_to_grid(ra, dec).filter(|(u, w)| *u >= 0.0 && *w >= 0.0 && *u <= (mx - 1) as f64 && *w <= (my - 1) as f64)
     });
     let sub = r.data.slice(s![y0..=y1, x0..=x1]);
     let (mut xs, mut ys) = (vec![], vec![]);

@@ -178,6 +178,7 @@ fn intersect(a: &Range<usize>, b: &Range<usize>) -> Range<usize> {
 
 /// Send every neighbour's owner the strip of our median that lies in its halo; build median(chunk +
 /// halo) for our chunks. Returns, per owned chunk, the extended median and its origin (y, x).
+#[allow(clippy::type_complexity)]
 fn exchange_halos(
     comm: &dyn Comm,
     plan: &Plan,

@@ -92,6 +92,7 @@ pub struct PlanFile {
 ///
 /// # Errors
 /// When the inputs cannot be listed, or no file could be read.
+#[allow(clippy::type_complexity)]
 pub fn read_inventory(inputs: &[PathBuf]) -> crate::Result<(Vec<CalMeta>, Vec<(PathBuf, String)>)> {
     let files = crate::io::expand_cal_inputs(inputs)?;
     let results: Vec<_> = files.par_iter().map(|p| (p.clone(), crate::io::fits::verify_cal(p))).collect();

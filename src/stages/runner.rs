@@ -349,8 +349,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
             .iter()
             .filter(|e| e.status == Status::Done)
             .flat_map(|e| e.products.iter())
-            .filter(|p| p.path == path)
-            .last()
+            .rfind(|p| p.path == path)
             .map(|p| p.sha256.clone())
     };
 

@@ -460,7 +460,7 @@ fn a_campaign_anchors_and_psf_matches_every_band_and_the_release_carries_them() 
         assert!(b.anchored, "{b:?}");
         assert_eq!(b.psf_matched.len(), usize::from(b.band != "F1000W"), "{b:?}");
     }
-    check_release(&[rel.clone()]);
+    check_release(std::slice::from_ref(&rel));
 
     // --resume on one rank: everything kept
     let again = tessera(w.path(), &["run", "c.toml", "--resume"]);

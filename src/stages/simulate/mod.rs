@@ -138,7 +138,8 @@ pub fn run(comm: &dyn Comm, raw: &RawConfig, cfg: &SimulateConfig, out: &Path) -
         }
     }
     // ranks agree before anyone fails
-    let all: Option<Vec<Result<Vec<(ExposureTruth, Vec<CosmicRay>)>, String>>> = comm.gather_values(
+    type Part = Result<Vec<(ExposureTruth, Vec<CosmicRay>)>, String>;
+    let all: Option<Vec<Part>> = comm.gather_values(
         0,
         &match &failure {
             None => Ok(local),

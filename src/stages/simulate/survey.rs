@@ -474,8 +474,7 @@ pub fn design(cfg: &SimulateConfig) -> Survey {
                         });
                     }
                 };
-                for d in 0..cfg.dithers {
-                    let dd = DITHERS[d];
+                for (d, dd) in DITHERS.iter().copied().enumerate().take(cfg.dithers) {
                     let centre = [tile_centre[0] + dd[0] * det_arcsec, tile_centre[1] + dd[1] * det_arcsec];
                     add(false, d, d + 1, centre, t, &mut rng);
                     t += (exptime + 120.0) / 86400.0;
