@@ -505,7 +505,9 @@ pub fn run(
         // waits for it (MIRI by default: F1000W gives the visit shifts, F770W is anchored)
         let anchor_ref = match phase {
             Phase::Rest => None,
-            _ => anchor_reference(raw, task, &mine[j + 1..]).unwrap_or(None),
+            _ => anchor_reference(raw, task)
+                .unwrap_or(None)
+                .filter(|rb| mine[j + 1..].iter().any(|t| t.chain == task.chain && &t.band == rb)),
         };
         let phase = if anchor_ref.is_some() { Phase::Solve } else { phase };
         let t0 = Instant::now();
@@ -635,19 +637,19 @@ enum Phase {
     Rest,
 }
 
-/// The band that `task`'s band is tied to by `anchor` (the instrument's anchor reference band,
-/// `anchor.reference_band_*`) when it is among `later` (the group's tasks still to run, so in the same
-/// chain and not yet run) and will be anchored (its config lists references); `None` when the band
-/// needs no wait (it is the reference band, anchoring is off, or `anchor.reference_band_mosaic` is
-/// set by hand).
-fn anchor_reference(raw: &RawConfig, task: &Task, later: &[&Task]) -> crate::Result<Option<String>> {
+/// The band that `task`'s band is tied to by `anchor`: the instrument's anchor reference band
+/// (`anchor.reference_band_*`), when it is another band and will be anchored (its config lists
+/// references); `None` when the band is the reference band, anchoring is off for either, or
+/// `anchor.reference_band_mosaic` is set by hand. (A band is not tied to a reference band that is
+/// not anchored itself: there would be nothing to carry over but the other band's level.)
+fn anchor_reference(raw: &RawConfig, task: &Task) -> crate::Result<Option<String>> {
     let cfg = raw.for_task(&task.target, &task.band)?.resolve()?;
     let Some(inst) = Instrument::of_filter(&task.band) else { return Ok(None) };
     if !cfg.anchor.enabled || cfg.anchor.reference_band_mosaic.is_some() {
         return Ok(None);
     }
     let rb = super::anchor::reference_band(&cfg.anchor, inst).to_string();
-    if rb == task.band || !later.iter().any(|t| t.chain == task.chain && t.band == rb) {
+    if rb == task.band {
         return Ok(None);
     }
     let rcfg = raw.for_task(&task.target, &rb)?.resolve()?;
@@ -723,24 +725,21 @@ fn run_task(
     }
     // anchoring: a band other than its instrument's anchor reference band is tied to that band's
     // anchored mosaic (pjpipe's internal anchoring), when it finished in this chain
-    if let Some(inst) = Instrument::of_filter(band) {
-        let rb = super::anchor::reference_band(&resolved.anchor, inst).to_string();
-        if rb != *band && resolved.anchor.enabled && traw.anchor.reference_band_mosaic.is_empty() {
-            // a band that waits names the mosaic to come already, so that its config (and the anchor
-            // stage's dependency hash) is the same in both halves of its run
-            if finished.contains_key(&(task.chain, rb.clone())) || phase == Phase::Solve {
-                let m = mosaic_path(cfg, &task.target, &rb);
-                traw.anchor.reference_band_mosaic = std::path::absolute(&m).unwrap_or(m).display().to_string();
-                if leader && phase != Phase::Solve {
-                    tracing::info!("[run] {}/{band}: anchor tied to {rb}'s anchored mosaic", task.target);
-                }
-            } else if leader && phase != Phase::Solve && !resolved.anchor.references.is_empty() {
-                tracing::warn!(
-                    "[run] {}/{band}: the anchor reference band {rb} is not in the target or did not finish: {band} \
-                     is not anchored",
-                    task.target
-                );
+    if let Some(rb) = anchor_reference(raw, task)? {
+        // a band that waits names the mosaic to come already, so that its config (and the anchor
+        // stage's dependency hash) is the same in both halves of its run
+        if finished.contains_key(&(task.chain, rb.clone())) || phase == Phase::Solve {
+            let m = mosaic_path(cfg, &task.target, &rb);
+            traw.anchor.reference_band_mosaic = std::path::absolute(&m).unwrap_or(m).display().to_string();
+            if leader && phase != Phase::Solve {
+                tracing::info!("[run] {}/{band}: anchor tied to {rb}'s anchored mosaic", task.target);
             }
+        } else if leader {
+            tracing::warn!(
+                "[run] {}/{band}: the anchor reference band {rb} is not in the target or did not finish: {band} is \
+                 not anchored",
+                task.target
+            );
         }
     }
     if phase == Phase::Solve {

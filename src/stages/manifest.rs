@@ -67,6 +67,10 @@ pub struct Manifest {
     /// The `-o` mosaic, absolute (none for a run that has not named one).
     #[serde(default)]
     pub mosaic: Option<PathBuf>,
+    /// The reference catalogue of astrometry (`--catalog` or `astrometry.catalog`), as given; a
+    /// per-stage command without one continues with it.
+    #[serde(default)]
+    pub catalog: Option<PathBuf>,
     /// Every input read (science and off-source cal files).
     pub inputs: Vec<FileSum>,
     /// The stages in chain order, as far as they ran.

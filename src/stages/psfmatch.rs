@@ -687,31 +687,36 @@ fn noise_curve_products(
     let gmax = pcfg.targets.iter().filter_map(|t| t.gaussian_fwhm_arcsec).fold(0.0f64, f64::max);
     let fmax = if pcfg.noise_max_fwhm_arcsec > 0.0 { pcfg.noise_max_fwhm_arcsec } else { (2.0 * gmax).max(1.0) };
     // the emptiest square: of a 3 x 3 grid of candidates (corners, edges' middles, centre), the one
-    // whose flattened sky has the lowest clipped standard deviation, among those at least half
-    // covered (a galaxy's centre, its arms or residual stripes would measure structure, not noise)
+    // whose flattened sky has the lowest clipped standard deviation, among those with at least half
+    // the data of the best-covered one (a galaxy's centre, its arms or residual stripes would measure
+    // structure, not noise)
     let starts = |n: usize| -> Vec<usize> {
         let mut v = vec![0, n.saturating_sub(side) / 2, n.saturating_sub(side)];
         v.dedup();
         v
     };
     let bx = pm::noise::background_box_px(fmax / scale);
-    let mut best: Option<(f64, usize, usize, Array2<f32>)> = None;
+    let mut candidates: Vec<(f64, usize, usize, usize)> = vec![];
     for &y0 in &starts(ny) {
         for &x0 in &starts(nx) {
             let sci = read_region_f32(mosaic, "SCI", y0..(y0 + side).min(ny), x0..(x0 + side).min(nx))?;
-            if sci.iter().filter(|v| v.is_finite()).count() * 2 < sci.len() {
-                continue;
-            }
+            let finite = sci.iter().filter(|v| v.is_finite()).count();
             let flat = pm::noise::flatten(sci.view(), bx);
             let (std, n) = pm::noise::sky_std(flat.view(), &pm::noise::sky_mask(flat.view(), 2));
-            if n > 0 && std.is_finite() && best.as_ref().is_none_or(|b| std < b.0) {
-                best = Some((std, y0, x0, sci));
+            if n > 0 && std.is_finite() {
+                candidates.push((std, finite, y0, x0));
             }
         }
     }
-    let Some((_, y0, x0, sci)) = best else {
-        crate::bail!("{}: no region of {side} px at least half covered for the noise curve", mosaic.display());
+    let most = candidates.iter().map(|c| c.1).max().unwrap_or(0);
+    let Some(&(_, _, y0, x0)) = candidates
+        .iter()
+        .filter(|c| 2 * c.1 >= most)
+        .min_by(|a, b| a.0.total_cmp(&b.0).then((a.2, a.3).cmp(&(b.2, b.3))))
+    else {
+        crate::bail!("{}: no sky pixels for the noise curve", mosaic.display());
     };
+    let sci = read_region_f32(mosaic, "SCI", y0..(y0 + side).min(ny), x0..(x0 + side).min(nx))?;
     tracing::info!("[{STAGE}] noise curve measured on the emptiest {side} px square, at x {x0}, y {y0}");
     let steps = 16;
     let fwhms_arcsec: Vec<f64> = (0..=steps).map(|i| fmax * i as f64 / steps as f64).collect();

@@ -240,7 +240,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
     }
 
     // the old manifest, and what to do about it
-    let catalog = inv.catalog.or(cfg.astrometry.catalog.as_deref());
+    let given_catalog = inv.catalog.or(cfg.astrometry.catalog.as_deref());
     let old: Option<Manifest> = comm.on_root_then_broadcast(0, || -> crate::Result<Option<Manifest>> {
         let m = Manifest::read(&dir)?;
         let leftovers: Vec<&str> = CHAIN.iter().map(|s| s.name()).filter(|s| dir.join(s).is_dir()).collect();
@@ -279,6 +279,12 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         Some(o) => Some(absolute(o)),
         None => old.as_ref().and_then(|m| m.mosaic.clone()),
     };
+    // a per-stage command (`tessera psfmatch ...`) continues the run with its catalogue when it is
+    // given none, so that astrometry upstream of it stays what it was
+    let catalog: Option<&Path> = match (given_catalog, mode) {
+        (None, Mode::Only(_)) => old.as_ref().and_then(|m| m.catalog.as_deref()),
+        (c, _) => c,
+    };
 
     // inputs and their checksums (all ranks)
     let files: Vec<PathBuf> =
@@ -300,6 +306,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         config_sha256: prov.config_sha256.clone(),
         config_toml: prov.config_toml.clone(),
         mosaic: output.clone(),
+        catalog: catalog.map(Path::to_path_buf),
         inputs,
         stages: vec![],
         invocation_wall_s: 0.0,

@@ -198,6 +198,13 @@ fn per_stage_commands_chained_by_hand_give_the_mosaic_of_mosaic() {
         };
         assert_eq!(strip(a), strip(b), "stage {}", a.stage);
     }
+    // a later stage without --catalog continues with the run's catalogue: astrometry stays done
+    // (not re-recorded as skipped), and the next per-stage command still finds it usable
+    for s in ["anchor", "psfmatch", "anchor"] {
+        ok(&tessera(w.path(), &[&set[..], &[s, dir]].concat()));
+        let e = manifest(w.path()).stages.into_iter().find(|e| e.stage == "astrometry").unwrap();
+        assert_eq!(e.status, tessera::stages::manifest::Status::Done, "after {s}: {e:?}");
+    }
 }
 
 #[test]
