@@ -817,7 +817,8 @@ def convolve_section(c, json_name):
     L += [f"Scenes ({sims}): NIRCam LW F300M, 2x2 tiles x 4 dithers x 2 detectors, with the simulator's "
           "4x oversampled F300M PSF (`aux/psf_F300M_os4.fits`); untimed, `tessera mosaic` under mpirun -n 2 with "
           "`run.stop_after=\"astrometry\"` makes the mosaic (every stage up to astrometry at its defaults). Timed "
-          "(GNU time, wall clock and peak RSS; tessera's ranks each under GNU time): `tessera psfmatch` alone on "
+          "three times each, the fastest reported (GNU time: wall clock, CPU seconds of the process and its children, "
+          "peak RSS; tessera's ranks each under GNU time): `tessera psfmatch` alone on "
           "that run folder (`psfmatch.psf` = the PSF, `psfmatch.targets = [\"gauss0p90\"]`, "
           "`psfmatch.noise_curve=false`) under `mpirun -n 1` and `-n 2` with run.threads = nproc / ranks: it "
           "builds the Aniano kernel, convolves SCI and ERR in row chunks (`psfmatch.chunk_rows` = 512) with halos "
@@ -834,6 +835,13 @@ def convolve_section(c, json_name):
                      f"({100 * i['finite_px'] / i['mosaic_px']:.0f} % of it covered), kernel {i['kernel_px']} x "
                      f"{i['kernel_px']} px at that scale (sum {i['kernel_sum']:.6f}); tessera's SCI and ERR with 1 and "
                      f"2 ranks: {same}.")
+        for r in s["rows"]:
+            ru = r.get("runner")
+            if r["tool"] == "tessera" and ru and ru.get("stage_wall_s") is not None:
+                notes.append(f"{i['size']}, tessera {r['processes']}r: the invocation's {ru['invocation_wall_s']:.1f} s "
+                             f"(manifest) hold the psfmatch stage, {ru['stage_wall_s']:.1f} s (kernel, convolution, "
+                             f"products, safe-FWHM table), and the runner's SHA-256s, {ru['checksum_s']:.1f} s "
+                             "(the inputs and the upstream stages' products verified before it runs one stage, then its own hashed).")
         ast = next((r for r in s["rows"] if r["tool"] == "astropy" and r.get("inner")), None)
         if ast:
             n = ast["inner"]
@@ -855,8 +863,7 @@ def convolve_section(c, json_name):
           "(`normalize_kernel=False`; sum(K w) from a third convolve_fft of w, since astropy does not return its "
           "weights). numpy's FFT is single-threaded: the astropy row uses one core, tessera's rows both.",
           "- Agreement: the median |astropy - tessera| over the pixels finite in both, over the median |tessera| "
-          "(SCI, and ERR in brackets), against tessera's 2-rank product; the largest difference is at float32 "
-          "rounding of the output.",
+          "(SCI, and ERR in brackets), against tessera's 2-rank product, and the largest |difference| of SCI.",
           f"- Load average {c.get('load_avg_start')} at the start and {c.get('load_avg_end')} at the end of the "
           f"section, on {c.get('nproc')} cores: the machine was shared, so the wall times are inflated by an "
           "unknown factor; the ratio between tools run back to back is the more robust number.", ""]

@@ -8,8 +8,9 @@ Run it with the bench venv's python (numpy, astropy). For every detector size (c
 --work/<size>; untimed): `tessera simulate --instrument nircam_lw --filter F300M --tiles 2x2 --dithers 4
 --size S` (it writes the band's PSF, aux/psf_F300M_os4.fits, 4x oversampled), then `tessera mosaic`
 of it under mpirun -n 2 with `run.stop_after = "astrometry"` (the whole chain up to the mosaic: no
-anchoring, no PSF matching). Timed, each with /usr/bin/time -v (wall clock, peak RSS; tessera's ranks
-each under GNU time, scripts/bench.d/rank-time):
+anchoring, no PSF matching). Timed, each --repeat times (3; the fastest run is reported, every wall time
+kept), with /usr/bin/time -v (wall clock, CPU, peak RSS; tessera's ranks each under GNU time,
+scripts/bench.d/rank-time):
   tessera psfmatch   the per-stage command on the existing run folder (`tessera psfmatch`, no --resume:
                      it runs that one stage), `psfmatch.psf = [<the PSF>]`, `psfmatch.targets =
                      ["gauss0p90"]`, `psfmatch.noise_curve = false`, under mpirun -n 1 and -n 2 with
@@ -97,6 +98,18 @@ def agreement(ref, other):
     return out
 
 
+def best_of(args, run_once):
+    """Run `run_once()` (a timed row) args.repeat times; keep the row of the smallest wall time, with
+    every wall time in `walls_s` (the machine is shared: the minimum is the least disturbed run)."""
+    rows = [run_once() for _ in range(args.repeat)]
+    ok = [r for r in rows if r["status"].startswith("ok")]
+    if len(ok) < len(rows):
+        return next(r for r in rows if not r["status"].startswith("ok"))
+    best = min(ok, key=lambda r: r["wall_s"])
+    best["walls_s"] = [r["wall_s"] for r in rows]
+    return best
+
+
 def run_size(args, size):
     sim, run, mosaic, psf = prepare(args, size)
     with fits.open(mosaic) as f:
@@ -108,8 +121,6 @@ def run_size(args, size):
     rows, keep = [], {}
     for r in RANKS:
         rd = runs / f"tessera-{r}r"
-        shutil.rmtree(rd, ignore_errors=True)
-        product.unlink(missing_ok=True)
         threads = max(1, (os.cpu_count() or 1) // r)
         cmd = ["mpirun", "-n", str(r), "--bind-to", "none", HERE / "rank-time", rd / "rss", args.tessera,
                "--set", f"run.output_dir={toml_str(run)}", "--set", f"run.threads={threads}",
@@ -118,12 +129,26 @@ def run_size(args, size):
                # the catalogue again: without it the runner would record astrometry as skipped (its
                # configuration changed) and the next run would find the mosaic changed since assemble
                "--catalog", sim / "aux" / "refcat.csv"]
-        log(f"[convolve {size}] tessera psfmatch, {r} rank(s) ...")
-        row = {"tool": "tessera", "label": "tessera psfmatch", "processes": r, "threads": threads,
-               "mosaic_sha256_before": sha(mosaic)}
-        row.update(run_timed(cmd, rd, args.timeout, rank_prefix=rd / "rss"))
-        if row["status"].startswith("ok") and not product.exists():
-            row["status"] = f"failed: exited 0 but wrote no {product.name}"
+        log(f"[convolve {size}] tessera psfmatch, {r} rank(s), best of {args.repeat} ...")
+
+        def once():
+            shutil.rmtree(rd, ignore_errors=True)
+            product.unlink(missing_ok=True)
+            row = {"tool": "tessera", "label": "tessera psfmatch", "processes": r, "threads": threads,
+                   "mosaic_sha256_before": sha(mosaic)}
+            row.update(run_timed(cmd, rd, args.timeout, rank_prefix=rd / "rss"))
+            if row["status"].startswith("ok") and not product.exists():
+                row["status"] = f"failed: exited 0 but wrote no {product.name}"
+            man = run / "manifest.json"
+            if row["status"].startswith("ok") and man.exists():
+                # the runner's own split: the stage, and the SHA-256s (inputs and upstream products
+                # verified, its own products hashed)
+                m = json.loads(man.read_text())
+                st = next((e for e in m.get("stages", []) if e.get("stage") == "psfmatch"), {})
+                row["runner"] = {"stage_wall_s": st.get("wall_s"), "checksum_s": m.get("checksum_s"),
+                                 "invocation_wall_s": m.get("invocation_wall_s")}
+            return row
+        row = best_of(args, once)
         if row["status"].startswith("ok"):
             keep[r] = rd / product.name
             shutil.copy(product, keep[r])
@@ -139,17 +164,23 @@ def run_size(args, size):
             kernel_px = f[0].data.shape[0]
             ksum = float(f[0].data.astype(np.float64).sum())
     rd = runs / "astropy"
-    shutil.rmtree(rd, ignore_errors=True)
-    rd.mkdir(parents=True)
     out = rd / "astropy.fits"
-    row = {"tool": "astropy", "label": "astropy convolve_fft", "processes": 1, "threads": 1}
     if kernel_px is None:
-        row["status"] = f"failed: no {kfile.name} (tessera psfmatch did not write it)"
+        row = {"tool": "astropy", "label": "astropy convolve_fft", "processes": 1, "threads": 1,
+               "status": f"failed: no {kfile.name} (tessera psfmatch did not write it)"}
     else:
-        log(f"[convolve {size}] astropy convolve_fft ...")
-        row.update(run_timed([sys.executable, HERE / "run_convolve_astropy.py", mosaic, kfile, out], rd, args.timeout))
-        if row["status"].startswith("ok") and not out.exists():
-            row["status"] = "failed: exited 0 but wrote no FITS"
+        log(f"[convolve {size}] astropy convolve_fft, best of {args.repeat} ...")
+
+        def once():
+            shutil.rmtree(rd, ignore_errors=True)
+            rd.mkdir(parents=True)
+            row = {"tool": "astropy", "label": "astropy convolve_fft", "processes": 1, "threads": 1}
+            row.update(run_timed([sys.executable, HERE / "run_convolve_astropy.py", mosaic, kfile, out], rd,
+                                 args.timeout))
+            if row["status"].startswith("ok") and not out.exists():
+                row["status"] = "failed: exited 0 but wrote no FITS"
+            return row
+        row = best_of(args, once)
         log(f"[convolve {size}] astropy: {row['status']} {row.get('wall_s', 0):.1f} s")
         ref = keep.get(max(keep)) if keep else None
         if row["status"].startswith("ok") and ref:
@@ -173,9 +204,10 @@ def run_size(args, size):
 
 
 def table(scenes):
-    L = ["| mosaic (px) | kernel (px) | tool | processes | wall s | peak RSS MiB (max rank) | mosaic Mpix/s | "
-         "tessera / astropy | agreement with tessera: median abs diff / median abs, SCI (ERR) |",
-         "|---|--:|---|---|--:|--:|--:|--:|---|"]
+    L = ["| mosaic (px) | kernel (px) | tool | processes | wall s (best; all runs) | CPU s (user + sys) | "
+         "peak RSS MiB (max rank) | mosaic Mpix/s | tessera / astropy | agreement with tessera: median abs diff / "
+         "median abs, SCI (ERR) |",
+         "|---|--:|---|---|--:|--:|--:|--:|--:|---|"]
     for s in scenes:
         i = s["scene"]
         for r in s["rows"]:
@@ -183,16 +215,18 @@ def table(scenes):
             procs = (f"{r['processes']} rank{'s' if r['processes'] > 1 else ''} x {r['threads']} thr"
                      if r["tool"] == "tessera" else "1 process")
             if not r["status"].startswith("ok"):
-                L.append(f"| {size} | {i['kernel_px'] or ''} | {r['label']} | {procs} | {r['status']} | | | | |")
+                L.append(f"| {size} | {i['kernel_px'] or ''} | {r['label']} | {procs} | {r['status']} | | | | | |")
                 continue
+            walls = f"{r['wall_s']:.1f}" + (f" ({', '.join(f'{w:.1f}' for w in r['walls_s'])})"
+                                            if len(r.get("walls_s", [])) > 1 else "")
+            cpu = f"{r.get('user_s', 0) + r.get('sys_s', 0):.1f}"
             rss = r.get("max_rank_rss_kib") or r.get("max_rss_kib") or 0
             a = r.get("agreement")
             agree = (f"{a['sci_rel']:.1e} ({a['err_rel']:.1e}); largest |diff| {a['sci_max_abs']:.1e} MJy/sr"
                      if a else "")
-            L.append(f"| {size} | {i['kernel_px']} | {r['label']} | {procs} | {r['wall_s']:.1f} | {rss / 1024:.0f} | "
-                     f"{r['mpix_s']:.2f} | {r['ratio']:.2f} | {agree} |" if "ratio" in r else
-                     f"| {size} | {i['kernel_px']} | {r['label']} | {procs} | {r['wall_s']:.1f} | {rss / 1024:.0f} | "
-                     f"{r['mpix_s']:.2f} | | {agree} |")
+            ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
+            L.append(f"| {size} | {i['kernel_px']} | {r['label']} | {procs} | {walls} | {cpu} | {rss / 1024:.0f} | "
+                     f"{r['mpix_s']:.2f} | {ratio} | {agree} |")
     return "\n".join(L)
 
 
@@ -204,6 +238,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--sizes", default="small,medium")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per row; the fastest is reported")
     ap.add_argument("--keep-outputs", action="store_true")
     args = ap.parse_args()
     args.work = str(Path(args.work).resolve())
