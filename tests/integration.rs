@@ -32,6 +32,8 @@ mod mpi;
 mod plan;
 #[path = "integration/psfmatch.rs"]
 mod psfmatch;
+#[path = "integration/psfmatch_kernel.rs"]
+mod psfmatch_kernel;
 #[path = "integration/python.rs"]
 mod python;
 #[path = "integration/resume.rs"]

@@ -802,6 +802,160 @@ def cosmic_section(c, json_name):
     return L
 
 
+def convolve_run(args):
+    """convolve.py: PSF-matching convolution, tessera psfmatch against astropy convolve_fft (issue 16)."""
+    return run_table_script(args, "convolve", ["--sizes", args.convolve, "--seed", str(args.seed)]
+                            + (["--keep-outputs"] if args.keep_outputs else []))
+
+
+def convolve_section(c, json_name):
+    L = ["## PSF-matching convolution against astropy (issue 16)", ""]
+    if c.get("error"):
+        return L + [f"Not measured: {c['error']}.", ""]
+    sc = c["scenes"]
+    sims = "; ".join(f"{s['scene']['size']}: `tessera simulate {' '.join(s['scene']['simulate'])}`" for s in sc)
+    L += [f"Scenes ({sims}): NIRCam LW F300M, 2x2 tiles x 4 dithers x 2 detectors, with the simulator's "
+          "4x oversampled F300M PSF (`aux/psf_F300M_os4.fits`); untimed, `tessera mosaic` under mpirun -n 2 with "
+          "`run.stop_after=\"astrometry\"` makes the mosaic (every stage up to astrometry at its defaults). Timed "
+          "three times each, the fastest reported (GNU time: wall clock, CPU seconds of the process and its children, "
+          "peak RSS; tessera's ranks each under GNU time): `tessera psfmatch` alone on "
+          "that run folder (`psfmatch.psf` = the PSF, `psfmatch.targets = [\"gauss0p90\"]`, "
+          "`psfmatch.noise_curve=false`) under `mpirun -n 1` and `-n 2` with run.threads = nproc / ranks: it "
+          "builds the Aniano kernel, convolves SCI and ERR in row chunks (`psfmatch.chunk_rows` = 512) with halos "
+          "and writes `<mosaic>_atgauss0p90.fits`; and astropy's `convolve_fft` in one Python process "
+          "(`scripts/bench.d/run_convolve_astropy.py`) on the same mosaic with the kernel tessera used "
+          "(`psfmatch/kernels/f300m_to_gauss0p90_mosaic.fits`, written by the stage at the mosaic's pixel scale), "
+          f"reading the FITS and writing SCI and ERR. Raw numbers: `{json_name}` (`scripts/bench.d/convolve.py`).",
+          "", c["table_md"], ""]
+    notes = []
+    for s in sc:
+        i = s["scene"]
+        same = {True: "bit-identical", False: "NOT bit-identical", None: "not compared (a run failed)"}[i.get("ranks_bit_identical")]
+        notes.append(f"{i['size']}: mosaic {i['nx']} x {i['ny']} px at {i.get('scale_arcsec')}\"/px "
+                     f"({100 * i['finite_px'] / i['mosaic_px']:.0f} % of it covered), kernel {i['kernel_px']} x "
+                     f"{i['kernel_px']} px at that scale (sum {i['kernel_sum']:.6f}); tessera's SCI and ERR with 1 and "
+                     f"2 ranks: {same}.")
+        for r in s["rows"]:
+            ru = r.get("runner")
+            if r["tool"] == "tessera" and ru and ru.get("stage_wall_s") is not None:
+                notes.append(f"{i['size']}, tessera {r['processes']}r: the invocation's {ru['invocation_wall_s']:.1f} s "
+                             f"(manifest) hold the psfmatch stage, {ru['stage_wall_s']:.1f} s (kernel, convolution, "
+                             f"products, safe-FWHM table), and the runner's SHA-256s, {ru['checksum_s']:.1f} s "
+                             "(the inputs and the upstream stages' products verified before it runs one stage, then its own hashed).")
+        ast = next((r for r in s["rows"] if r["tool"] == "astropy" and r.get("inner")), None)
+        if ast:
+            n = ast["inner"]
+            notes.append(f"{i['size']}: astropy's own split: read {n['read_s']:.1f} s, three convolve_fft calls "
+                         f"{n['convolve_s']:.1f} s, write {n['write_s']:.1f} s (the rest of its wall time is Python "
+                         "start-up and imports).")
+    L += [f"- {n}" for n in notes]
+    L += ["- Mosaic Mpix/s = mosaic pixels (the whole grid, covered or not: both tools transform all of it) / wall "
+          "seconds; `tessera / astropy` = tessera's Mpix/s over astropy's. Above 1 means tessera is faster. "
+          "Each row is the whole process: start-up (mpirun, Python imports), reading, the kernel (tessera builds "
+          "it from the PSF; astropy reads tessera's), convolving, writing.",
+          "- Like with like: astropy computes what tessera computes (src/kernels/psfmatch/convolve.rs). SCI with "
+          "`nan_treatment=\"interpolate\"`, `preserve_nan=True`, `boundary=\"fill\"`, `fill_value=NaN`, "
+          "`min_wt=1e-3`: the normalised convolution sum(K w x) / sum(K w) with weight 0 at NaN pixels and beyond "
+          "the image edge (a finite fill_value would count the padding as sky of that value), NaN where the input "
+          "is NaN or the weight is below 1e-3. 'interpolate' and not 'fill', because with 'fill' every pixel "
+          "within a kernel radius of the coverage edge is pulled towards the fill value, which is not what a "
+          "mosaic with NaN outside its coverage wants. ERR as sqrt(convolve_fft(w ERR^2, K^2)) / sum(K w) "
+          "(`normalize_kernel=False`; sum(K w) from a third convolve_fft of w, since astropy does not return its "
+          "weights). numpy's FFT is single-threaded: the astropy row uses one core, tessera's rows both.",
+          "- Agreement: the median |astropy - tessera| over the pixels finite in both, over the median |tessera| "
+          "(SCI, and ERR in brackets), against tessera's 2-rank product, and the largest |difference| of SCI.",
+          f"- Load average {c.get('load_avg_start')} at the start and {c.get('load_avg_end')} at the end of the "
+          f"section, on {c.get('nproc')} cores: the machine was shared, so the wall times are inflated by an "
+          "unknown factor; the ratio between tools run back to back is the more robust number.", ""]
+    return L
+
+
+def groups_run(args):
+    """groups.py: a campaign's wall time with 1, 2, 4 communicator groups on 4 ranks, and the model (issue 17)."""
+    model_from = next((p for p in args.reuse if any(s.get("scene") == "large" for s in
+                                                    json.loads(Path(p).read_text()).get("scenes", []))), "")
+    return run_table_script(args, "groups", ["--seed", str(args.seed)] + (["--model-from", model_from] if model_from else [])
+                            + (["--keep-outputs"] if args.keep_outputs else []))
+
+
+def groups_section(g, json_name):
+    L = ["## Campaign groups (issue 17)", ""]
+    if g.get("error"):
+        return L + [f"Not measured: {g['error']}.", ""]
+    c = g["campaign"]
+    L += [f"A campaign of {c['targets']} targets x {len(c['bands'])} bands ({', '.join(c['bands'])}), every band "
+          f"`tessera simulate --tiles {c['tiles']} --dithers {c['dithers']} --size {c['size']}` (NIRCam LW: 2 "
+          "detectors per exposure; MIRI: 4 exposures and 2 off exposures), the target's seed in every band, "
+          "the F300M reference catalogue; release off, no anchoring references and no PSF targets (those stages "
+          f"skip), everything else at its defaults. Timed with GNU time: `mpirun -n {c['ranks']} --oversubscribe "
+          "tessera run c.toml` with run.groups = 1, 2 and 4 (run.threads = 1, the release build). "
+          f"**{c['ranks']} ranks on {c['nproc']} cores are oversubscribed**, and the machine was shared (load "
+          f"averages in the table), so the wall times show the shape, not the speed. Raw numbers: `{json_name}` "
+          "(`scripts/bench.d/groups.py`).", "", g["table_md"], ""]
+    runs = [r for r in g["runs"] if r["status"].startswith("ok")]
+    if runs:
+        one = next((r for r in runs if r["groups"] == 1), None)
+        same = all(r.get("same_sci_as_first") for r in runs)
+        L.append(f"- Every task's SCI image is {'bit-identical' if same else 'NOT bit-identical'} across the "
+                 f"{len(runs)} runs ({len(runs[0].get('sci_sha256') or {})} mosaics compared).")
+        if one:
+            L.append("- Speed-up over one group: " + ", ".join(
+                f"{r['groups']} groups {one['wall_s'] / r['wall_s']:.2f}x" for r in runs if r["groups"] != 1) + ". "
+                "On 2 shared cores a band does not run faster on 4 ranks than on 1 (its collectives wait for "
+                "descheduled ranks), so groups win by running bands side by side; a chain (a target's bands of one "
+                "instrument, reference band first) is the unit of scheduling, so the wall cannot fall below the "
+                "longest chain.")
+        L.append("")
+    p, m, ph = g["model_params"], g["model"], g["phangs"]
+    rows = m["rows"]
+    one = rows[0]
+    auto = next(r for r in rows if r["groups"] == m["auto_groups"])
+    L += ["### Model: 1000 ranks, a PHANGS-size campaign (74 targets x 8 bands)", "",
+          "Not measured: evaluated by `scripts/bench.d/groups.py` from the figures and assumptions below.", "",
+          f"- A band on p ranks takes T(p) = a + b / p: `a` the work that does not shrink with ranks (rank 0 streams "
+          "the mosaic out of the band store, solves level and align, detects sources for astrometry; collectives' "
+          "latency), `b` the rank-seconds of the distributed work (destriping, level pairs, outlier median and "
+          "blot, drizzle). Collectives' log p latency and the shared file system's bandwidth are left out.",
+          f"- NIRCam band, from {p['source']} (NIRCam SW, 128 cal files of 2048^2): b = {p['ranks']} ranks x "
+          f"(drizzle {p['drizzle_s']:.0f} s + outlier {p['outlier_s']:.0f} s) = **{p['b_nircam']:.0f} rank-s**; "
+          f"a = assemble {p['assemble_s']:.0f} s + {p['a_other_s']:.0f} s (assumed: the rest of a whole chain's "
+          f"rank-0 work, which those drizzle-only rows do not run) = **{p['a_nircam']:.0f} s**. Every NIRCam band "
+          "is taken as large as that SW scene (an upper bound: an LW band has a quarter of its pixels).",
+          f"- MIRI band: {p['miri_fraction']:g} of a NIRCam band's a and b (1032 x 1024 detectors, fewer "
+          f"exposures; assumed): a = {p['a_miri']:.0f} s, b = {p['b_miri']:.0f} rank-s.",
+          f"- Groups are dealt as `tessera run` deals them: {m['chains']} chains (a target's NIRCam bands, its MIRI "
+          "bands), largest input first to the group with the fewest input bytes so far; a group's time is the sum "
+          "of its chains' bands at its rank count (1000 // groups ranks each; the remainder tessera spreads over "
+          "the groups is ignored). `run.groups = \"auto\"`: a NIRCam band's inputs (128 x 2048^2 x "
+          f"~24 B = {ph['nircam_band_bytes'] / 1e9:.1f} GB: SCI, ERR, DQ, three variances) in half of a "
+          f"{ph['budget_mb']} MiB budget per rank need {m['ranks_per_band_auto']} ranks: {m['auto_groups']} groups "
+          f"of {ph['ranks'] // m['auto_groups']} ranks.", "",
+          "| groups | ranks per group | campaign wall s | hours | gain over 1 group | groups busy |",
+          "|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        tag = " (auto)" if r["groups"] == m["auto_groups"] else (" (one chain each)" if r["groups"] == m["chains"] else "")
+        L.append(f"| {r['groups']}{tag} | {r['ranks_per_group']} | {r['wall_s']:,.0f} | {r['wall_s'] / 3600:.2f} | "
+                 f"{r['gain']:.1f}x | {100 * r['busy']:.0f} % |")
+    L += ["",
+          f"- **One group of {ph['ranks']} ranks:** every band runs on all ranks, one after another: "
+          f"{ph['targets'] * ph['nircam_bands']} NIRCam bands x {m['band_s']['nircam']['1000']:.1f} s + "
+          f"{ph['targets'] * ph['miri_bands']} MIRI bands x {m['band_s']['miri']['1000']:.1f} s = {one['wall_s']:,.0f} s, "
+          f"**{one['wall_s'] / 3600:.1f} h**; the serial part a is {100 * m['serial_share_one_group']:.0f} % of it: "
+          "the other ranks wait while rank 0 assembles.",
+          f"- **`auto` ({m['auto_groups']} groups):** a NIRCam chain of 4 bands takes 4 x "
+          f"{m['band_s']['nircam']['auto']:.0f} s, a MIRI chain 4 x {m['band_s']['miri']['auto']:.0f} s; "
+          + ("every chain gets a group of its own" if m['auto_groups'] >= m['chains'] else
+             "the NIRCam chains get a group each, the MIRI chains share the rest")
+          + ", and the wall is the NIRCam chain: "
+          f"**{auto['wall_s']:,.0f} s, {auto['wall_s'] / 3600:.2f} h, {auto['gain']:.0f}x less than one group**, with the "
+          f"groups busy {100 * auto['busy']:.0f} % of it.",
+          "- What limits it then: the chain (a target's bands of one instrument run in sequence on one group, for "
+          "their reference band's solutions); the serial a of each band, which groups overlap but do not shorten; "
+          "and, not modelled, the groups reading their inputs and writing mosaics at once on the shared file "
+          "system.", ""]
+    return L
+
+
 # ---------------------------------------------------------------------------------------------
 # destriping (--destripe): tessera's own stage times; no peer here destripes cal files
 
@@ -921,7 +1075,7 @@ def checksums_section(runs):
 
 def write_report(args, facts, results, json_path, quality=None, quality_json=None, destripe=None,
                  astrometry=None, astrometry_json=None, stripes=None, stripes_json=None, checksums=None,
-                 cosmic=None, cosmic_json=None):
+                 cosmic=None, cosmic_json=None, convolve=None, convolve_json=None, groups=None, groups_json=None):
     v = facts["versions"]
     L = ["# Benchmarks", "",
          "Produced by `scripts/bench` (do not edit by hand; rerun it). Command:", "",
@@ -1029,6 +1183,10 @@ def write_report(args, facts, results, json_path, quality=None, quality_json=Non
         L += stripes_section(stripes, stripes_json)
     if cosmic is not None:
         L += cosmic_section(cosmic, cosmic_json)
+    if convolve is not None:
+        L += convolve_section(convolve, convolve_json)
+    if groups is not None:
+        L += groups_section(groups, groups_json)
     L += ["## Reading against the targets", ""]
     L += targets(results, args)
     L += ["", "## Notes", ""]
@@ -1103,6 +1261,16 @@ def main():
                          "mosaic against the JWST pipeline and reproject (scripts/bench.d/cosmic.py)")
     ap.add_argument("--cosmic-from", default="",
                     help="an earlier bench-results/*-cosmic.json: its cosmic-ray table, not rerun")
+    ap.add_argument("--convolve", default="",
+                    help="comma-separated detector sizes (small, medium) on which to time PSF-matching convolution "
+                         "against astropy convolve_fft (scripts/bench.d/convolve.py)")
+    ap.add_argument("--convolve-from", default="",
+                    help="an earlier bench-results/*-convolve.json: its convolution table, not rerun")
+    ap.add_argument("--groups", action="store_true",
+                    help="also time a campaign with 1, 2 and 4 groups on 4 ranks, and the 1000-rank model "
+                         "(scripts/bench.d/groups.py)")
+    ap.add_argument("--groups-from", default="",
+                    help="an earlier bench-results/*-groups.json: its campaign groups section, not rerun")
     ap.add_argument("--destripe", default="",
                     help="comma-separated scenes on which to time tessera's destriping alone (e.g. large)")
     ap.add_argument("--checksums", default="",
@@ -1168,6 +1336,9 @@ def main():
                            bool(args.stripes), lambda: stripes_run(args))
     cosmic = reuse_or_run(args.cosmic_from, "table_md", "cosmic rays left in the final mosaic",
                           bool(args.cosmic), lambda: cosmic_run(args))
+    convolve = reuse_or_run(args.convolve_from, "table_md", "PSF-matching convolution against astropy",
+                            bool(args.convolve), lambda: convolve_run(args))
+    groups = reuse_or_run(args.groups_from, "table_md", "campaign groups", args.groups, lambda: groups_run(args))
     destripe = [destripe_run(args, sc) for sc in args.destripe.split(",") if sc and sc != "none"]
     for path in args.reuse:
         for r in json.loads(Path(path).read_text()).get("destripe") or []:
@@ -1202,16 +1373,21 @@ def main():
     ap_ = saved(args.astrometry_from, astrometry, "astrometry")
     sp = saved(args.stripes_from, stripes, "stripes")
     cp = saved(args.cosmic_from, cosmic, "cosmic")
+    vp = saved(args.convolve_from, convolve, "convolve")
+    gp = saved(args.groups_from, groups, "groups")
     jp.write_text(json.dumps({"command": args.cmdline, "machine": facts, "scenes": results,
                               "quality": None if qp is None else str(rel(qp)), "destripe": destripe,
                               "checksums": checksums,
                               "astrometry": None if ap_ is None else str(rel(ap_)),
                               "stripes": None if sp is None else str(rel(sp)),
                               "cosmic": None if cp is None else str(rel(cp)),
+                              "convolve": None if vp is None else str(rel(vp)),
+                              "groups": None if gp is None else str(rel(gp)),
                               "mem_budget_mb": args.mem_budget_mb or args.default_budget_mb}, indent=1))
     write_report(args, facts, results, rel(jp), quality, None if qp is None else rel(qp), destripe,
                  astrometry, None if ap_ is None else rel(ap_), stripes, None if sp is None else rel(sp),
-                 checksums, cosmic, None if cp is None else rel(cp))
+                 checksums, cosmic, None if cp is None else rel(cp), convolve, None if vp is None else rel(vp),
+                 groups, None if gp is None else rel(gp))
     log(f"wrote {args.out} and {jp}" + (f" and {qp}" if qp else ""))
     for res in results:
         print(f"\n## {res['scene']}")
@@ -1231,6 +1407,12 @@ def main():
     if cosmic is not None:
         print("\n## Cosmic rays left in the final mosaic")
         print(cosmic.get("table_md") or f"not measured: {cosmic.get('error')}")
+    if convolve is not None:
+        print("\n## PSF-matching convolution against astropy")
+        print(convolve.get("table_md") or f"not measured: {convolve.get('error')}")
+    if groups is not None:
+        print("\n## Campaign groups")
+        print(groups.get("table_md") or f"not measured: {groups.get('error')}")
     return 0
 
 

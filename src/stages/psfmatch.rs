@@ -8,7 +8,8 @@
 //!    table) at a quarter of the mosaic's pixel scale.
 //! 2. Rank 0 builds one kernel per target of `psfmatch.targets` (a Gaussian, or another band's PSF
 //!    found the same way), writes it to `psfmatch/kernels/<band>_to_<target>.fits` (W- and D in the
-//!    header), resamples it to the mosaic's pixel scale and broadcasts it (bytes, so every rank holds
+//!    header), resamples it to the mosaic's pixel scale, writes that too (`..._mosaic.fits`, the
+//!    kernel the convolution uses, for other tools) and broadcasts it (bytes, so every rank holds
 //!    the same bits).
 //! 3. The convolution is distributed: the mosaic's rows are cut into chunks of `psfmatch.chunk_rows`
 //!    (independent of the rank count), dealt round-robin; each owner reads its chunks' SCI and ERR,
@@ -422,6 +423,11 @@ fn kernel_file_name(band: &str, target: &str) -> String {
     format!("{}_to_{}.fits", band.to_ascii_lowercase(), target.to_ascii_lowercase().replace('.', "p"))
 }
 
+/// The kernel resampled to the mosaic's pixel scale: `<band>_to_<target>_mosaic.fits`.
+pub fn mosaic_kernel_file_name(band: &str, target: &str) -> String {
+    kernel_file_name(band, target).replace(".fits", "_mosaic.fits")
+}
+
 fn write_kernel(path: &Path, k: &MatchKernel, band: &str, target: &str) -> crate::Result<()> {
     let n = k.data.nrows();
     let c = (n / 2 + 1) as f64;
@@ -546,6 +552,15 @@ pub fn stage(ctx: &Ctx, band: &Band) -> crate::Result<Written> {
             let kfile = dir.join("kernels").join(kernel_file_name(&bname, &t.name));
             write_kernel(&kfile, &k, &bname, &t.name)?;
             let km = kernel_at_scale(&k, scale);
+            // the kernel as the convolution below uses it, at the mosaic's pixel scale (for other
+            // tools, e.g. scripts/bench --convolve): psfmatch/kernels/<band>_to_<target>_mosaic.fits
+            let at_mosaic = MatchKernel { data: km.clone(), scale_arcsec: scale, ..k.clone() };
+            write_kernel(
+                &dir.join("kernels").join(mosaic_kernel_file_name(&bname, &t.name)),
+                &at_mosaic,
+                &bname,
+                &t.name,
+            )?;
             tracing::info!(
                 "[{STAGE}] {bname} -> {}: kernel W- {:.3}, D {:.4}, {} px at the mosaic scale",
                 t.name,
