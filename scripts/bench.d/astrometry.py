@@ -25,7 +25,6 @@ lattice), and a correction in the v2v3 tangent plane is a rigid correction on th
 
 Writes OUT.json with the numbers and a markdown table (`table_md`); progress on stderr.
 """
-import argparse
 import json
 import math
 import re
@@ -41,6 +40,7 @@ import numpy as np
 sys.dont_write_bytecode = True   # no __pycache__ in the repository's scripts folder
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables import simulate, write_json  # noqa: E402
+from bench import section_parser  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -372,10 +372,7 @@ def table_md(rows, confs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tessera", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--json", required=True)
+    ap = section_parser(__doc__)
     ap.add_argument("--scenes", default="lw,miri")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--tweakreg", default="default,matched", help="TweakRegStep parameter sets (default, matched)")

@@ -52,6 +52,16 @@ PEER_INFO = {
 }
 
 
+def section_parser(doc):
+    """The argument parser of a section script of bench.d (quality.py, cosmic.py, ...), with the
+    three arguments bench.py always passes: the tessera binary, the work folder, the JSON to write."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tessera", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--json", required=True)
+    return ap
+
+
 def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 

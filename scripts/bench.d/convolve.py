@@ -23,7 +23,6 @@ scripts/bench.d/rank-time):
 Agreement: the median |astropy SCI - tessera SCI| over the pixels finite in both, over the median
 |tessera SCI| there (and the same for ERR); the 1- and 2-rank tessera products are also compared bit for bit.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -38,7 +37,8 @@ from astropy.io import fits
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
-from bench import run_timed, run_quiet, toml_str, log  # noqa: E402
+from bench import run_timed, run_quiet, toml_str, log, section_parser  # noqa: E402
+from tables import write_json  # noqa: E402
 
 BAND, TARGET = "F300M", "gauss0p90"
 SIM = ["--instrument", "nircam_lw", "--filter", BAND, "--tiles", "2x2", "--dithers", "4"]
@@ -68,11 +68,8 @@ def prepare(args, size):
 
 
 def sha(path):
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def data_sha(path):
@@ -231,10 +228,7 @@ def table(scenes):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tessera", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--json", required=True)
+    ap = section_parser(__doc__)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--sizes", default="small,medium")
@@ -253,8 +247,7 @@ def main():
     res = {"scenes": scenes, "total_s": time.perf_counter() - t0, "load_avg_start": load0,
            "load_avg_end": " ".join(f"{x:.2f}" for x in os.getloadavg()), "nproc": os.cpu_count(),
            "table_md": table(scenes)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    write_json(args.json, res)
     print(res["table_md"])
     return 0
 

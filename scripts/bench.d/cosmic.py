@@ -44,7 +44,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
 import quality  # noqa: E402
-from bench import run_timed, toml_str, log  # noqa: E402
+from bench import run_timed, toml_str, log, section_parser  # noqa: E402
+from tables import write_json  # noqa: E402
 
 # Five times the simulator's default cosmic-ray rate (2e-4 hits per pixel per exposure), for enough hits
 # to read a 99th percentile (~700 LW, ~2800 SW); the shapes are the simulator's.
@@ -246,10 +247,7 @@ def table(scenes):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tessera", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--json", required=True)
+    ap = section_parser(__doc__)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--scenes", default="lw,sw")
@@ -270,8 +268,7 @@ def main():
     t0 = time.perf_counter()
     scenes = [run_scene(args, n) for n in names]
     res = {"scenes": scenes, "total_s": time.perf_counter() - t0, "table_md": table(scenes)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    write_json(args.json, res)
     print(res["table_md"])
     return 0
 

@@ -27,7 +27,6 @@ MIRI_FRACTION of a NIRCam band's a and b (1032 x 1024 detectors, fewer exposures
 largest input first to the least loaded group), `auto` as `auto_groups` sizes them (a NIRCam band's
 input bytes over half of the per-rank budget).
 """
-import argparse
 import hashlib
 import json
 import math
@@ -43,7 +42,8 @@ from astropy.io import fits
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
-from bench import run_timed, run_quiet, toml_str, log  # noqa: E402
+from bench import run_timed, run_quiet, toml_str, log, section_parser  # noqa: E402
+from tables import write_json  # noqa: E402
 
 BANDS = [("nircam_lw", "F300M"), ("nircam_lw", "F335M"), ("miri", "F770W"), ("miri", "F1000W")]
 TARGETS = 2
@@ -199,10 +199,7 @@ def table(runs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tessera", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--json", required=True)
+    ap = section_parser(__doc__)
     ap.add_argument("--seed", type=int, default=1, help="unused (the targets' seeds are 1 and 2)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--groups", default="1,2,4")
@@ -224,8 +221,7 @@ def main():
                         "dithers": 4, "ranks": args.ranks, "nproc": os.cpu_count()},
            "runs": runs, "model_params": p, "phangs": PHANGS, "model": model(p),
            "total_s": time.perf_counter() - t0, "table_md": table(runs)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    write_json(args.json, res)
     print(res["table_md"])
     return 0
 

@@ -60,7 +60,6 @@ DILATE_PX so pixels next to another tile's edge count as shared).
                    absolute sky leave the mean background in. Emission fills the field, so a sky taken
                    from the data (tessera's band sky, SkyMatch's global) removes some of it too.
 """
-import argparse
 import json
 import math
 import os
@@ -77,7 +76,8 @@ from astropy.wcs import WCS
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True   # no __pycache__ in the repo from importing bench.py
-from bench import run_quiet, run_timed, toml_str, sh, log  # noqa: E402
+from bench import run_quiet, run_timed, toml_str, sh, log, section_parser  # noqa: E402
+from tables import write_json  # noqa: E402
 
 SCENES = {
     "nircam": {
@@ -630,10 +630,7 @@ def run_scene(args, name):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tessera", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--json", required=True)
+    ap = section_parser(__doc__)
     ap.add_argument("--md", default="")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=3600)
@@ -658,8 +655,7 @@ def main():
            "metrics": {"box_px": BOX_PX, "box_min_frac": BOX_MIN_FRAC, "box_min_set_frac": BOX_MIN_SET_FRAC,
                        "coverage_dilation_px": DILATE_PX, "faint_mjysr": FAINT_MJYSR,
                        "source_pad_px": SOURCE_PAD_PX}}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    write_json(args.json, res)
     md = []
     for s in scenes:
         md += [f"### {s['scene']['name']}: {s['scene']['title']}", "", s["table_md"], ""]

@@ -26,7 +26,6 @@ independently here (astropy WCS, scipy median filter):
 
 Writes OUT.json with the numbers and a markdown table (`table_md`); progress on stderr.
 """
-import argparse
 import json
 import shutil
 import subprocess
@@ -39,6 +38,7 @@ import numpy as np
 sys.dont_write_bytecode = True   # no __pycache__ in the repository's scripts folder
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables import simulate, write_json  # noqa: E402
+from bench import section_parser  # noqa: E402
 
 # scene -> (instrument, seed, label, roll offsets in deg: one coverage per roll)
 SCENES = {
@@ -256,10 +256,7 @@ def table_md(rows):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tessera", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--json", required=True)
+    ap = section_parser(__doc__)
     ap.add_argument("--scenes", default="lw,sw,lw-2rolls")
     ap.add_argument("--sizes", default="small,medium")
     ap.add_argument("--ranks", type=int, default=2)

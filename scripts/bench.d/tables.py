@@ -26,5 +26,5 @@ def write_json(path, out):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
+    tmp.write_text(json.dumps(out, indent=1, default=str))
     tmp.replace(path)
