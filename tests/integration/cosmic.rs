@@ -133,10 +133,12 @@ fn score(dir: &Path, work: &Path, mosaic: &Path) -> Score {
     let text = std::fs::read_to_string(dir.join("truth/cosmic_rays.csv")).unwrap();
     let mut cr: BTreeMap<String, BTreeMap<(usize, usize), f32>> = BTreeMap::new();
     let mut peaks: BTreeMap<(String, usize), (f32, usize, usize)> = BTreeMap::new();
+    let mut hits: BTreeMap<(String, usize), Vec<(usize, usize, f32)>> = BTreeMap::new();
     for l in text.lines().skip(1) {
         let f: Vec<&str> = l.split(',').collect();
         let (y, x, v): (usize, usize, f32) = (f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap());
         *cr.entry(f[0].to_string()).or_default().entry((y, x)).or_default() += v;
+        hits.entry((f[0].to_string(), f[1].parse().unwrap())).or_default().push((y, x, v));
         let p = peaks.entry((f[0].to_string(), f[1].parse().unwrap())).or_insert((f32::MIN, 0, 0));
         if v > p.0 {
             *p = (v, y, x);
@@ -273,14 +275,51 @@ fn score(dir: &Path, work: &Path, mosaic: &Path) -> Score {
         state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         ((state >> 33) as usize) % n
     };
-    for ((file, _), &(_, y, x)) in &peaks {
+    // the cosmic rays that survive (residual above 5 noise): what they are, for the note
+    let mut survivors: Vec<(f64, String)> = vec![];
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    for ((file, hit), &(_, y, x)) in &peaks {
         let (_, img, w) = imgs.iter().find(|(f, _, _)| f == file).unwrap();
         if img.dq[[y, x]] & DO_NOT_USE != 0 {
             continue;
         }
         let (ra, dec) = w.pixel_to_sky(x as f64, y as f64);
-        if coverage(&imgs, ra, dec) >= 2 {
-            at_cr.extend(metric(ra, dec));
+        let cov = coverage(&imgs, ra, dec);
+        if cov >= 2 {
+            let m = metric(ra, dec);
+            if let Some(v) = m.filter(|v| *v > 5.0) {
+                let nx = img.sci.dim().1;
+                let fl = &flagged[file];
+                let px = &hits[&(file.clone(), *hit)];
+                let unflagged: Vec<f32> = px
+                    .iter()
+                    .filter(|(yy, xx, _)| !fl.contains(&((yy * nx + xx) as u64)))
+                    .map(|(yy, xx, d)| d / img.err[[*yy, *xx]])
+                    .collect();
+                let worst = unflagged.iter().copied().fold(0.0f32, f32::max);
+                let peak_hit = fl.contains(&((y * nx + x) as u64));
+                let kind = if coincident(&imgs, &cr, file, ra, dec) {
+                    "coincident with another exposure's cosmic ray"
+                } else if !peak_hit {
+                    "core not flagged"
+                } else if worst > 5.0 {
+                    "core flagged, a neighbour above 5 ERR not"
+                } else {
+                    "flagged above 5 ERR; residual from fainter spill"
+                };
+                *tally.entry(format!("{kind}, {cov} exposures")).or_default() += 1;
+                survivors.push((
+                    v,
+                    format!(
+                    "{v:.1} sigma: {kind}; {cov} exposures; {} of {} pixels unflagged (largest {worst:.1} ERR); near a \
+                     bright source: {}",
+                    unflagged.len(),
+                    px.len(),
+                    near_bright(img, &cr[file], y, x)
+                ),
+                ));
+            }
+            at_cr.extend(m);
         }
         // a control position in the same exposure, away from its cosmic rays
         let (ny, nx) = img.sci.dim();
@@ -301,6 +340,11 @@ fn score(dir: &Path, work: &Path, mosaic: &Path) -> Score {
                 found += 1;
             }
         }
+    }
+    survivors.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!("cosmic rays with a residual above 5 sigma: {} of {}; {tally:?}", survivors.len(), at_cr.len());
+    for (_, s) in survivors.iter().take(12) {
+        eprintln!("  {s}");
     }
     let p99 = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
