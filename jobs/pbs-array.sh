@@ -10,12 +10,7 @@ set -euo pipefail
 cd "${PBS_O_WORKDIR:-.}"
 : "${CAMPAIGN:?set CAMPAIGN with qsub -v CAMPAIGN=...}"
 i="${PBS_ARRAY_INDEX:-${PBS_ARRAYID:?not an array job: submit with qsub -J 1-N}}"
-if [[ -n "${TARGETS:-}" ]]; then
-  target=$(sed -n "${i}p" "$TARGETS")
-else
-  target=$(grep -E '^[[:space:]]*name[[:space:]]*=' "$CAMPAIGN" | sed -n "${i}p" | sed -E 's/^[^=]*=[[:space:]]*"([^"]*)".*/\1/')
-fi
-[[ -n "$target" ]] || { echo "no target number $i in $CAMPAIGN" >&2; exit 2; }
 source "${JOBS_DIR:-jobs}/resources.sh"
+target=$(nth_target "$CAMPAIGN" "$i" "${TARGETS:-}")
 mpiexec -n "$TESSERA_RANKS" "$TESSERA" --set run.mem_budget_mb="$TESSERA_MEM_MB" \
   --set run.threads="$TESSERA_THREADS" run "$CAMPAIGN" --target "$target" --resume

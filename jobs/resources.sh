@@ -12,6 +12,23 @@
 # Ranks get 3/4 of their share of the memory as run.mem_budget_mb: the rest is for MPI, HDF5 and the OS.
 # TESSERA_MEM_MB / TESSERA_THREADS / TESSERA_RANKS set by hand win over all of this.
 TESSERA="${TESSERA:-tessera}"
+# nth_target CAMPAIGN I [LIST]: the I-th target (1-based) of the array scripts: the I-th line of LIST
+# when given, else the name of the I-th [[target]] table of the campaign file, in file order (only
+# `name` keys inside [[target]] tables count). Exits 2 when there is none.
+nth_target() {
+  local campaign="$1" i="$2" list="${3:-}" target
+  if [[ -n "$list" ]]; then
+    target=$(sed -n "${i}p" "$list")
+  else
+    target=$(awk -v i="$i" '
+      /^[[:space:]]*\[/ { in_target = ($0 ~ /^[[:space:]]*\[\[[[:space:]]*target[[:space:]]*\]\]/) }
+      in_target && /^[[:space:]]*name[[:space:]]*=/ {
+        if (++n == i) { sub(/^[^=]*=[[:space:]]*"/, ""); sub(/".*/, ""); print; exit }
+      }' "$campaign")
+  fi
+  [[ -n "$target" ]] || { echo "no target number $i in ${list:-$campaign}" >&2; exit 2; }
+  echo "$target"
+}
 to_mib() { # "8gb", "8000mb", "8G", "1024" (MiB) -> MiB
   local v="${1,,}"
   case "$v" in

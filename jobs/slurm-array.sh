@@ -12,12 +12,7 @@
 set -euo pipefail
 campaign="${1:?usage: sbatch --array=1-N jobs/slurm-array.sh campaign.toml [targets.txt]}"
 i="${SLURM_ARRAY_TASK_ID:?not an array job: submit with sbatch --array=1-N}"
-if [[ -n "${2:-}" ]]; then
-  target=$(sed -n "${i}p" "$2")
-else
-  target=$(grep -E '^[[:space:]]*name[[:space:]]*=' "$campaign" | sed -n "${i}p" | sed -E 's/^[^=]*=[[:space:]]*"([^"]*)".*/\1/')
-fi
-[[ -n "$target" ]] || { echo "no target number $i in $campaign" >&2; exit 2; }
 source "${JOBS_DIR:-jobs}/resources.sh"
+target=$(nth_target "$campaign" "$i" "${2:-}")
 srun "$TESSERA" --set run.mem_budget_mb="$TESSERA_MEM_MB" --set run.threads="$TESSERA_THREADS" \
   run "$campaign" --target "$target" --resume
