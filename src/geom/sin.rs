@@ -11,7 +11,8 @@
 //! (tests below).
 
 use super::wcs::{
-    bad, det2, invert2, linear_part, real, required_real, required_text, wrap_360, CardValue, TanSip, WcsError,
+    bad, check_units_and_frame, det2, invert2, linear_part, real, required_real, required_text, wrap_360, CardValue,
+    TanSip, WcsError,
 };
 use std::collections::BTreeMap;
 
@@ -100,19 +101,7 @@ impl SkyWcs {
                 return Err(bad("LONPOLE", format!("{l} is not supported, only 180")));
             }
         }
-        for key in ["CUNIT1", "CUNIT2"] {
-            if let Some(CardValue::Text(u)) = cards.get(key) {
-                if !u.trim().eq_ignore_ascii_case("deg") {
-                    return Err(bad(key, format!("unit '{}' is not supported, expected 'deg'", u.trim())));
-                }
-            }
-        }
-        if let Some(CardValue::Text(f)) = cards.get("RADESYS") {
-            let f = f.trim().to_ascii_uppercase();
-            if f != "ICRS" && f != "FK5" {
-                return Err(bad("RADESYS", format!("frame '{f}' is not supported (ICRS or FK5)")));
-            }
-        }
+        check_units_and_frame(cards)?;
         let crpix = [required_real(cards, "CRPIX1")?, required_real(cards, "CRPIX2")?];
         let crval_deg = [required_real(cards, "CRVAL1")?, required_real(cards, "CRVAL2")?];
         if !(-90.0..90.0).contains(&crval_deg[1]) {

@@ -176,19 +176,7 @@ impl TanSip {
         if sip1 != sip2 {
             return Err(bad("CTYPE2", format!("'{ctype1}' and '{ctype2}' disagree on -SIP")));
         }
-        for key in ["CUNIT1", "CUNIT2"] {
-            if let Some(unit) = text(cards, key)? {
-                if !unit.eq_ignore_ascii_case("deg") {
-                    return Err(bad(key, format!("unit '{unit}' is not supported, expected 'deg'")));
-                }
-            }
-        }
-        if let Some(frame) = text(cards, "RADESYS")? {
-            let f = frame.to_ascii_uppercase();
-            if f != "ICRS" && f != "FK5" {
-                return Err(bad("RADESYS", format!("frame '{frame}' is not supported (ICRS or FK5)")));
-            }
-        }
+        check_units_and_frame(cards)?;
 
         // Reference point.
         let crpix = [required_real(cards, "CRPIX1")?, required_real(cards, "CRPIX2")?];
@@ -607,6 +595,24 @@ pub(crate) fn text(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<Opt
 
 pub(crate) fn required_text(cards: &BTreeMap<String, CardValue>, key: &str) -> Result<String, WcsError> {
     text(cards, key)?.ok_or_else(|| WcsError::MissingKey(key.to_string()))
+}
+
+/// `CUNITi` must be `deg` and `RADESYS` ICRS or FK5 when present (shared by every projection).
+pub(crate) fn check_units_and_frame(cards: &BTreeMap<String, CardValue>) -> Result<(), WcsError> {
+    for key in ["CUNIT1", "CUNIT2"] {
+        if let Some(unit) = text(cards, key)? {
+            if !unit.eq_ignore_ascii_case("deg") {
+                return Err(bad(key, format!("unit '{unit}' is not supported, expected 'deg'")));
+            }
+        }
+    }
+    if let Some(frame) = text(cards, "RADESYS")? {
+        let f = frame.to_ascii_uppercase();
+        if f != "ICRS" && f != "FK5" {
+            return Err(bad("RADESYS", format!("frame '{frame}' is not supported (ICRS or FK5)")));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a CTYPE against `base` (`RA---TAN` or `DEC--TAN`); returns whether it carries `-SIP`.
