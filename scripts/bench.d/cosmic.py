@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
 import quality  # noqa: E402
-from bench import run_timed, toml_str, log, section_parser  # noqa: E402
+from bench import toml_str, log, section_parser  # noqa: E402
 from tables import write_json  # noqa: E402
 
 # Five times the simulator's default cosmic-ray rate (2e-4 hits per pixel per exposure), for enough hits
@@ -186,12 +186,7 @@ def run_tool(args, scene, tool):
     else:
         cmd = [sys.executable, HERE / "run_reproject.py", scene["peer"], out, "--combine", tool.split("-")[1]]
         ext = 0
-    log(f"[cosmic {scene['name']}] {LABELS[tool]} ...")
-    row = {"tool": tool, "label": LABELS[tool]}
-    row.update(run_timed(cmd, rd, args.timeout, env=env, rank_prefix=prefix))
-    if row["status"].startswith("ok") and not out.exists():
-        row["status"] = "failed: exited 0 but wrote no mosaic.fits"
-    log(f"[cosmic {scene['name']}] {LABELS[tool]}: {row['status']} {row.get('wall_s', 0):.1f} s")
+    row = quality.run_peer(f"cosmic {scene['name']}", tool, LABELS[tool], cmd, out, rd, args, env, prefix)
     return row, out, ext, rd
 
 

@@ -147,6 +147,17 @@ BOX_MIN_FRAC = 0.25
 BOX_MIN_SET_FRAC = 0.1
 
 
+def run_peer(tag, tool, label, cmd, out, rd, args, env=None, prefix=None):
+    """One timed run of a tool that writes `out` (mosaic.fits): the row of run_timed, with a failure
+    when the tool exits 0 without writing it; logged as `[tag] label`."""
+    log(f"[{tag}] {label} ...")
+    row = {"tool": tool, "label": label}
+    row.update(run_timed(cmd, rd, args.timeout, env=env, rank_prefix=prefix))
+    if row["status"].startswith("ok") and not out.exists():
+        row["status"] = "failed: exited 0 but wrote no mosaic.fits"
+    log(f"[{tag}] {label}: {row['status']} {row.get('wall_s', 0):.1f} s")
+    return row
+
 def has_planes(scene_name):
     return any(kv.startswith("simulate.tile_plane_mjysr=") and float(kv.split("=")[1]) > 0
                for kv in SCENES[scene_name]["sets"])
@@ -476,12 +487,7 @@ def run_tools(args, scene, truth):
         else:
             cmd = [sys.executable, HERE / "run_reproject.py", scene["peer"], out, "--match-background"]
             prefix, ext = None, 0
-        log(f"[quality {scene['name']}] {LABELS[tool]} ...")
-        row = {"tool": tool, "label": LABELS[tool]}
-        row.update(run_timed(cmd, rd, args.timeout, env=env, rank_prefix=prefix))
-        if row["status"].startswith("ok") and not out.exists():
-            row["status"] = "failed: exited 0 but wrote no mosaic.fits"
-        log(f"[quality {scene['name']}] {LABELS[tool]}: {row['status']} {row.get('wall_s', 0):.1f} s")
+        row = run_peer(f"quality {scene['name']}", tool, LABELS[tool], cmd, out, rd, args, env, prefix)
         row["_out"], row["_ext"], row["_dir"] = out, ext, rd
         rows.append(row)
     return rows

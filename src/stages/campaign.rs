@@ -503,10 +503,12 @@ pub fn run(
         write_status(&status);
         // the band tied to an anchor reference band later in its chain stops after astrometry and
         // waits for it (MIRI by default: F1000W gives the visit shifts, F770W is anchored)
+        // (a config that does not resolve fails the task in run_task, with its error)
         let anchor_ref = match phase {
             Phase::Rest => None,
             _ => anchor_reference(raw, task)
-                .unwrap_or(None)
+                .ok()
+                .flatten()
                 .filter(|rb| mine[j + 1..].iter().any(|t| t.chain == task.chain && &t.band == rb)),
         };
         let phase = if anchor_ref.is_some() { Phase::Solve } else { phase };
