@@ -614,10 +614,10 @@ def targets(results, args):
     return out
 
 
-def run_table_script(args, name, extra=()):
+def run_table_script(args, name, extra=(), keeps=False):
     """Run scripts/bench.d/<name>.py in the venv (its own simulated scenes, tools and scores) with
-    --tessera, --work <work>/<name>, --json and --timeout plus `extra`; return its JSON, or
-    {"error": reason}."""
+    --tessera, --work <work>/<name>, --json and --timeout plus `extra` (and --keep-outputs when asked
+    for and the script `keeps` them); return its JSON, or {"error": reason}."""
     if args.tessera_error:
         return {"error": f"tessera: {args.tessera_error}"}
     if not args.python:
@@ -626,7 +626,7 @@ def run_table_script(args, name, extra=()):
     out = work / f"{name}.json"
     out.unlink(missing_ok=True)
     cmd = [args.python, HERE / f"{name}.py", "--tessera", args.tessera, "--work", work, "--json", out,
-           "--timeout", str(args.timeout), *extra]
+           "--timeout", str(args.timeout), *extra] + (["--keep-outputs"] if keeps and args.keep_outputs else [])
     log(f"{name}: {shlex.join(str(c) for c in cmd)}")
     p = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, text=True)   # progress on stderr
     if p.returncode != 0 or not out.exists():
@@ -636,8 +636,7 @@ def run_table_script(args, name, extra=()):
 
 def quality_run(args):
     """quality.py: level matching against SkyMatchStep and reproject (run_table_script)."""
-    extra = ["--seed", str(args.seed)] + (["--keep-outputs"] if args.keep_outputs else [])
-    return run_table_script(args, "quality", extra)
+    return run_table_script(args, "quality", ["--seed", str(args.seed)], keeps=True)
 
 
 def quality_section(q, json_name):
@@ -754,7 +753,7 @@ def astrometry_section(a, json_name):
 
 def stripes_run(args):
     """stripes.py: the stripe power left in the final mosaic (run_table_script)."""
-    return run_table_script(args, "stripes", ["--sizes", args.stripes] + (["--keep-outputs"] if args.keep_outputs else []))
+    return run_table_script(args, "stripes", ["--sizes", args.stripes], keeps=True)
 
 
 def stripes_section(s, json_name):
@@ -787,8 +786,7 @@ def stripes_section(s, json_name):
 
 def cosmic_run(args):
     """cosmic.py: cosmic rays left in the final mosaic, tessera against JWST stage 3 and reproject."""
-    return run_table_script(args, "cosmic", ["--scenes", args.cosmic, "--seed", str(args.seed)]
-                            + (["--keep-outputs"] if args.keep_outputs else []))
+    return run_table_script(args, "cosmic", ["--scenes", args.cosmic, "--seed", str(args.seed)], keeps=True)
 
 
 def cosmic_section(c, json_name):
@@ -814,8 +812,7 @@ def cosmic_section(c, json_name):
 
 def convolve_run(args):
     """convolve.py: PSF-matching convolution, tessera psfmatch against astropy convolve_fft (issue 16)."""
-    return run_table_script(args, "convolve", ["--sizes", args.convolve, "--seed", str(args.seed)]
-                            + (["--keep-outputs"] if args.keep_outputs else []))
+    return run_table_script(args, "convolve", ["--sizes", args.convolve, "--seed", str(args.seed)], keeps=True)
 
 
 def convolve_section(c, json_name):
@@ -884,8 +881,8 @@ def groups_run(args):
     """groups.py: a campaign's wall time with 1, 2, 4 communicator groups on 4 ranks, and the model (issue 17)."""
     model_from = next((p for p in args.reuse if any(s.get("scene") == "large" for s in
                                                     json.loads(Path(p).read_text()).get("scenes", []))), "")
-    return run_table_script(args, "groups", ["--seed", str(args.seed)] + (["--model-from", model_from] if model_from else [])
-                            + (["--keep-outputs"] if args.keep_outputs else []))
+    return run_table_script(args, "groups", ["--seed", str(args.seed)] + (["--model-from", model_from] if model_from else []),
+                            keeps=True)
 
 
 def groups_section(g, json_name):
