@@ -133,7 +133,9 @@ fn score(dir: &Path, work: &Path, mosaic: &Path) -> Score {
     let text = std::fs::read_to_string(dir.join("truth/cosmic_rays.csv")).unwrap();
     let mut cr: BTreeMap<String, BTreeMap<(usize, usize), f32>> = BTreeMap::new();
     let mut peaks: BTreeMap<(String, usize), (f32, usize, usize)> = BTreeMap::new();
-    let mut hits: BTreeMap<(String, usize), Vec<(usize, usize, f32)>> = BTreeMap::new();
+    // (file, hit) -> its pixels (y, x, deposit)
+    type Pixels = Vec<(usize, usize, f32)>;
+    let mut hits: BTreeMap<(String, usize), Pixels> = BTreeMap::new();
     for l in text.lines().skip(1) {
         let f: Vec<&str> = l.split(',').collect();
         let (y, x, v): (usize, usize, f32) = (f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap());
