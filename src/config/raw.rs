@@ -372,7 +372,9 @@ pub struct RawOutlier {
     pub write_crf: bool,
     /// Where two or three resampled exposures remain at a pixel and their median exceeds twice
     /// their smallest value, compare with the smallest (cosmic rays are positive) instead of the
-    /// median, so a cosmic ray where two overlap, or two on one pixel of three, can be found; false = JWST.
+    /// median, so a cosmic ray where two overlap, or two on one pixel of three, can be found; and
+    /// where that exposure's value also stands `snr1` noises above the smallest, leave it out of the
+    /// median around the pixel, so the fainter pixels of its cosmic ray are found too; false = JWST.
     pub low_coverage_min: bool,
 }
 
@@ -899,7 +901,10 @@ write_crf = false
 # Where two or three resampled exposures remain at a pixel and their median exceeds twice their
 # smallest value, compare with the smallest instead of the median (the median of two is their mean:
 # half of a cosmic ray stays in it and its derivative term then hides the cosmic ray; of three, two
-# cosmic rays on one pixel carry it), so those cosmic rays are found; false = the JWST pipeline.
+# cosmic rays on one pixel carry it), so those cosmic rays are found. Where that exposure's value also
+# stands snr1 noises (its median ERR) above the smallest, and it is not a source seen lower by it
+# nearby, it is left out of the median within one input pixel plus two output pixels of there, so the
+# fainter pixels of its cosmic ray are found too. false = the JWST pipeline.
 low_coverage_min = true
 
 [drizzle]

@@ -238,6 +238,145 @@ pub fn median_stack_with(
     });
 }
 
+/// How an exposure's own cosmic ray is kept out of the median around it ([`median_stack_shielded`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Shield<'a> {
+    /// Per exposure, its typical 1-sigma noise in the stack's unit (the median of its ERR).
+    pub noise: &'a [f32],
+    /// How far the largest value must stand above the smallest, in the largest one's exposure
+    /// noise, for its exposure to be shielded there (the outlier test's `snr1`).
+    pub nsigma: f32,
+    /// Half-width of the square, in stack pixels, over which a seed shields its exposure.
+    pub radius: usize,
+}
+
+/// [`median_stack_with`] (`two_min` on) for the inner rectangle `rows x cols` of a stack cut with a
+/// halo, with each exposure's own cosmic rays kept out of the median around them.
+///
+/// Why: where two exposures overlap, the smallest value is taken only where the median is more than
+/// twice it (the star-core guard of [`median_stack_with`]). A cosmic ray's bright core passes that
+/// test, but the output pixels that its fainter neighbours (blob and streak pixels, spill) drizzle
+/// onto often do not, on emission above all: there the median keeps half of them, the blot gives it
+/// back to the exposure, and the neighbours, tested against it with its steep derivative, are
+/// never flagged (the survivors of issue 15, "core flagged, a neighbour above 5 ERR not").
+///
+/// So, a *seed*: a pixel where two or three values remain, the smallest-value rule fires, the
+/// largest value stands above the smallest by more than `nsigma` times its exposure's noise, and
+/// that exposure is nowhere within `radius` a source seen lower than by the others: a pixel where
+/// it is more than `nsigma` noises below the smallest of the others while its own value there
+/// stands more than `nsigma` noises above the seed's smallest value. The exposure is then left out
+/// of the median at every pixel within `radius` of the seed (a square), provided another value
+/// remains there; the median of what remains follows [`median_stack_with`].
+/// - The noise term keeps pure-noise pixels on empty sky (where the ratio test fires easily, the
+///   smallest value being near 0) from seeding.
+/// - The test from below keeps sources out: a source seen by every exposure differs between them
+///   by its pixel phase, which moves charge from one pixel to its neighbour, so an exposure that is
+///   higher somewhere in a source's steep wing is lower close by, on the source; cosmic rays only
+///   add charge. Another exposure's cosmic ray nearby also puts this one below the others, but on
+///   the sky, not on a source: it does not stop the seed.
+///
+/// `stack` and `wht` are `[n, y, x]` over the cut, `out` is `[rows.len(), cols.len()]`. Each output
+/// pixel depends only on the stack within `2 radius` of it, so the result equals that of any other
+/// cut that holds that neighbourhood (or reaches the image's edge): callers cut the stack with a
+/// halo of `2 radius` pixels, clipped at the grid's edge. Runs rayon over rows; the result does not
+/// depend on the thread count.
+///
+/// # Panics
+/// As [`median_stack`], if `rows`/`cols` exceed the stack, or `shield.noise.len() != n`.
+pub fn median_stack_shielded(
+    stack: ArrayView3<f32>,
+    wht: ArrayView3<f32>,
+    thresholds: &[f64],
+    shield: &Shield,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    mut out: ArrayViewMut2<f32>,
+) {
+    let (n, ny, nx) = stack.dim();
+    assert_eq!(wht.dim(), (n, ny, nx), "median_stack: wht shape differs from stack");
+    assert_eq!(out.dim(), (rows.len(), cols.len()), "median_stack: out shape differs from the inner rectangle");
+    assert!(rows.end <= ny && cols.end <= nx, "median_stack: inner rectangle outside the stack");
+    assert_eq!(thresholds.len(), n, "median_stack: one threshold per exposure");
+    assert_eq!(shield.noise.len(), n, "median_stack: one noise per exposure");
+    let valid = |k: usize, y: usize, x: usize| -> Option<f32> {
+        let v = stack[[k, y, x]];
+        let low_weight = f64::from(wht[[k, y, x]]) < thresholds[k];
+        (!low_weight && !v.is_nan()).then_some(v)
+    };
+    // seeds, dilated along x at once: per row, per exposure, whether a seed lies within radius
+    let r = shield.radius;
+    let t = |k: usize| shield.nsigma * shield.noise[k];
+    // where each exposure stands significantly below the others' smallest value, its value there,
+    // max-dilated along x (-inf where it stands below nowhere near)
+    let mut below = ndarray::Array3::<f32>::from_elem((ny, n, nx), f32::NEG_INFINITY);
+    below.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(y, mut plane)| {
+        let mut vals = Vec::with_capacity(n);
+        for x in 0..nx {
+            vals.clear();
+            vals.extend((0..n).filter_map(|k| valid(k, y, x).map(|v| (k, v))));
+            for &(k, v) in &vals {
+                let others = vals.iter().filter(|(j, _)| *j != k).map(|(_, o)| *o).fold(f32::INFINITY, f32::min);
+                if v - others < -t(k) {
+                    plane
+                        .slice_mut(ndarray::s![k, x.saturating_sub(r)..(x + r + 1).min(nx)])
+                        .mapv_inplace(|b| b.max(v));
+                }
+            }
+        }
+    });
+    // seeds, dilated along x at once: per row, per exposure, whether a seed lies within r
+    let mut near = ndarray::Array3::<bool>::from_elem((ny, n, nx), false);
+    near.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(y, mut plane)| {
+        let ys = y.saturating_sub(r)..(y + r + 1).min(ny);
+        let mut vals = Vec::with_capacity(n);
+        for x in 0..nx {
+            vals.clear();
+            let mut top: Option<(usize, f32)> = None;
+            for k in 0..n {
+                if let Some(v) = valid(k, y, x) {
+                    vals.push(v);
+                    if top.is_none_or(|(_, t)| v > t) {
+                        top = Some((k, v));
+                    }
+                }
+            }
+            if !(2..=3).contains(&vals.len()) {
+                continue;
+            }
+            let lo = vals.iter().copied().fold(f32::INFINITY, f32::min);
+            let med = nanmedian_small(&mut vals);
+            let (k, v) = top.expect("two or three values");
+            let low_source = ys.clone().map(|yy| below[[yy, k, x]]).fold(f32::NEG_INFINITY, f32::max) - lo > t(k);
+            if med - lo > lo && v - lo > t(k) && !low_source {
+                plane.slice_mut(ndarray::s![k, x.saturating_sub(r)..(x + r + 1).min(nx)]).fill(true);
+            }
+        }
+    });
+    out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut row)| {
+        let y = rows.start + i;
+        let ys = y.saturating_sub(r)..(y + r + 1).min(ny);
+        let mut vals = Vec::with_capacity(n);
+        let mut kept = Vec::with_capacity(n);
+        for (j, o) in row.iter_mut().enumerate() {
+            let x = cols.start + j;
+            vals.clear();
+            kept.clear();
+            for k in 0..n {
+                if let Some(v) = valid(k, y, x) {
+                    vals.push(v);
+                    if !ys.clone().any(|yy| near[[yy, k, x]]) {
+                        kept.push(v);
+                    }
+                }
+            }
+            let use_ = if kept.is_empty() { &mut vals } else { &mut kept };
+            let lo = use_.iter().copied().fold(f32::INFINITY, f32::min);
+            let med = nanmedian_small(use_);
+            *o = if (2..=3).contains(&use_.len()) && med - lo > lo { lo } else { med };
+        }
+    });
+}
+
 /// Bilinear interpolation of `img` (`[y, x]`) at the 0-based position `(x, y)`, exactly as
 /// drizzle's blot with `interp="linear"` (`interpolate_bilinear` and `doblot` in drizzle's
 /// `cdrizzleblot.c`), which is what JWST uses: `stcal.outlier_detection.utils.gwcs_blot` calls
@@ -602,6 +741,107 @@ mod tests {
         assert_eq!(out.row(0).to_vec(), vec![1.0, 1.0, 7.0, 11.5, 12.0]);
         median_stack_with(stack.view(), wht.view(), &[0.5; 3], false, out.view_mut());
         assert_eq!(out.row(0).to_vec(), vec![3.0, 30.0, 7.0, 11.5, 12.0]);
+    }
+
+    /// Two exposures on a 1 x 12 strip of emission at 1.0 (noise 0.02): A has a cosmic ray whose
+    /// core (x = 3) drizzles 10 onto the sky and whose neighbour (x = 5) drizzles 0.6; a star (x = 9)
+    /// is seen at 1.3 and 0.7 times 5 by the two; an empty pixel (x = 11) holds a 0.04 noise bump.
+    fn shield_strip() -> (Array3<f32>, Array3<f32>) {
+        let a = [1.0f32, 1.0, 1.0, 11.0, 1.0, 1.6, 1.0, 1.0, 1.0, 6.5, 0.01, 0.05];
+        let b = [1.0f32, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.5, 0.01, 0.01];
+        let mut stack = Array3::<f32>::zeros((2, 1, 12));
+        for x in 0..12 {
+            stack[[0, 0, x]] = a[x];
+            stack[[1, 0, x]] = b[x];
+        }
+        (stack, Array3::from_elem((2, 1, 12), 1.0f32))
+    }
+
+    #[test]
+    fn shield_keeps_a_cosmic_rays_neighbours_out_of_the_median() {
+        let (stack, wht) = shield_strip();
+        let mut plain = Array2::<f32>::zeros((1, 12));
+        median_stack_with(stack.view(), wht.view(), &[0.5; 2], true, plain.view_mut());
+        // by hand, without the shield: the core takes the smaller value (6 - 1 > 1), the neighbour
+        // keeps half of its 0.6 (1.3 - 1 < 1), the star the mean 5, the noise bump the smaller value
+        assert_eq!(plain.row(0).to_vec(), vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.3, 1.0, 1.0, 1.0, 5.0, 0.01, 0.01]);
+        let noise = [0.02f32, 0.02];
+        let shield = Shield { noise: &noise, nsigma: 5.0, radius: 2 };
+        let mut out = Array2::<f32>::zeros((1, 12));
+        median_stack_shielded(stack.view(), wht.view(), &[0.5; 2], &shield, 0..1, 0..12, out.view_mut());
+        // the core seeds (10 > 5 x 0.02): A is left out within 2 pixels (x = 1..=5), so the
+        // neighbour's median is B's 1.0; the star does not seed (the ratio test fails) and the noise
+        // bump does not (0.04 < 5 x 0.02): both as without the shield
+        assert_eq!(out.row(0).to_vec(), vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 0.01, 0.01]);
+        // a radius of 1 does not reach the neighbour
+        let short = Shield { radius: 1, ..shield };
+        median_stack_shielded(stack.view(), wht.view(), &[0.5; 2], &short, 0..1, 0..12, out.view_mut());
+        assert_eq!(out[[0, 5]], 1.3);
+        // a noisier exposure does not seed
+        let noisy = [3.0f32, 0.02];
+        let loud = Shield { noise: &noisy, ..shield };
+        median_stack_shielded(stack.view(), wht.view(), &[0.5; 2], &loud, 0..1, 0..12, out.view_mut());
+        assert_eq!(out, plain);
+        // a star's wing seen at another pixel phase: A is 0.5 against 0.1 at x = 1 (the ratio and
+        // noise tests pass) but 1.0 against 2.0 next to it: A stands below, so nothing is shielded
+        // and the core at x = 2 keeps the mean of the two, 1.5
+        let mut star = Array3::<f32>::zeros((2, 1, 6));
+        for (x, (a, b)) in
+            [(0.01f32, 0.01f32), (0.5, 0.1), (1.0, 2.0), (0.3, 0.3), (0.01, 0.01), (0.01, 0.01)].into_iter().enumerate()
+        {
+            star[[0, 0, x]] = a;
+            star[[1, 0, x]] = b;
+        }
+        let w6 = Array3::from_elem((2, 1, 6), 1.0f32);
+        let mut out6 = Array2::<f32>::zeros((1, 6));
+        median_stack_shielded(star.view(), w6.view(), &[0.5; 2], &shield, 0..1, 0..6, out6.view_mut());
+        assert_eq!(out6.row(0).to_vec(), vec![0.01, 0.1, 1.5, 0.3, 0.01, 0.01]);
+        // without the lower neighbour the same wing pixel seeds, and A is left out around it
+        star[[0, 0, 2]] = 2.5;
+        median_stack_shielded(star.view(), w6.view(), &[0.5; 2], &shield, 0..1, 0..6, out6.view_mut());
+        assert_eq!(out6.row(0).to_vec(), vec![0.01, 0.1, 2.0, 0.3, 0.01, 0.01]);
+    }
+
+    #[test]
+    fn shield_on_a_cut_with_its_halo_equals_the_whole_image() {
+        // the fixture stack (5 exposures, real weights), made two-deep in places and given cosmic
+        // rays, then cut in windows with a halo of twice the radius: every window's inner part
+        // equals the whole image's median
+        let (mut stack, wht) = stack();
+        let (_, ny, nx) = stack.dim();
+        let thr = f64s(THRESHOLDS)[..NEXP].to_vec();
+        let mut state = 7u64;
+        for y in 0..ny {
+            for x in 0..nx {
+                for k in 0..NEXP {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+                    if k >= 2 && (x + y) % 3 != 0 {
+                        stack[[k, y, x]] = f32::NAN;
+                    } else if u < 0.02 {
+                        stack[[k, y, x]] += 50.0 * u / 0.02;
+                    }
+                }
+            }
+        }
+        let noise = [0.05f32; NEXP];
+        let shield = Shield { noise: &noise, nsigma: 5.0, radius: 3 };
+        let mut whole = Array2::<f32>::zeros((ny, nx));
+        median_stack_shielded(stack.view(), wht.view(), &thr, &shield, 0..ny, 0..nx, whole.view_mut());
+        let mut plain = Array2::<f32>::zeros((ny, nx));
+        median_stack_with(stack.view(), wht.view(), &thr, true, plain.view_mut());
+        let changed = whole.iter().zip(&plain).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert!(changed > 20, "the shield changed only {changed} pixels: nothing to test");
+        for (y0, y1, x0, x1) in [(0usize, 17usize, 0usize, 13usize), (17, 50, 13, 30), (5, 9, 30, 44), (40, 50, 0, 44)]
+        {
+            let (ry, rx) = (y0.saturating_sub(6)..(y1 + 6).min(ny), x0.saturating_sub(6)..(x1 + 6).min(nx));
+            let cut_s = stack.slice(s![.., ry.clone(), rx.clone()]);
+            let cut_w = wht.slice(s![.., ry.clone(), rx.clone()]);
+            let mut out = Array2::<f32>::zeros((y1 - y0, x1 - x0));
+            let (iy, ix) = (y0 - ry.start, x0 - rx.start);
+            median_stack_shielded(cut_s, cut_w, &thr, &shield, iy..iy + y1 - y0, ix..ix + x1 - x0, out.view_mut());
+            assert_same(out.view(), whole.slice(s![y0..y1, x0..x1]), "shielded cut");
+        }
     }
 
     #[test]

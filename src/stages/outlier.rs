@@ -1,11 +1,19 @@
 //! Stage `outlier`: cosmic rays and other outliers, JWST-style (OutlierDetectionStep, imaging).
 //!
 //! 1. Each exposure's weight threshold (`maskpt` x its typical weight) is computed by the exposure's
-//!    owner from its input weights, scaled by the output/input pixel-area ratio, and shared.
+//!    owner from its input weights, scaled by the output/input pixel-area ratio, and shared, with
+//!    its typical noise (the median ERR of its usable pixels) when `outlier.low_coverage_min` is on.
 //! 2. Each chunk owner drizzles every overlapping exposure individually onto its chunk, in row bands
-//!    sized from the memory budget, and takes the per-pixel median of the stack (with
-//!    `outlier.low_coverage_min`, where two or three remain and the median is over twice the
-//!    smallest value, the smallest: cosmic rays are positive).
+//!    sized from the memory budget, and takes the per-pixel median of the stack. With
+//!    `outlier.low_coverage_min`: where two or three remain and the median is over twice the
+//!    smallest value, the smallest (cosmic rays are positive); and where an exposure's value there
+//!    also stands more than `snr1` times its noise above the smallest, that exposure is left out of
+//!    the median within [`shield_px`] of the pixel (unless it is also significantly below the
+//!    others nearby, as at a source's pixel phase), so that the fainter pixels of its cosmic ray do
+//!    not leak into the median and shield themselves
+//!    ([`median_stack_shielded`](crate::kernels::outlier::median_stack_shielded)). The row bands are
+//!    drizzled with a halo of twice that width, so the median does not depend on where bands and
+//!    chunks end.
 //! 3. Chunk owners exchange halo strips of the median (`Comm::exchange`), so each owns
 //!    median(chunk + halo).
 //! 4. For every exposure pixel whose centre lands in its chunk, the owner blots the median back
@@ -21,9 +29,12 @@ use crate::config::{Config, OutlierConfig, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::error::Context;
 use crate::geom::TanSip;
+use crate::io::fits::read_region_f32;
 use crate::kernels::outlier::{
-    flag_outliers_window, interp_bicubic, interp_bilinear, median_stack_with, weight_threshold, OutlierParams,
+    flag_outliers_window, interp_bicubic, interp_bilinear, median_stack_shielded, median_stack_with, weight_threshold,
+    OutlierParams, Shield,
 };
+use crate::kernels::stats::median_mut;
 use crate::plan::{CalMeta, Chunk, Plan};
 use ndarray::{s, Array2, Array3};
 
@@ -43,6 +54,29 @@ pub fn halo_px(plan: &Plan, metas: &[CalMeta]) -> usize {
     (3.0 * s_in / plan.grid.pixscale_arcsec).ceil() as usize + 3
 }
 
+/// Half-width, in output pixels, of the square around a cosmic ray's seed over which its exposure
+/// is left out of the median: one input pixel beyond the seed (the ray's neighbours) plus the two
+/// output pixels the bicubic blot reaches, `ceil(s_in / s_out + 2)` for the coarsest input scale
+/// (5 for NIRCam LW onto 0.031"/px, 3 for SW).
+pub fn shield_px(plan: &Plan, metas: &[CalMeta]) -> usize {
+    let s_in = metas.iter().map(|m| m.wcs.pixel_scale_arcsec()).fold(0.0, f64::max);
+    (s_in / plan.grid.pixscale_arcsec + 2.0).ceil() as usize
+}
+
+/// The median of an exposure's ERR over its usable pixels (positive input weight, finite positive
+/// ERR), the noise scale of [`Shield`]; NaN when there is none (then it never seeds).
+fn typical_noise(m: &CalMeta, w: &Array2<f32>) -> crate::Result<f32> {
+    let [ny, nx] = m.shape;
+    let err = read_region_f32(&m.path, "ERR", 0..ny, 0..nx)?;
+    let mut v: Vec<f64> = err
+        .iter()
+        .zip(w)
+        .filter(|(e, w)| **w > 0.0 && e.is_finite() && **e > 0.0)
+        .map(|(e, _)| f64::from(*e))
+        .collect();
+    Ok(if v.is_empty() { f32::NAN } else { median_mut(&mut v) as f32 })
+}
+
 /// Run the stage.
 ///
 /// # Errors
@@ -60,20 +94,25 @@ pub fn run(
     // 1. thresholds per exposure, by exposure owners
     // The threshold is NaN for an exposure without a usable weight (nothing masked, as in JWST):
     // it travels as its bits, since JSON has no NaN (serde_json would send null).
-    let mine: Vec<(usize, u64)> = agree(comm, || -> crate::Result<Vec<(usize, u64)>> {
+    // The noise likewise (bits of an f32).
+    let mine: Vec<(usize, u64, u32)> = agree(comm, || -> crate::Result<Vec<(usize, u64, u32)>> {
         plan.exposures_of(comm.rank())
             .map(|e| {
                 let m = &metas[e.index];
-                let w = exposure_weights(m, wt).with_context(|| format!("outlier: reading {}", m.path.display()))?;
+                let reading = || format!("outlier: reading {}", m.path.display());
+                let w = exposure_weights(m, wt).with_context(reading)?;
                 let area = (plan.grid.pixscale_arcsec / m.wcs.pixel_scale_arcsec()).powi(2);
-                Ok((e.index, (weight_threshold(w.view(), oc.maskpt) * area).to_bits()))
+                let noise = if oc.low_coverage_min { typical_noise(m, &w).with_context(reading)? } else { f32::NAN };
+                Ok((e.index, (weight_threshold(w.view(), oc.maskpt) * area).to_bits(), noise.to_bits()))
             })
             .collect()
     })?;
     let mut thresholds = vec![0f64; metas.len()];
+    let mut noise = vec![f32::NAN; metas.len()];
     for part in comm.all_gather_bytes(&serde_json::to_vec(&mine)?) {
-        for (i, t) in serde_json::from_slice::<Vec<(usize, u64)>>(&part)? {
+        for (i, t, e) in serde_json::from_slice::<Vec<(usize, u64, u32)>>(&part)? {
             thresholds[i] = f64::from_bits(t);
+            noise[i] = f32::from_bits(e);
         }
     }
 
@@ -81,8 +120,9 @@ pub fn run(
     let halo = halo_px(plan, metas);
     let budget = cfg.run.mem_budget_mb as usize * 1024 * 1024 / 2;
     let owned: Vec<&Chunk> = plan.chunks_of(comm.rank()).collect();
+    let stats = Stats { thresholds: &thresholds, noise: &noise, shield_px: shield_px(plan, metas) };
     let medians: Vec<Array2<f32>> = agree(comm, || -> crate::Result<Vec<Array2<f32>>> {
-        owned.iter().map(|c| chunk_median(c, metas, &grid, &thresholds, oc, wt, budget, corr)).collect()
+        owned.iter().map(|c| chunk_median(c, plan, metas, &grid, &stats, oc, wt, budget, corr)).collect()
     })?;
 
     // 3. halo exchange
@@ -120,12 +160,20 @@ pub(crate) fn agree<T>(comm: &dyn Comm, f: impl FnOnce() -> crate::Result<T>) ->
     Ok(comm.agree(f())?)
 }
 
+/// Per-exposure values every chunk's median needs (step 1), and the shield's reach.
+struct Stats<'a> {
+    thresholds: &'a [f64],
+    noise: &'a [f32],
+    shield_px: usize,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn chunk_median(
     c: &Chunk,
+    plan: &Plan,
     metas: &[CalMeta],
     grid: &TanSip,
-    thresholds: &[f64],
+    stats: &Stats,
     oc: &OutlierConfig,
     wt: WeightType,
     budget_bytes: usize,
@@ -133,23 +181,31 @@ fn chunk_median(
 ) -> crate::Result<Array2<f32>> {
     let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
     let mut median = Array2::from_elem((ny, nx), f32::NAN);
-    let n = c.exposures.len();
-    if n == 0 {
+    if c.exposures.is_empty() {
         return Ok(median);
     }
-    // rows per band: the stack (sci + wht) and one accumulator within the budget
-    let band = (budget_bytes / (n * nx * 8 + nx * 32)).clamp(1, ny);
+    // the shield needs the stack within 2 shield_px of every pixel: bands are drizzled with that
+    // halo, from every exposure that reaches it (those of the chunks the halo touches)
+    let halo = if oc.low_coverage_min { 2 * stats.shield_px } else { 0 };
+    let (rows_x, cols) = extended_rect(c, plan, halo);
+    let exposures = exposures_over(plan, &rows_x, &cols);
+    let n = exposures.len();
+    let wx = cols.len();
+    // rows per band: the stack (sci + wht + the shield's two masks) and one accumulator within the budget
+    let band = (budget_bytes / (n * wx * 10 + wx * 32)).saturating_sub(2 * halo).clamp(1, ny);
+    let th: Vec<f64> = exposures.iter().map(|&k| stats.thresholds[k]).collect();
+    let noise: Vec<f32> = exposures.iter().map(|&k| stats.noise[k]).collect();
+    let shield = Shield { noise: &noise, nsigma: oc.snr1, radius: stats.shield_px };
     let mut y = 0;
     while y < ny {
-        let rows = c.y0 + y..(c.y0 + y + band).min(c.y1);
-        let h = rows.len();
-        let mut stack = Array3::from_elem((n, h, nx), f32::NAN);
-        let mut wht = Array3::<f32>::zeros((n, h, nx));
-        let mut th = vec![0f64; n];
-        for (j, &k) in c.exposures.iter().enumerate() {
-            th[j] = thresholds[k];
+        let inner = c.y0 + y..(c.y0 + y + band).min(c.y1);
+        let h = inner.len();
+        let rows = inner.start.saturating_sub(halo)..(inner.end + halo).min(plan.grid.ny);
+        let mut stack = Array3::from_elem((n, rows.len(), wx), f32::NAN);
+        let mut wht = Array3::<f32>::zeros((n, rows.len(), wx));
+        for (j, &k) in exposures.iter().enumerate() {
             let m = &metas[k];
-            let Some(acc) = resample_alone(m, k, grid, rows.clone(), c.x0..c.x1, wt, oc.pixfrac, corr, Part::Whole)
+            let Some(acc) = resample_alone(m, k, grid, rows.clone(), cols.clone(), wt, oc.pixfrac, corr, Part::Whole)
                 .with_context(|| format!("outlier: reading {}", m.path.display()))?
             else {
                 continue;
@@ -158,10 +214,29 @@ fn chunk_median(
             stack.slice_mut(s![j, .., ..]).assign(&out.sci);
             wht.slice_mut(s![j, .., ..]).assign(&out.wht);
         }
-        median_stack_with(stack.view(), wht.view(), &th, oc.low_coverage_min, median.slice_mut(s![y..y + h, ..]));
+        let out = median.slice_mut(s![y..y + h, ..]);
+        if oc.low_coverage_min {
+            let (r0, c0) = (inner.start - rows.start, c.x0 - cols.start);
+            median_stack_shielded(stack.view(), wht.view(), &th, &shield, r0..r0 + h, c0..c0 + nx, out);
+        } else {
+            median_stack_with(stack.view(), wht.view(), &th, false, out);
+        }
         y += h;
     }
     Ok(median)
+}
+
+/// The exposures of every chunk that meets the rectangle `rows x cols`, in ascending order: all
+/// that can land on it.
+fn exposures_over(plan: &Plan, rows: &Range<usize>, cols: &Range<usize>) -> Vec<usize> {
+    let k = plan.chunk_px;
+    let mut out: Vec<usize> = (rows.start / k..rows.end.div_ceil(k).min(plan.chunks_y))
+        .flat_map(|cy| (cols.start / k..cols.end.div_ceil(k).min(plan.chunks_x)).map(move |cx| (cy, cx)))
+        .flat_map(|(cy, cx)| plan.chunks[cy * plan.chunks_x + cx].exposures.iter().copied())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The extended rectangle (chunk plus halo, clipped to the grid) of a chunk: rows, cols.

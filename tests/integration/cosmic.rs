@@ -5,8 +5,10 @@
 //! cosmic-ray positions is as clean as elsewhere, no star core and almost no good pixel is flagged.
 //! The control runs JWST's median (`outlier.low_coverage_min = false`), which cannot flag a cosmic
 //! ray where only two exposures overlap. What is not met (issue 15): every pixel above 5 ERR
-//! flagged (cosmic rays on the wings of bright sources are shielded by the derivative term, and
-//! two cosmic rays on the same sky pixel carry the median); the counts are printed.
+//! flagged, and the residual at cosmic rays within 1.5x of the controls. The survivors are printed
+//! by class: pixels of a cosmic ray within a few pixels of a source, where the blot's derivative
+//! term shields them; pixels beside a coverage edge, where only their own exposure covers them;
+//! two cosmic rays on the same sky pixel, which carry the median.
 
 use super::level::run;
 use crate::common::{simulate, tmp, truth};
@@ -418,9 +420,11 @@ fn check(instrument: &str, seed: &str) {
     assert!(s.cr_flagged as f64 >= 0.995 * s.cr_pixels as f64, "{instrument}: {s:?}");
     assert!(s.two_flagged as f64 >= 0.95 * s.two_pixels as f64, "{instrument}: {s:?}");
     assert!(s.sig_flagged > c.sig_flagged, "{instrument}: no gain over the control");
-    // NOT the issue's target (p99 at cosmic rays within 1.5x of the controls): what survives sits on
-    // bright sources and under other exposures' cosmic rays; only no worse than the JWST median
+    // NOT the issue's target (p99 at cosmic rays within 1.5x of the controls): what survives sits
+    // near sources, at coverage edges and under other exposures' cosmic rays. Measured with the
+    // median's cosmic-ray shield: 1.87x LW (1.90x without it), 1.56x SW
     assert!(s.p99_cr <= c.p99_cr, "{instrument}: worse than the control at cosmic rays: {s:?} vs {c:?}");
+    assert!(s.p99_cr <= 2.0 * s.p99_control, "{instrument}: cosmic rays left in the mosaic: {s:?}");
     assert!(s.star_cores > 30, "{instrument}: only {} star cores", s.star_cores);
     assert_eq!(s.cores_flagged, 0, "{instrument}: {s:?}");
     assert!((s.good_flagged as f64) < 1e-3 * s.good as f64, "{instrument}: {s:?}");
