@@ -95,15 +95,60 @@ pub struct PlanFile {
 #[allow(clippy::type_complexity)]
 pub fn read_inventory(inputs: &[PathBuf]) -> crate::Result<(Vec<CalMeta>, Vec<(PathBuf, String)>)> {
     let files = crate::io::expand_cal_inputs(inputs)?;
-    let results: Vec<_> = files.par_iter().map(|p| (p.clone(), crate::io::fits::verify_cal(p))).collect();
+    let results = files.par_iter().map(|p| (p.clone(), crate::io::fits::verify_cal(p).map_err(|e| e.to_string())));
+    inventory_from(results.collect())
+}
+
+/// One input's check: its metadata, or why it cannot be used.
+type Checked = (PathBuf, Result<CalMeta, String>);
+
+/// [`read_inventory`] with the reading shared by the ranks: rank 0 lists the files, rank `r` checks
+/// files `r, r + size, ...` (the check reads every byte of a file whose HDUs carry checksums, which
+/// on one rank is the plan's serial part: `SCALING.md`), and the results, all-gathered in file
+/// order, make the same inventory on every rank.
+///
+/// # Errors
+/// As [`read_inventory`], on every rank.
+#[allow(clippy::type_complexity)]
+fn read_inventory_shared(comm: &dyn Comm, inputs: &[PathBuf]) -> crate::Result<(Vec<CalMeta>, Vec<(PathBuf, String)>)> {
+    let files: Vec<PathBuf> = comm.on_root_then_broadcast(0, || crate::io::expand_cal_inputs(inputs))?;
+    let (rank, size) = (comm.rank(), comm.size());
+    let mine: Vec<(usize, Result<CalMeta, String>)> = files
+        .par_iter()
+        .enumerate()
+        .filter(|(i, _)| i % size == rank)
+        .map(|(i, p)| (i, crate::io::fits::verify_cal(p).map_err(|e| e.to_string())))
+        .collect();
+    let mut results: Vec<Option<Result<CalMeta, String>>> = vec![None; files.len()];
+    for part in comm.all_gather_bytes(&serde_json::to_vec(&mine)?) {
+        for (i, r) in serde_json::from_slice::<Vec<(usize, Result<CalMeta, String>)>>(&part)? {
+            results[i] = Some(r);
+        }
+    }
+    let checked: Vec<Checked> = files
+        .into_iter()
+        .zip(results)
+        .map(|(p, r)| (p, r.unwrap_or_else(|| Err("not checked by any rank".into()))))
+        .collect();
+    if rank == 0 {
+        inventory_from(checked)
+    } else {
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || inventory_from(checked))
+    }
+}
+
+/// The inventory from every input's check, in file order: the skipped inputs (warned about) and the
+/// usable ones without duplicates.
+#[allow(clippy::type_complexity)]
+fn inventory_from(checked: Vec<Checked>) -> crate::Result<(Vec<CalMeta>, Vec<(PathBuf, String)>)> {
     let mut metas = vec![];
     let mut skipped = vec![];
-    for (p, r) in results {
+    for (p, r) in checked {
         match r {
             Ok(m) => metas.push(m),
             Err(e) => {
                 tracing::warn!("skipping {}: {e}", p.display());
-                skipped.push((p, e.to_string()));
+                skipped.push((p, e));
             }
         }
     }
@@ -176,25 +221,23 @@ pub fn run(
     inputs: &[PathBuf],
     nranks: usize,
 ) -> crate::Result<PlanOutput> {
-    let inv: Inventory = comm.on_root_then_broadcast(0, || {
-        let read = || -> crate::Result<Inventory> {
-            let off_dirs = off_locations(inputs, cfg);
-            let off_files = if off_dirs.is_empty() { vec![] } else { crate::io::expand_cal_inputs(&off_dirs)? };
-            let mut all = inputs.to_vec();
-            all.extend(off_files.iter().cloned());
-            let (metas, skipped) = read_inventory(&all)?;
-            let (metas, offs) = split_offs(metas, &off_files, &cfg.prep.off_name);
-            if metas.is_empty() {
-                crate::bail!(
-                    "all {} readable inputs are off-source exposures (TARGPROP containing `{}`, prep.off_name)",
-                    offs.len(),
-                    cfg.prep.off_name
-                );
-            }
-            Ok(Inventory { metas, offs, skipped })
-        };
-        read().map_err(|e| format!("{e:#}"))
+    // the off-source files, listed by rank 0; every input checked by the ranks in shares
+    let off_files: Vec<PathBuf> = comm.on_root_then_broadcast(0, || -> crate::Result<Vec<PathBuf>> {
+        let off_dirs = off_locations(inputs, cfg);
+        Ok(if off_dirs.is_empty() { vec![] } else { crate::io::expand_cal_inputs(&off_dirs)? })
     })?;
+    let mut all = inputs.to_vec();
+    all.extend(off_files.iter().cloned());
+    let (metas, skipped) = read_inventory_shared(comm, &all)?;
+    let (metas, offs) = split_offs(metas, &off_files, &cfg.prep.off_name);
+    if metas.is_empty() {
+        crate::bail!(
+            "all {} readable inputs are off-source exposures (TARGPROP containing `{}`, prep.off_name)",
+            offs.len(),
+            cfg.prep.off_name
+        );
+    }
+    let inv = Inventory { metas, offs, skipped };
     let out = from_inventory(comm, cfg, &inv, nranks)?;
     if comm.rank() == 0 {
         let dir = cfg.run.output_dir.join("plan");
