@@ -140,7 +140,8 @@ pub fn run(
     // rank 0 asks the file system, so that every rank takes the same branch before the collective create
     comm.on_root_then_broadcast(0, || crate::io::hdf5::check_room(store, plan.grid.ny, plan.grid.nx, &products))?;
     let bs = comm.agree(
-        BandStore::create(
+        // every chunk of the plan is written and the chunks tile the grid: no fill pass
+        BandStore::create_unfilled(
             store,
             comm.hdf5_handle(),
             GROUP,
