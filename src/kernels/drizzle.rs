@@ -841,8 +841,7 @@ impl ColEdge {
     fn boxer(ce: &[Self; 4], q: &Quad, e: &Edges, jj: i64) -> f64 {
         let js = jj as f64 - 0.5;
         let mut sum = 0.0;
-        for k in 0..4 {
-            let c = &ce[k];
+        for (k, c) in ce.iter().enumerate() {
             sum += if c.off {
                 0.0
             } else {
