@@ -150,4 +150,14 @@ mod tests {
             assert!(e.contains(key), "{set}: {e}");
         }
     }
+
+    #[test]
+    fn psfmatch_needs_the_variance_planes() {
+        let off = "drizzle.variance_planes=false".to_string();
+        let raw = RawConfig::from_toml_with_sets("", "-", std::slice::from_ref(&off)).unwrap();
+        assert!(!raw.resolve().unwrap().drizzle.variance_planes);
+        let raw = RawConfig::from_toml_with_sets("", "-", &[off, "psfmatch.targets=[\"gauss0p90\"]".into()]).unwrap();
+        let e = raw.resolve().unwrap_err().to_string();
+        assert!(e.contains("drizzle.variance_planes") && e.contains("ERR"), "{e}");
+    }
 }

@@ -403,11 +403,14 @@ pub struct RawDrizzle {
     pub pixfrac: f64,
     /// Input weights: "ivm" (inverse VAR_RNOISE, as the JWST pipeline) or "exptime".
     pub weight_type: String,
+    /// Drizzle the variance planes and write ERR, VAR_POISSON, VAR_RNOISE and VAR_FLAT (as the
+    /// JWST ResampleStep's enable_err); false writes SCI, DQ, WHT and CON only, faster.
+    pub variance_planes: bool,
 }
 
 impl Default for RawDrizzle {
     fn default() -> Self {
-        RawDrizzle { pixfrac: 1.0, weight_type: "ivm".into() }
+        RawDrizzle { pixfrac: 1.0, weight_type: "ivm".into(), variance_planes: true }
     }
 }
 
@@ -912,6 +915,9 @@ low_coverage_min = true
 pixfrac = 1.0
 # Input weights: "ivm" (inverse VAR_RNOISE, as the JWST pipeline) or "exptime".
 weight_type = "ivm"
+# Drizzle the variance planes and write ERR, VAR_POISSON, VAR_RNOISE and VAR_FLAT (as the
+# JWST ResampleStep's enable_err); false writes SCI, DQ, WHT and CON only, faster.
+variance_planes = true
 
 [assemble]
 # Rows of the mosaic streamed from the band store per block (bounds rank 0's memory).

@@ -223,6 +223,8 @@ pub enum WeightType {
 pub struct DrizzleConfig {
     pub pixfrac: f64,
     pub weight_type: WeightType,
+    /// Drizzle VAR_POISSON, VAR_RNOISE and VAR_FLAT and write them with ERR.
+    pub variance_planes: bool,
 }
 
 /// The checked `[assemble]` section.
@@ -731,6 +733,7 @@ impl RawConfig {
                     return Err(invalid("drizzle.weight_type", format!("use \"ivm\" or \"exptime\", got `{other}`")))
                 }
             },
+            variance_planes: d.variance_planes,
         };
         if self.assemble.row_block == 0 {
             return Err(invalid("assemble.row_block", "must be positive"));
@@ -827,6 +830,12 @@ impl RawConfig {
             noise_max_fwhm_arcsec: non_negative("psfmatch.noise_max_fwhm_arcsec", pm.noise_max_fwhm_arcsec)?,
             noise_region_px: at_least("psfmatch.noise_region_px", pm.noise_region_px, 16)?,
         };
+        if !drizzle.variance_planes && !psfmatch.targets.is_empty() {
+            return Err(invalid(
+                "drizzle.variance_planes",
+                "psfmatch convolves the mosaic's ERR: keep variance_planes = true, or give no psfmatch.targets",
+            ));
+        }
         let dm = &self.destripe_multi;
         if dm.large_scale_filter_px != 0 && dm.large_scale_filter_px % 2 == 0 {
             return Err(invalid(

@@ -24,6 +24,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use hdf5::plist::dataset_create::FillTime;
 use hdf5::types::VarLenUnicode;
 use hdf5::H5Type;
 use hdf5_sys::h5::{herr_t, hsize_t};
@@ -307,6 +308,44 @@ impl BandStore {
         products: &[ProductSpec],
         attrs: &[(&str, String)],
     ) -> Result<BandStore, StoreError> {
+        Self::create_with(path, comm, group, ny, nx, chunk_px, products, attrs, true)
+    }
+
+    /// [`BandStore::create`] for a caller that writes every pixel of every product (the drizzle
+    /// stage writes every chunk of the plan, and the chunks tile the grid): no fill value is written
+    /// (`H5D_FILL_TIME_NEVER`), so pixels never written read back as whatever the file holds. A
+    /// parallel create allocates every dataset in full and would otherwise write the fill value over
+    /// the whole store once before the data (hdf5-metno asks for `H5D_FILL_TIME_ALLOC` on chunked
+    /// datasets), doubling the bytes the stage writes.
+    ///
+    /// # Errors
+    /// As [`BandStore::create`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_unfilled(
+        path: &Path,
+        comm: Option<MpiHandle>,
+        group: &str,
+        ny: usize,
+        nx: usize,
+        chunk_px: usize,
+        products: &[ProductSpec],
+        attrs: &[(&str, String)],
+    ) -> Result<BandStore, StoreError> {
+        Self::create_with(path, comm, group, ny, nx, chunk_px, products, attrs, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_with(
+        path: &Path,
+        comm: Option<MpiHandle>,
+        group: &str,
+        ny: usize,
+        nx: usize,
+        chunk_px: usize,
+        products: &[ProductSpec],
+        attrs: &[(&str, String)],
+        fill: bool,
+    ) -> Result<BandStore, StoreError> {
         // Argument checks are deterministic, so all ranks fail alike before any collective call.
         if ny == 0 || nx == 0 || chunk_px == 0 {
             return Err(invalid(path, "/", format!("bad layout: {ny} x {nx} px, chunks of {chunk_px} px")));
@@ -354,9 +393,22 @@ impl BandStore {
             let object = format!("/{group}/{}", p.name);
             let (shape, chunk) =
                 if p.planes > 1 { (vec![p.planes, ny, nx], vec![1, cy, cx]) } else { (vec![ny, nx], vec![cy, cx]) };
+            let fill_time = if fill { FillTime::Alloc } else { FillTime::Never };
             let ds = match p.dtype {
-                Dtype::F32 => grp.new_dataset::<f32>().shape(shape).chunk(chunk).fill_value(f32::NAN).create(&*p.name),
-                Dtype::U32 => grp.new_dataset::<u32>().shape(shape).chunk(chunk).fill_value(0u32).create(&*p.name),
+                Dtype::F32 => grp
+                    .new_dataset::<f32>()
+                    .shape(shape)
+                    .chunk(chunk)
+                    .fill_value(f32::NAN)
+                    .fill_time(fill_time)
+                    .create(&*p.name),
+                Dtype::U32 => grp
+                    .new_dataset::<u32>()
+                    .shape(shape)
+                    .chunk(chunk)
+                    .fill_value(0u32)
+                    .fill_time(fill_time)
+                    .create(&*p.name),
             }
             .map_err(h5err(path, &object, "create dataset"))?;
             datasets.push((p.clone(), ds));
@@ -842,6 +894,7 @@ mod tests {
         assert_eq!(product_shape(&path, "drizzle", "SCI").unwrap(), vec![ny, nx]);
         {
             let file = hdf5::File::open(&path).unwrap();
+            assert_eq!(file.dataset("drizzle/SCI").unwrap().dcpl().unwrap().fill_time(), FillTime::Alloc);
             assert_eq!(file.dataset("drizzle/SCI").unwrap().chunk(), Some(vec![chunk, chunk]));
             assert_eq!(file.dataset("drizzle/CON").unwrap().chunk(), Some(vec![1, chunk, chunk]));
         }
@@ -875,6 +928,38 @@ mod tests {
         assert!(read_rows_u32(&path, "drizzle", "CON", 3, 0..1).is_err());
         assert!(read_rows_u32(&path, "drizzle", "DQ", 1, 0..1).is_err());
         assert!(read_rows_f32(&path, "stage", "SCI", 0..1).is_err());
+    }
+
+    #[test]
+    fn unfilled_store_round_trips_when_every_pixel_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("band.h5");
+        let (ny, nx, chunk) = (37, 53, 16);
+        let products = [ProductSpec::f32_image("SCI"), ProductSpec::u32_planes("CON", 2)];
+        let store = BandStore::create_unfilled(&path, None, "drizzle", ny, nx, chunk, &products, &[]).unwrap();
+        for y0 in (0..ny).step_by(chunk) {
+            for x0 in (0..nx).step_by(chunk) {
+                let d = (chunk.min(ny - y0), chunk.min(nx - x0));
+                let a = Array2::from_shape_fn(d, |(y, x)| pattern_f32(y0 + y, x0 + x));
+                store.write_block_f32("SCI", Some((y0, x0, a.view()))).unwrap();
+                for p in 0..2 {
+                    let c = Array2::from_shape_fn(d, |(y, x)| pattern_u32(p, y0 + y, x0 + x));
+                    store.write_block_u32("CON", p, Some((y0, x0, c.view()))).unwrap();
+                }
+            }
+        }
+        store.close().unwrap();
+        {
+            let file = hdf5::File::open(&path).unwrap();
+            assert_eq!(file.dataset("drizzle/SCI").unwrap().dcpl().unwrap().fill_time(), FillTime::Never);
+            assert_eq!(file.dataset("drizzle/CON").unwrap().dcpl().unwrap().fill_time(), FillTime::Never);
+        }
+        let sci = read_rows_f32(&path, "drizzle", "SCI", 0..ny).unwrap();
+        assert_eq!(sci, Array2::from_shape_fn((ny, nx), |(y, x)| pattern_f32(y, x)));
+        for p in 0..2 {
+            let con = read_rows_u32(&path, "drizzle", "CON", p, 0..ny).unwrap();
+            assert_eq!(con, Array2::from_shape_fn((ny, nx), |(y, x)| pattern_u32(p, y, x)));
+        }
     }
 
     #[test]

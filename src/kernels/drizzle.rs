@@ -696,14 +696,45 @@ impl<'a> BandSums<'a> {
         for (k, v) in self.var_in.iter_mut().enumerate() {
             *v = f64::from(inputs.vars[k][[j, i]]);
         }
-        let exact = Edges::exact_for(q, [xlo, xhi, ylo, yhi]);
+        let box_ = [xlo, xhi, ylo, yhi];
         let edges = Edges::new(q);
-        let col0 = inputs.col_lo;
-        for jj in ylo..=yhi {
-            let row_off = (jj - self.row_lo) as usize * self.ncols;
-            for ii in xlo..=xhi {
-                let dover =
-                    if exact { boxer_with(ii as f64, jj as f64, q, &edges) } else { boxer(ii as f64, jj as f64, q) };
+        if Edges::exact_for(q, box_) {
+            // the common case: the column part of every edge once per column (see `ColEdge`)
+            match self.var.len() {
+                0 => self.add_columns::<0>(inputs, q, &edges, box_, w, value, bit),
+                3 => self.add_columns::<3>(inputs, q, &edges, box_, w, value, bit),
+                _ => self.add_rows_dyn(inputs, box_, w, value, bit, |jj, c| {
+                    boxer_with((xlo + c as i64) as f64, jj as f64, q, &edges)
+                }),
+            }
+        } else {
+            self.add_rows_dyn(inputs, box_, w, value, bit, |jj, c| boxer((xlo + c as i64) as f64, jj as f64, q));
+        }
+    }
+
+    /// The accumulation of [`BandSums::deposit`] over the box `[xlo, xhi, ylo, yhi]` (rows already
+    /// clipped to the band) with `NV` variance planes, column by column: each column's edge terms
+    /// ([`ColEdge`]) once, then the rows. Every output pixel receives one contribution per drop,
+    /// so the visiting order within the box does not change any sum.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn add_columns<const NV: usize>(
+        &mut self,
+        inputs: &Inputs,
+        q: &Quad,
+        e: &Edges,
+        [xlo, xhi, ylo, yhi]: [i64; 4],
+        w: f64,
+        value: f64,
+        bit: u32,
+    ) {
+        let var_in: [f64; NV] = std::array::from_fn(|k| self.var_in[k]);
+        let col0 = (xlo - inputs.col_lo) as usize;
+        for ii in xlo..=xhi {
+            let ce = ColEdge::column(q, e, ii);
+            let col = col0 + (ii - xlo) as usize;
+            for jj in ylo..=yhi {
+                let dover = ColEdge::boxer(&ce, q, e, jj);
                 if dover == 0.0 {
                     continue;
                 }
@@ -713,7 +744,48 @@ impl<'a> BandSums<'a> {
                 if dow32 == 0.0 {
                     continue;
                 }
-                let k = row_off + (ii - col0) as usize;
+                let k = (jj - self.row_lo) as usize * self.ncols + col;
+                if dow32 > 0.0 {
+                    self.ctx[k] |= bit;
+                }
+                self.wsum[k] += dow;
+                self.sci_wsum[k] += dow * value;
+                let dow2 = dow * dow;
+                for (plane, v) in self.var.iter_mut().zip(&var_in) {
+                    plane[k] += dow2 * v;
+                }
+            }
+        }
+    }
+
+    /// [`BandSums::add_columns`] row by row for any number of variance planes and any overlap
+    /// function: `area(jj, c)` is the overlap with output pixel `(xlo + c, jj)`.
+    #[inline(always)]
+    fn add_rows_dyn<F: Fn(i64, usize) -> f64>(
+        &mut self,
+        inputs: &Inputs,
+        [xlo, xhi, ylo, yhi]: [i64; 4],
+        w: f64,
+        value: f64,
+        bit: u32,
+        area: F,
+    ) {
+        let n = (xhi - xlo + 1) as usize;
+        let col = (xlo - inputs.col_lo) as usize;
+        for jj in ylo..=yhi {
+            let k0 = (jj - self.row_lo) as usize * self.ncols + col;
+            for c in 0..n {
+                let dover = area(jj, c);
+                if dover == 0.0 {
+                    continue;
+                }
+                let dow = dover * w;
+                // cdrizzle tests the weight after rounding it to f32.
+                let dow32 = dow as f32;
+                if dow32 == 0.0 {
+                    continue;
+                }
+                let k = k0 + c;
                 if dow32 > 0.0 {
                     self.ctx[k] |= bit;
                 }
@@ -726,6 +798,92 @@ impl<'a> BandSums<'a> {
             }
         }
     }
+}
+
+/// The part of one edge's [`sgarea_with`] that depends only on the output column (where
+/// [`Edges::exact_for`] holds): the shifted x ends, the sign, the clipped x range, whether the edge
+/// misses the column, and `slope * (x - x1)` at both ends of the clipped range. [`ColEdge::boxer`]
+/// then does per pixel only what depends on the row, with the same operations on the same operands
+/// as [`boxer_with`], so the result is [`boxer`]'s to the bit.
+#[derive(Clone, Copy)]
+struct ColEdge {
+    /// The edge is vertical or its x range misses the column (`sgarea` is 0).
+    off: bool,
+    x1: f64,
+    x2: f64,
+    sgn: f64,
+    xlo: f64,
+    xhi: f64,
+    /// `slope * (xlo - x1)` and `slope * (xhi - x1)`.
+    tlo: f64,
+    thi: f64,
+}
+
+impl ColEdge {
+    /// The four edges' column terms for output column `ii`.
+    #[inline(always)]
+    fn column(q: &Quad, e: &Edges, ii: i64) -> [Self; 4] {
+        let is = ii as f64 - 0.5;
+        std::array::from_fn(|k| {
+            let nk = (k + 1) & 3;
+            let (x1, x2) = (q.x[k] - is, q.x[nk] - is);
+            let (sgn, xl, xh) = if e.dx[k] < 0.0 { (-1.0, x2, x1) } else { (1.0, x1, x2) };
+            let off = e.dx[k] == 0.0 || xl >= 1.0 || xh <= 0.0;
+            let xl = if xl > 0.0 { xl } else { 0.0 };
+            let xh = if xh < 1.0 { xh } else { 1.0 };
+            let slope = e.slope[k];
+            Self { off, x1, x2, sgn, xlo: xl, xhi: xh, tlo: slope * (xl - x1), thi: slope * (xh - x1) }
+        })
+    }
+
+    /// [`boxer_with`] for output pixel `(ii, jj)` given column `ii`'s terms.
+    #[inline(always)]
+    fn boxer(ce: &[Self; 4], q: &Quad, e: &Edges, jj: i64) -> f64 {
+        let js = jj as f64 - 0.5;
+        let mut sum = 0.0;
+        for (k, c) in ce.iter().enumerate() {
+            sum += if c.off {
+                0.0
+            } else {
+                let nk = (k + 1) & 3;
+                sgarea_rest(c, q.y[k] - js, q.y[nk] - js, e.dx[k], e.dy[k])
+            };
+        }
+        sum
+    }
+}
+
+/// [`sgarea_with`] after its column part (see [`ColEdge`]), operation for operation.
+#[inline(always)]
+fn sgarea_rest(ce: &ColEdge, y1: f64, y2: f64, dx: f64, dy: f64) -> f64 {
+    let (x1, x2, sgn_dx) = (ce.x1, ce.x2, ce.sgn);
+    let (mut xlo, mut xhi) = (ce.xlo, ce.xhi);
+    let mut ylo = y1 + ce.tlo;
+    let mut yhi = y1 + ce.thi;
+    if ylo <= 0.0 && yhi <= 0.0 {
+        return 0.0;
+    }
+    if ylo >= 1.0 && yhi >= 1.0 {
+        return sgn_dx * (xhi - xlo);
+    }
+    let det = x1 * y2 - y1 * x2;
+    if ylo < 0.0 {
+        ylo = 0.0;
+        xlo = det / dy;
+    }
+    if yhi < 0.0 {
+        yhi = 0.0;
+        xhi = det / dy;
+    }
+    if ylo <= 1.0 {
+        if yhi <= 1.0 {
+            return sgn_dx * 0.5 * (xhi - xlo) * (yhi + ylo);
+        }
+        let xtop = (dx + det) / dy;
+        return sgn_dx * (0.5 * (xtop - xlo) * (1.0 + ylo) + xhi - xtop);
+    }
+    let xtop = (dx + det) / dy;
+    sgn_dx * (0.5 * (xhi - xtop) * (1.0 + yhi) + xtop - xlo)
 }
 
 thread_local! {
@@ -1108,7 +1266,8 @@ mod tests {
     #[test]
     fn hoisted_edges_match_boxer_bit_for_bit() {
         // Random drops (rotated, stretched, either orientation) all over a large grid: wherever
-        // `Edges::exact_for` holds, `boxer_with` must give `boxer`'s bits for every pixel of the box.
+        // `Edges::exact_for` holds, `boxer_with` and the column terms of `ColEdge` must give `boxer`'s
+        // bits for every pixel of the box.
         let mut r = Rng(20);
         let (mut drops, mut pixels) = (0, 0);
         for _ in 0..20_000 {
@@ -1127,14 +1286,12 @@ mod tests {
             }
             let e = Edges::new(&q);
             let [x0, x1, y0, y1] = bounds;
-            for jj in y0..=y1 {
-                for ii in x0..=x1 {
-                    let (ii, jj) = (ii as f64, jj as f64);
-                    assert_eq!(
-                        boxer_with(ii, jj, &q, &e).to_bits(),
-                        boxer(ii, jj, &q).to_bits(),
-                        "{q:?} at {ii}, {jj}"
-                    );
+            for ii in x0..=x1 {
+                let ce = ColEdge::column(&q, &e, ii);
+                for jj in y0..=y1 {
+                    let a = boxer(ii as f64, jj as f64, &q).to_bits();
+                    assert_eq!(boxer_with(ii as f64, jj as f64, &q, &e).to_bits(), a, "{q:?} at {ii}, {jj}");
+                    assert_eq!(ColEdge::boxer(&ce, &q, &e, jj).to_bits(), a, "column terms: {q:?} at {ii}, {jj}");
                     pixels += 1;
                 }
             }

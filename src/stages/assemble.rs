@@ -1,9 +1,10 @@
 //! Stage `assemble`: the multi-extension mosaic FITS (SCI, ERR, DQ, WHT, CON, VAR_POISSON,
-//! VAR_RNOISE, VAR_FLAT; JWST EXTNAMEs; celestial WCS; BUNIT; provenance in HISTORY), streamed from
+//! VAR_RNOISE, VAR_FLAT, or without the variance planes SCI, DQ, WHT, CON; JWST EXTNAMEs;
+//! celestial WCS; BUNIT; provenance in HISTORY), streamed from
 //! the band store in row blocks on rank 0 so that no rank ever holds the whole mosaic. Written to a
 //! temporary name and renamed when complete.
 
-use super::drizzle::{context_planes, F32_PRODUCTS, GROUP};
+use super::drizzle::{context_planes, f32_products, GROUP};
 use super::Provenance;
 use crate::error::Context;
 use crate::io::fits::{card_int, card_text, Card, ExtKind, ExtSpec, MosaicWriter};
@@ -15,7 +16,8 @@ use crate::plan::{CalMeta, Plan};
 pub const STAGE: &str = "assemble";
 use std::path::Path;
 
-/// Write the mosaic FITS `out` from the band store (rank 0 only).
+/// Write the mosaic FITS `out` from the band store (rank 0 only); without `variance_planes`
+/// (`drizzle.variance_planes = false`) the store and the mosaic have no ERR and VAR_* planes.
 ///
 /// # Errors
 /// Store reads or FITS writes, naming the file.
@@ -25,6 +27,7 @@ pub fn run(
     store: &Path,
     out: &Path,
     row_block: usize,
+    variance_planes: bool,
     prov: &Provenance,
 ) -> crate::Result<()> {
     let (ny, nx) = (plan.grid.ny, plan.grid.nx);
@@ -36,7 +39,7 @@ pub fn run(
         c
     };
     let nplanes = context_planes(plan.exposures.len());
-    let exts = vec![
+    let mut exts = vec![
         ExtSpec { name: "SCI".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("MJy/sr")) },
         ExtSpec { name: "ERR".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("MJy/sr")) },
         ExtSpec { name: "DQ".into(), kind: ExtKind::U32, planes: 1, cards: with_wcs(None) },
@@ -46,6 +49,8 @@ pub fn run(
         ExtSpec { name: "VAR_RNOISE".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("(MJy/sr)^2")) },
         ExtSpec { name: "VAR_FLAT".into(), kind: ExtKind::F32, planes: 1, cards: with_wcs(Some("(MJy/sr)^2")) },
     ];
+    let products = f32_products(variance_planes);
+    exts.retain(|e| e.kind != ExtKind::F32 || products.contains(&e.name.as_str()));
     let first = &metas[0];
     let primary = vec![
         card_text("TELESCOP", "JWST", "telescope used to acquire the data"),
@@ -68,7 +73,7 @@ pub fn run(
     while y < ny {
         let rows = y..(y + row_block).min(ny);
         let mut wht = None;
-        for name in F32_PRODUCTS {
+        for &name in products {
             let block = read_rows_f32(store, GROUP, name, rows.clone())?;
             w.write_rows_f32(name, y, block.view())?;
             if name == "WHT" {
@@ -101,7 +106,8 @@ pub(crate) fn stage(ctx: &super::runner::Ctx, b: &super::runner::Band) -> crate:
     let store = super::drizzle::store_path(&cfg.run.output_dir, &plan.band);
     comm.on_root_then_broadcast(0, || -> Result<(), String> {
         let t = std::time::Instant::now();
-        run(plan, &b.metas, &store, output, cfg.assemble.row_block, ctx.prov).map_err(|e| format!("{e:#}"))?;
+        run(plan, &b.metas, &store, output, cfg.assemble.row_block, cfg.drizzle.variance_planes, ctx.prov)
+            .map_err(|e| format!("{e:#}"))?;
         tracing::info!(
             "[assemble] {} ({}x{}) in {:.1} s",
             output.display(),

@@ -1,13 +1,15 @@
 //! Stage `drizzle`: every chunk owner drizzles the exposures overlapping its chunk (Fruchter & Hook
 //! 2002 square kernel, in plan order so sums are reproducible) into SCI, WHT, CON and the variance
-//! planes, and writes the chunk into the band's HDF5 store with collective MPI-IO.
+//! planes, and writes the chunk into the band's HDF5 store with collective MPI-IO. With
+//! `drizzle.variance_planes = false` (the JWST ResampleStep's `enable_err = False`) the variance
+//! planes are neither read nor drizzled, and the store holds SCI, WHT and CON only.
 //!
 //! One chunk is held at a time: each rank loops over as many rounds as the busiest rank has chunks,
 //! writing `None` (an empty selection) once it has none left, because the writes are collective.
 
 use super::corrections::{Corrections, OutlierFlags};
 use super::pieces::{read_piece, Want};
-use crate::config::Config;
+use crate::config::{Config, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::error::Context;
 use crate::io::hdf5::{BandStore, Dtype, ProductSpec};
@@ -18,6 +20,18 @@ use std::path::Path;
 
 /// The float products of the store, in the order of the mosaic's extensions.
 pub const F32_PRODUCTS: [&str; 6] = ["SCI", "ERR", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"];
+/// The float products without the variance planes (`drizzle.variance_planes = false`).
+pub const F32_PRODUCTS_NO_VAR: [&str; 2] = ["SCI", "WHT"];
+
+/// The float products of the store: [`F32_PRODUCTS`], or [`F32_PRODUCTS_NO_VAR`] without the
+/// variance planes.
+pub fn f32_products(variance_planes: bool) -> &'static [&'static str] {
+    if variance_planes {
+        &F32_PRODUCTS
+    } else {
+        &F32_PRODUCTS_NO_VAR
+    }
+}
 /// The HDF5 group (the stage name).
 pub const GROUP: &str = "drizzle";
 /// The stage name.
@@ -33,7 +47,7 @@ pub struct ChunkOut {
     pub chunk: usize,
     pub y0: usize,
     pub x0: usize,
-    /// SCI, ERR, WHT, VAR_POISSON, VAR_RNOISE, VAR_FLAT.
+    /// The [`f32_products`]: SCI, ERR, WHT, VAR_POISSON, VAR_RNOISE, VAR_FLAT, or SCI, WHT.
     pub planes: Vec<Array2<f32>>,
     pub context: ndarray::Array3<u32>,
     pub pixels_in: usize,
@@ -53,30 +67,26 @@ pub fn drizzle_chunk(
 ) -> crate::Result<ChunkOut> {
     let grid = plan.grid.wcs();
     let (ny, nx) = (c.y1 - c.y0, c.x1 - c.x0);
-    let mut acc = DrizzleAccum::with_origin([c.y0, c.x0], ny, nx, 3, plan.exposures.len());
+    let variance = cfg.drizzle.variance_planes;
+    let n_var = if variance { 3 } else { 0 };
+    let mut acc = DrizzleAccum::with_origin([c.y0, c.x0], ny, nx, n_var, plan.exposures.len());
     let dp = DrizzleParams { pixfrac: cfg.drizzle.pixfrac };
     let wt = cfg.drizzle.weight_type;
+    // without variance planes only VAR_RNOISE is read, and only for ivm weights
+    let want = Want { vars: variance, rnoise: wt == WeightType::Ivm, err: false };
     let mut pixels_in = 0;
     for &k in &c.exposures {
         let m = &metas[k];
-        let Some(piece) = read_piece(
-            m,
-            k,
-            &grid,
-            c.y0..c.y1,
-            c.x0..c.x1,
-            3,
-            (0, 0),
-            Want { vars: true, rnoise: true, err: false },
-            corr,
-        )
-        .with_context(|| format!("drizzle: reading {}", m.path.display()))?
+        let Some(piece) = read_piece(m, k, &grid, c.y0..c.y1, c.x0..c.x1, 3, (0, 0), want, corr)
+            .with_context(|| format!("drizzle: reading {}", m.path.display()))?
         else {
             continue;
         };
         let w = piece.weights(m, wt, Some(flags))?;
-        let vars = piece.vars.as_ref().expect("vars requested");
-        let views = [vars[0].view(), vars[1].view(), vars[2].view()];
+        let views: Vec<_> = match &piece.vars {
+            Some(v) if variance => v.iter().map(|a| a.view()).collect(),
+            _ => vec![],
+        };
         let st = par_drizzle_add_window(
             piece.sci.view(),
             w.view(),
@@ -90,6 +100,10 @@ pub fn drizzle_chunk(
         pixels_in += st.pixels_used;
     }
     let out = acc.finish();
+    if !variance {
+        let planes = vec![out.sci, out.wht];
+        return Ok(ChunkOut { chunk: c.index, y0: c.y0, x0: c.x0, planes, context: out.context, pixels_in });
+    }
     let [vp, vr, vf]: [Array2<f32>; 3] = out.var.try_into().expect("three variance planes");
     let err = {
         let mut e = vp.clone();
@@ -119,13 +133,15 @@ pub fn run(
     progress: &mut super::progress::Progress,
 ) -> crate::Result<()> {
     let nplanes = context_planes(plan.exposures.len());
+    let f32_names = f32_products(cfg.drizzle.variance_planes);
     let mut products: Vec<ProductSpec> =
-        F32_PRODUCTS.iter().map(|n| ProductSpec { name: n.to_string(), dtype: Dtype::F32, planes: 1 }).collect();
+        f32_names.iter().map(|n| ProductSpec { name: n.to_string(), dtype: Dtype::F32, planes: 1 }).collect();
     products.push(ProductSpec { name: "CON".into(), dtype: Dtype::U32, planes: nplanes });
     // rank 0 asks the file system, so that every rank takes the same branch before the collective create
     comm.on_root_then_broadcast(0, || crate::io::hdf5::check_room(store, plan.grid.ny, plan.grid.nx, &products))?;
     let bs = comm.agree(
-        BandStore::create(
+        // every chunk of the plan is written and the chunks tile the grid: no fill pass
+        BandStore::create_unfilled(
             store,
             comm.hdf5_handle(),
             GROUP,
@@ -155,7 +171,7 @@ pub fn run(
         };
         // every rank enters every collective write; a failed write is kept, not returned, so that
         // no rank leaves the others waiting in the next one
-        for (i, name) in F32_PRODUCTS.iter().enumerate() {
+        for (i, name) in f32_names.iter().enumerate() {
             let block = out.as_ref().map(|o| (o.y0, o.x0, o.planes[i].view()));
             let w = bs.write_block_f32(name, block).with_context(|| format!("writing {name} to {}", store.display()));
             if let (Err(e), None) = (w, &failure) {

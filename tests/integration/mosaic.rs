@@ -190,6 +190,43 @@ fn mosaic_is_bit_identical_for_1_to_4_ranks_and_any_chunking() {
 }
 
 #[test]
+fn without_variance_planes_sci_wht_con_and_dq_are_unchanged_bit_for_bit() {
+    // drizzle.variance_planes = false (JWST's enable_err = False) drops ERR and VAR_* from the
+    // store and the mosaic; the other planes must be those of the default run, bit for bit, on
+    // the banded (2 threads) path and under mpirun
+    let dir = cr_scene();
+    let w = tmp();
+    let full = mosaic_in(dir, w.path(), &["--set", "plan.chunk_px=96", "--set", "run.threads=2"]);
+    let full = arrays(&full);
+    assert!(full["ERR"].chunks_exact(4).any(|b| f32::from_le_bytes(b.try_into().unwrap()) > 0.0), "control has ERR");
+    let w1 = tmp();
+    let args = ["--set", "plan.chunk_px=96", "--set", "run.threads=2", "--set", "drizzle.variance_planes=false"];
+    let one = mosaic_in(dir, w1.path(), &args);
+    let w2 = tmp();
+    let two = w2.path().join("m.fits");
+    let o = mpirun(
+        2,
+        w2.path(),
+        &["--set", "drizzle.variance_planes=false", "mosaic", dir.to_str().unwrap(), "-o", two.to_str().unwrap()],
+    );
+    ok(&o);
+    for out in [&one, &two] {
+        for e in ["SCI", "WHT"] {
+            let a: Vec<u8> = read_ext_f32(out, e).unwrap().iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+            assert!(a == full[e], "{e} differs without the variance planes ({})", out.display());
+        }
+        for e in ["CON", "DQ"] {
+            let (_, v) = read_ext_u32(out, e).unwrap();
+            let a: Vec<u8> = v.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert!(a == full[e], "{e} differs without the variance planes ({})", out.display());
+        }
+        for e in ["ERR", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"] {
+            assert!(read_ext_f32(out, e).is_err(), "{e} written without the variance planes ({})", out.display());
+        }
+    }
+}
+
+#[test]
 fn outliers_catch_the_cosmic_rays_and_spare_the_stars() {
     // noise-realistic scene at the realistic cosmic-ray rate, one tile x 4 dithers (8 files of
     // 1024^2), as it is after the destripe and level stages: no 1/f stripes and no per-exposure
