@@ -20,6 +20,13 @@
 //!   once. With two orientations (rolls) only a constant is a function of both orientations' rows:
 //!   each iteration takes out more of the stripes wider than any filter, so the automatic setting
 //!   iterates there ([`AUTO_ITERATIONS_ROLLS`]);
+//! - with `destripe_multi.method = "joint"` (the automatic choice on a band observed at several
+//!   orientations) pass A and its iterations are replaced by one joint least-squares solve of every
+//!   exposure's per-amplifier row stripes and column stripes over the output grid's cells
+//!   ([`joint_models`], [`joint_solve`](crate::kernels::destripe::joint_solve)): the observations
+//!   go to the rank owning their band of output rows, the solve's sums are exact (fixed point), so
+//!   the models do not depend on the number of ranks; only one constant for the band is removed,
+//!   so the solve also corrects the exposures' relative levels `level` found on striped data;
 //! - pass B (`destripe_multi.large_scale`, on top of pass A): the average of the others is rebuilt
 //!   the same way; the stripes common to all exposures, which survive averaging, are what is left of
 //!   it after a median filter of `large_scale_filter_px` (rows / 10) across the stripe direction
