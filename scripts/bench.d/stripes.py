@@ -54,8 +54,13 @@ RUNS = [
     ("multi", "single-tile + destripe_multi", [], []),
     ("pass_a", "single-tile + destripe_multi pass A only", [], ["destripe_multi.large_scale=false"]),
 ]
-# scenes with several rolls also run pass A once, without the iterations the rolls switch on
-ROLL_RUNS = [("one_pass", "single-tile + destripe_multi, pass A not iterated", [], ["destripe_multi.max_iterations=1"])]
+# scenes with several rolls (where the automatic destripe_multi.method is the joint solve) also run
+# pjpipe's pass A, once and iterated (method = "iterate")
+ROLL_RUNS = [
+    ("one_pass", "single-tile + destripe_multi, pass A not iterated", [],
+     ['destripe_multi.method="iterate"', "destripe_multi.max_iterations=1"]),
+    ("iterated", "single-tile + destripe_multi, pass A iterated", [], ['destripe_multi.method="iterate"']),
+]
 
 
 def log(msg):

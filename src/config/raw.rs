@@ -333,6 +333,11 @@ pub struct RawDestripeMulti {
     pub max_iterations: usize,
     /// Iterations stop when no exposure's update is larger than this rms, MJy/sr.
     pub convergence_mjysr: f64,
+    /// How pass A finds the models: "iterate" (pjpipe: row medians against the average, iterated
+    /// `max_iterations` times), "joint" (every exposure's row and column stripes solved together by
+    /// least squares on the output grid's cells; `max_iterations` and `convergence_mjysr` unused),
+    /// or "auto" (joint when the exposures are rotated 10 deg or more from each other, else iterate).
+    pub method: String,
 }
 
 impl Default for RawDestripeMulti {
@@ -343,6 +348,7 @@ impl Default for RawDestripeMulti {
             large_scale_filter_px: 0,
             max_iterations: 0,
             convergence_mjysr: 2e-4,
+            method: "auto".to_string(),
         }
     }
 }
@@ -875,6 +881,11 @@ large_scale_filter_px = 0
 max_iterations = 0
 # Iterations stop when no exposure's update is larger than this rms, MJy/sr.
 convergence_mjysr = 2e-4
+# How pass A finds the models: "iterate" (pjpipe: row medians against the average, iterated
+# max_iterations times), "joint" (every exposure's row and column stripes solved together by least
+# squares on the output grid's cells; max_iterations and convergence_mjysr unused), or "auto"
+# (joint when the exposures are rotated 10 deg or more from each other, else iterate).
+method = "auto"
 
 [outlier]
 # Run the stage (false = no outlier flags; drizzle uses the DQ as it is).

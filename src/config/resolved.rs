@@ -174,6 +174,8 @@ pub struct DestripeMultiConfig {
     pub max_iterations: usize,
     /// Stop iterating when every update's rms is below this, MJy/sr (> 0).
     pub convergence_mjysr: f64,
+    /// `auto`, `iterate` or `joint`.
+    pub method: String,
 }
 
 /// The checked `[level]` section.
@@ -852,7 +854,14 @@ impl RawConfig {
                 format!("{} must be a finite number > 0 (MJy/sr)", dm.convergence_mjysr),
             ));
         }
+        if !["auto", "iterate", "joint"].contains(&dm.method.as_str()) {
+            return Err(invalid(
+                "destripe_multi.method",
+                format!("`{}` is not one of \"auto\", \"iterate\", \"joint\"", dm.method),
+            ));
+        }
         let destripe_multi = DestripeMultiConfig {
+            method: dm.method.clone(),
             enabled: dm.enabled,
             large_scale: dm.large_scale,
             large_scale_filter_px: dm.large_scale_filter_px,

@@ -64,6 +64,11 @@ pub struct DestripeReport {
     /// MJy/sr (the iterations stop below `destripe_multi.convergence_mjysr`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pass_a_update_rms_mjysr: Vec<f64>,
+    /// `destripe_multi` with the joint solve (`destripe_multi.method`): its size, and per clipping
+    /// round the residuals' sigma, the cells kept, the conjugate-gradient iterations and the final
+    /// relative residual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joint: Option<crate::kernels::destripe::JointSummary>,
 }
 
 /// Side of a NIRCam full-frame detector, pixels.

@@ -20,6 +20,13 @@
 //!   once. With two orientations (rolls) only a constant is a function of both orientations' rows:
 //!   each iteration takes out more of the stripes wider than any filter, so the automatic setting
 //!   iterates there ([`AUTO_ITERATIONS_ROLLS`]);
+//! - with `destripe_multi.method = "joint"` (the automatic choice on a band observed at several
+//!   orientations) pass A and its iterations are replaced by one joint least-squares solve of every
+//!   exposure's per-amplifier row stripes and column stripes over the output grid's cells
+//!   ([`joint_models`], [`joint_solve`](crate::kernels::destripe::joint_solve)): the observations
+//!   go to the rank owning their band of output rows, the solve's sums are exact (fixed point), so
+//!   the models do not depend on the number of ranks; only one constant for the band is removed,
+//!   so the solve also corrects the exposures' relative levels `level` found on striped data;
 //! - pass B (`destripe_multi.large_scale`, on top of pass A): the average of the others is rebuilt
 //!   the same way; the stripes common to all exposures, which survive averaging, are what is left of
 //!   it after a median filter of `large_scale_filter_px` (rows / 10) across the stripe direction
@@ -43,12 +50,14 @@ use crate::dist::{Comm, CommExt};
 use crate::error::Context;
 use crate::io::fits::{read_region_dq, read_region_f32};
 use crate::kernels::destripe::{
-    default_large_scale_filter_px, large_scale_mask, large_scale_smooth, par_multi_tile_model,
-    par_multi_tile_model_preferring, row_profile, stripe_direction, AmpLayout, MultiTileParams, StripeDirection,
-    StripeModel,
+    default_large_scale_filter_px, joint_solve, large_scale_mask, large_scale_smooth, par_multi_tile_model,
+    par_multi_tile_model_preferring, row_profile, stripe_direction, AmpLayout, JointObs, JointParams, JointSummary,
+    JointSystem, MultiTileParams, StripeDirection, StripeModel,
 };
+use crate::kernels::stats::nanmedian;
 use crate::plan::{CalMeta, Plan};
 use ndarray::{Array1, Array2, Zip};
+use rayon::prelude::*;
 
 /// The stage name (CLI, TOML section, HDF5 group, output folder).
 pub const STAGE: &str = "destripe_multi";
@@ -185,6 +194,176 @@ fn amp_model(
     .with_context(|| me.path.display().to_string())
 }
 
+/// The amplifier layout of the row unknowns of an exposure (as pass A's [`amp_model`]): four amps of
+/// `nx / 4` columns on full frames, whole rows on subarrays.
+fn amp_ranges(me: &CalMeta) -> Vec<std::ops::Range<usize>> {
+    let nx = me.shape[1];
+    let full = me.subarray.trim().eq_ignore_ascii_case("FULL");
+    let layout = if full && nx >= 4 { AmpLayout::Columns { width_px: nx / 4 } } else { AmpLayout::WholeRows };
+    layout.ranges(nx)
+}
+
+/// The joint least-squares solve of every NIRCam exposure's per-amplifier row stripes and column
+/// stripes ([`joint_solve`], `destripe_multi.method = "joint"`), in place of pass A:
+/// - every exposure's owner reads it (SCI with `prior` subtracted, level's planes left out as in
+///   pass A; the `drizzle.weight_type` weights, normalised by the largest exposure mean weight over
+///   ranks), and maps each usable pixel's centre to the output-grid cell it falls in;
+/// - the observations go to the rank owning the cell's band of output rows (`rows x rank / ranks`),
+///   each cell whole on one rank;
+/// - the conjugate-gradient solve sums every vector over ranks in fixed point (integers): the
+///   solution does not depend on the number of ranks;
+/// - each exposure's model is centred on its median (the per-exposure constants stay `level`'s).
+///
+/// Returns one model per exposure (`None` for exposures it does not apply to) and the solve's
+/// summary.
+fn joint_models(
+    comm: &dyn Comm,
+    plan: &Plan,
+    metas: &[CalMeta],
+    cfg: &Config,
+    prior: &Corrections,
+) -> crate::Result<(Vec<Option<StripeModel>>, JointSummary)> {
+    let prior = &Corrections { plane: vec![], ..prior.clone() };
+    // the unknowns: per applicable exposure, amps x rows, then columns
+    let mut base = vec![None; metas.len()];
+    let mut n = 0usize;
+    for (k, m) in metas.iter().enumerate() {
+        if applies_to(m) {
+            base[k] = Some(n);
+            n += amp_ranges(m).len() * m.shape[0] + m.shape[1];
+        }
+    }
+    crate::ensure!(n < u32::MAX as usize, "destripe_multi: {n} stripe unknowns are too many for the joint solve");
+    let grid = plan.grid.wcs();
+    let (gnx, gny) = (plan.grid.nx, plan.grid.ny);
+    let size = comm.size();
+    let mine: Vec<usize> = plan.exposures_of(comm.rank()).map(|e| e.index).filter(|&k| base[k].is_some()).collect();
+    // read the owned exposures: values and weights
+    let mut errors = vec![];
+    let mut loaded: Vec<(usize, Array2<f32>, Array2<f32>)> = vec![];
+    for &k in &mine {
+        let me = &metas[k];
+        let [ny, nx] = me.shape;
+        let got = (|| -> crate::Result<(Array2<f32>, Array2<f32>)> {
+            let mut sci = read_region_f32(&me.path, "SCI", 0..ny, 0..nx)?;
+            prior.apply_window(k, 0..ny, 0..nx, &mut sci);
+            let w = exposure_weights(me, cfg.drizzle.weight_type)?;
+            Ok((sci, w))
+        })();
+        match got {
+            Ok((sci, w)) => loaded.push((k, sci, w)),
+            Err(e) => errors.push(format!("{}: {e:#}", me.path.display())),
+        }
+    }
+    let local = if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) };
+    comm.agree(local).map_err(|e| crate::err!("{STAGE}: {e}"))?;
+    // the weight scale: the largest mean positive weight of an exposure, over ranks (exact)
+    let mut scale = [loaded
+        .iter()
+        .map(|(_, _, w)| {
+            let (s, c) = w.iter().filter(|&&v| v > 0.0).fold((0.0, 0usize), |(s, c), &v| (s + f64::from(v), c + 1));
+            if c > 0 {
+                s / c as f64
+            } else {
+                0.0
+            }
+        })
+        .fold(0.0, f64::max)];
+    comm.all_reduce_max_f64(&mut scale);
+    let scale = if scale[0] > 0.0 { scale[0] } else { 1.0 };
+    let mut sends: Vec<Vec<u8>> = vec![vec![]; size];
+    for (k, sci, w) in loaded {
+        let me = &metas[k];
+        let [ny, nx] = me.shape;
+        let b = base[k].expect("applicable");
+        let ranges = amp_ranges(me);
+        let namps = ranges.len();
+        let amp_of: Vec<usize> = (0..nx).map(|x| ranges.iter().position(|r| r.contains(&x)).unwrap_or(0)).collect();
+        let rows: Vec<Vec<(usize, JointObs)>> = (0..ny)
+            .into_par_iter()
+            .map(|y| {
+                let mut out = vec![];
+                for x in 0..nx {
+                    let (v, wt) = (sci[[y, x]], w[[y, x]]);
+                    if !(wt > 0.0 && v.is_finite() && v != 0.0) {
+                        continue;
+                    }
+                    let (ra, dec) = me.wcs.pixel_to_sky(x as f64, y as f64);
+                    let Ok((gx, gy)) = grid.sky_to_pixel(ra, dec) else { continue };
+                    let (cx, cy) = (gx.round(), gy.round());
+                    if !(cx >= 0.0 && cy >= 0.0 && (cx as usize) < gnx && (cy as usize) < gny) {
+                        continue;
+                    }
+                    let (cx, cy) = (cx as usize, cy as usize);
+                    let o = JointObs {
+                        cell: (cy * gnx + cx) as u64,
+                        exp: k as u32,
+                        row: (b + amp_of[x] * ny + y) as u32,
+                        col: (b + namps * ny + x) as u32,
+                        w: (f64::from(wt) / scale) as f32,
+                        v,
+                    };
+                    out.push((cy * size / gny, o));
+                }
+                out
+            })
+            .collect();
+        for (dest, o) in rows.into_iter().flatten() {
+            o.encode(&mut sends[dest]);
+        }
+    }
+    let received = comm.exchange(sends.into_iter().enumerate().filter(|(_, b)| !b.is_empty()).collect());
+    let mut obs = vec![];
+    for (_, bytes) in received {
+        obs.extend(JointObs::decode_all(&bytes));
+    }
+    let mut sys = JointSystem::new(obs, n);
+    let detrend: Vec<std::ops::Range<usize>> = metas
+        .iter()
+        .zip(&base)
+        .filter_map(|(m, b)| {
+            let b = (*b)?;
+            let start = b + amp_ranges(m).len() * m.shape[0];
+            Some(start..start + m.shape[1])
+        })
+        .collect();
+    let (x, summary) = joint_solve(
+        &mut sys,
+        &JointParams::default(),
+        &detrend,
+        &mut |v: &mut [i64]| {
+            let mut u: Vec<u64> = v.iter().map(|&a| a as u64).collect();
+            comm.all_reduce_sum_u64(&mut u);
+            v.iter_mut().zip(u).for_each(|(a, b)| *a = b as i64);
+        },
+        &mut |v: &mut [u64]| comm.all_reduce_sum_u64(v),
+    );
+    let mut models: Vec<Option<StripeModel>> = metas
+        .iter()
+        .enumerate()
+        .map(|(k, me)| {
+            let b = base[k]?;
+            let [ny, nx] = me.shape;
+            let amps = amp_ranges(me);
+            let namps = amps.len();
+            let amp_rows: Vec<Vec<f64>> = (0..namps).map(|a| x[b + a * ny..b + (a + 1) * ny].to_vec()).collect();
+            let col = x[b + namps * ny..b + namps * ny + nx].to_vec();
+            Some(StripeModel { ny, nx, rows: 0..ny, cols: 0..nx, amps, amp_rows, col, offset: 0.0 })
+        })
+        .collect();
+    // one constant for the band: the mean of the models' medians (the solve fixes the exposures'
+    // constants relative to each other, better than level could on striped data, but not the band's)
+    let medians: Vec<f64> = models
+        .iter()
+        .flatten()
+        .map(|m| nanmedian(m.to_array().mapv(f64::from).as_slice().expect("standard layout")))
+        .filter(|v| v.is_finite())
+        .collect();
+    let c = if medians.is_empty() { 0.0 } else { medians.iter().sum::<f64>() / medians.len() as f64 };
+    models.iter_mut().flatten().for_each(|m| m.offset = c);
+    Ok((models, summary))
+}
+
 /// Which pass of the stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -278,6 +457,14 @@ fn auto_iterations(metas: &[CalMeta]) -> usize {
     }
 }
 
+/// Whether `destripe_multi.method = "auto"` solves jointly: when the band's NIRCam exposures are
+/// rotated 10 deg or more from each other (two rolls), where only a constant is a function of both
+/// orientations' rows. At one orientation the joint solve has a null space as wide as the stripes
+/// all exposures share along the sky's rows, and the single pass A is kept.
+fn auto_joint(metas: &[CalMeta]) -> bool {
+    auto_iterations(metas) > 1
+}
+
 /// Most pass-A iterations on a band observed at several orientations (the automatic setting).
 pub const AUTO_ITERATIONS_ROLLS: usize = 5;
 
@@ -314,7 +501,32 @@ pub fn run(
     let mut pass_a: Vec<Vec<StripeModel>> = vec![vec![]; metas.len()];
     let mut others = vec![0; metas.len()];
     let mut updates = vec![];
-    for it in 0..max_iterations {
+    let joint = match cfg.destripe_multi.method.as_str() {
+        "joint" => true,
+        "iterate" => false,
+        _ => auto_joint(metas),
+    };
+    let mut joint_summary = None;
+    if joint {
+        let (models, summary) = joint_models(comm, plan, metas, cfg, prior)?;
+        let nircam = models.iter().flatten().count();
+        for (k, m) in models.iter().enumerate() {
+            if let Some(m) = m {
+                others[k] = nircam - 1;
+                pass_a[k].extend(std::iter::once(m.clone()).filter(|m| !m.is_zero()));
+            }
+        }
+        if comm.rank() == 0 {
+            tracing::info!(
+                "[destripe_multi] joint solve: {} unknowns; per round sigma, cells kept, CG iterations, residual: {:?}",
+                summary.unknowns,
+                summary.rounds
+            );
+        }
+        joint_summary = Some(summary);
+        after_a = after_a.with_stripes(models);
+    }
+    for it in 0..if joint { 0 } else { max_iterations } {
         let (models, used) = pass(&after_a, if it == 0 { Pass::A } else { Pass::AIterated })?;
         if it == 0 {
             others = used;
@@ -334,7 +546,8 @@ pub fn run(
     }
     let large: Vec<Option<StripeModel>> =
         if cfg.destripe_multi.large_scale { pass(&after_a, Pass::LargeScale)?.0 } else { vec![None; metas.len()] };
-    let mut report = DestripeReport { pass_a_update_rms_mjysr: updates, ..DestripeReport::default() };
+    let mut report =
+        DestripeReport { pass_a_update_rms_mjysr: updates, joint: joint_summary, ..DestripeReport::default() };
     for (k, m) in metas.iter().enumerate() {
         let file = m.file_name();
         let (status, rms_a, amps) = if !applies_to(m) {
@@ -342,7 +555,8 @@ pub fn run(
         } else if others[k] > 0 {
             let refs: Vec<&StripeModel> = pass_a[k].iter().collect();
             let amps = pass_a[k].first().map_or(0, |s| s.amps.len());
-            (format!("destriped against {} other exposures", others[k]), rms(&dense_sum(&refs)), amps)
+            let how = if joint { "jointly with" } else { "against" };
+            (format!("destriped {how} {} other exposures", others[k]), rms(&dense_sum(&refs)), amps)
         } else {
             report.notes.push(format!("{file}: no other exposure overlaps it; no multi-exposure model"));
             ("passed through: no overlapping exposure".to_string(), 0.0, 0)

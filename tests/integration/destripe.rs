@@ -673,15 +673,19 @@ fn outlier_flags_no_whole_rows_on_a_striped_scene() {
 /// roll, LW), where both rolls overlap, the full-band stripe power left in the final mosaic (the
 /// residual against the mosaic of the stripe-free twin, binned along each roll's rows and columns,
 /// the power averaged over the two rolls' frames). Only a constant is a function of both rolls'
-/// rows, so pass A, measured where the other roll covers and iterated, separates even the stripes
-/// wider than any filter from the sky; a single pass (`destripe_multi.max_iterations = 1`) is
-/// reported beside it.
+/// rows, so the joint least-squares solve of every exposure's row and column stripes (the
+/// automatic `destripe_multi.method` on two rolls) separates even the stripes wider than any filter
+/// from the sky; pjpipe's pass A, once and iterated (`method = "iterate"`), is reported beside it.
 ///
 /// KNOWN SHORTFALL: the issue asks at least 75% of the full-band power removed there; NOT met.
-/// Measured here: full band 14% (pass A once 14%), narrow band 89% (once 91%); on the 2x2-tile
-/// small bench scene 45% of the full band (single-tile alone 13%; see BENCHMARKS.md). This test
-/// guards what is achieved: at least 5% of the full band, 80% of the narrow band, and iterating
-/// not worse than one pass.
+/// Measured here (load average 7 on 2 cores): none 0.0179 MJy/sr rms full band; pass A once 14% /
+/// 91% (full / narrow band) removed, iterated 14% / 89%, joint 26% / 93% (joint without pass B 27% /
+/// 94%). Per exposure the joint solve removes 94% of the truth stripes' power (single-tile alone
+/// 43%); what is left in the mosaic is mostly the stripes' widest modes in the rows one roll alone
+/// covers (there a profile all dithers of a roll share is in the null space) and the level
+/// offsets `level` found on striped data. This test guards what is achieved: at least 20% of the
+/// full band and 85% of the narrow band with the joint solve, the joint solve better than pass A
+/// iterated, and iterating pass A not worse than one pass.
 #[test]
 fn two_rolls_remove_the_full_band_where_they_overlap() {
     let sets = |stripes: bool| {
@@ -742,25 +746,28 @@ fn two_rolls_remove_the_full_band_where_they_overlap() {
         (ms(0), ms(1))
     };
     let none = power(&["--no-destripe"]);
-    let once = power(&["--set", "destripe_multi.max_iterations=1"]);
-    let iterated = power(&[]);
+    let once = power(&["--set", "destripe_multi.method=\"iterate\"", "--set", "destripe_multi.max_iterations=1"]);
+    let iterated = power(&["--set", "destripe_multi.method=\"iterate\""]);
+    let joint = power(&[]);
     let pct = |a: f64, b: f64| 100.0 * (1.0 - (a / b).powi(2));
-    eprintln!(
-        "two rolls, overlap: stripe rms full / narrow: none {:.5} / {:.5}; pass A once {:.5} / {:.5} ({:.0}% / {:.0}% \
-         removed); iterated {:.5} / {:.5} ({:.0}% / {:.0}% removed)",
-        none.0,
-        none.1,
-        once.0,
-        once.1,
-        pct(once.0, none.0),
-        pct(once.1, none.1),
-        iterated.0,
-        iterated.1,
-        pct(iterated.0, none.0),
-        pct(iterated.1, none.1)
-    );
+    for (name, p) in [("pass A once", once), ("pass A iterated", iterated), ("joint", joint)] {
+        eprintln!(
+            "two rolls, overlap: stripe rms full / narrow: none {:.5} / {:.5}; {name} {:.5} / {:.5} ({:.0}% / {:.0}% \
+             removed)",
+            none.0,
+            none.1,
+            p.0,
+            p.1,
+            pct(p.0, none.0),
+            pct(p.1, none.1),
+        );
+    }
     assert!(none.0 > 0.002, "the control has no stripes to remove: {none:?}");
-    assert!(iterated.0 * iterated.0 <= 0.95 * none.0 * none.0, "full band: {none:?} -> {iterated:?}");
-    assert!(iterated.1 * iterated.1 <= 0.2 * none.1 * none.1, "narrow band: {none:?} -> {iterated:?}");
+    assert!(joint.0 * joint.0 <= 0.8 * none.0 * none.0, "full band: {none:?} -> {joint:?}");
+    assert!(joint.1 * joint.1 <= 0.15 * none.1 * none.1, "narrow band: {none:?} -> {joint:?}");
+    assert!(
+        joint.0 < 0.97 * iterated.0,
+        "the joint solve is no better than pass A iterated: {iterated:?} -> {joint:?}"
+    );
     assert!(iterated.0 <= 1.05 * once.0, "iterating made the full band worse: {once:?} -> {iterated:?}");
 }

@@ -25,6 +25,8 @@
 //! - `diffuse`: the Butterworth high-pass and the diffuse filter.
 //! - `single`: the single-exposure method.
 //! - `multi`: the pieces of the multi-exposure method.
+//! - `joint`: the joint least-squares solve of every exposure's row and column stripes (the
+//!   alternative to iterating the multi-exposure pass, for fields seen at several orientations).
 //!
 //! What does not live here: flat-fielding the measurement copy (the caller passes a flat-fielded
 //! image if it wants pjpipe's "measure on flat, subtract from rate"), DQ decoding (the caller passes
@@ -34,6 +36,7 @@
 
 mod diffuse;
 mod filters;
+mod joint;
 mod mask;
 mod model;
 mod multi;
@@ -48,6 +51,9 @@ pub use diffuse::{butterworth_highpass, diffuse_filter, highpass_mirror_padded, 
 #[cfg(test)]
 pub(crate) use filters::gauss;
 pub use filters::{interpolate_nans, median_filter_1d};
+pub use joint::{
+    sigma_from_histogram, solve as joint_solve, JointObs, JointParams, JointSummary, JointSystem, JOINT_OBS_BYTES,
+};
 pub use mask::{par_source_mask, source_mask};
 pub use model::StripeModel;
 pub use multi::{
