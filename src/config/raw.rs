@@ -884,7 +884,8 @@ convergence_mjysr = 2e-4
 # How pass A finds the models: "iterate" (pjpipe: row medians against the average, iterated
 # max_iterations times), "joint" (every exposure's row and column stripes solved together by least
 # squares on the output grid's cells; max_iterations and convergence_mjysr unused), or "auto"
-# (joint when the exposures are rotated 10 deg or more from each other, else iterate).
+# (joint when the exposures are rotated 10 deg or more from each other and its ~92 bytes per input
+# pixel over the ranks fit run.mem_budget_mb, else iterate).
 method = "auto"
 
 [outlier]

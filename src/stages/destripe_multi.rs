@@ -465,6 +465,29 @@ fn auto_joint(metas: &[CalMeta]) -> bool {
     auto_iterations(metas) > 1
 }
 
+/// Bytes per input pixel the joint solve holds on a rank, over the ranks: its own exposures' values
+/// and weights (8) and their encoded observations (28) while they are sent, and the observations it
+/// receives, encoded and decoded (2 x 28), taking the pixels as evenly dealt.
+const JOINT_BYTES_PER_PX: usize = 8 + 28 + 2 * 28;
+
+/// Whether the joint solve's observations fit `run.mem_budget_mb` on every rank (an estimate:
+/// [`JOINT_BYTES_PER_PX`] times the band's NIRCam pixels over the ranks); when they do not, the
+/// automatic setting iterates pass A instead, with a warning naming both keys.
+fn joint_fits_budget(comm: &dyn Comm, metas: &[CalMeta], cfg: &Config) -> bool {
+    let px: usize = metas.iter().filter(|m| applies_to(m)).map(|m| m.shape[0] * m.shape[1]).sum();
+    let need_mb = (px * JOINT_BYTES_PER_PX / comm.size().max(1)) as u64 / (1024 * 1024);
+    let fits = need_mb <= cfg.run.mem_budget_mb;
+    if !fits && comm.rank() == 0 {
+        tracing::warn!(
+            "[{STAGE}] two orientations, but the joint solve would hold about {need_mb} MiB per rank (run.mem_budget_mb = \
+             {}): pass A is iterated instead; more ranks, a larger budget or destripe_multi.method = \"joint\" \
+             solve jointly",
+            cfg.run.mem_budget_mb
+        );
+    }
+    fits
+}
+
 /// Most pass-A iterations on a band observed at several orientations (the automatic setting).
 pub const AUTO_ITERATIONS_ROLLS: usize = 5;
 
@@ -504,7 +527,7 @@ pub fn run(
     let joint = match cfg.destripe_multi.method.as_str() {
         "joint" => true,
         "iterate" => false,
-        _ => auto_joint(metas),
+        _ => auto_joint(metas) && joint_fits_budget(comm, metas, cfg),
     };
     let mut joint_summary = None;
     if joint {

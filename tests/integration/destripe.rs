@@ -771,3 +771,52 @@ fn two_rolls_remove_the_full_band_where_they_overlap() {
     );
     assert!(iterated.0 <= 1.05 * once.0, "iterating made the full band worse: {once:?} -> {iterated:?}");
 }
+
+/// On two rolls the automatic setting solves jointly only when the solve's observations fit the
+/// memory budget: this 16-file two-roll scene needs about 96 MiB on one rank, so under a 64 MiB budget
+/// pass A is iterated instead, with a warning naming both keys (under 4096 MiB the two-roll test
+/// above solves jointly).
+#[test]
+fn two_rolls_over_the_memory_budget_iterate_pass_a_with_a_warning() {
+    let d = tmp();
+    simulate(
+        d.path(),
+        &[
+            "simulate.instrument=\"nircam_lw\"",
+            "simulate.size=\"small\"",
+            "simulate.tiles=\"1x1\"",
+            "simulate.dithers=4",
+            "simulate.rolls_deg=[0.0, 50.0]",
+        ],
+    );
+    let w = tmp();
+    let o = w.path().join("m.fits");
+    let out = mpirun(
+        1,
+        w.path(),
+        &[
+            "--set",
+            "run.output_dir=\"out\"",
+            "--set",
+            "run.mem_budget_mb=64",
+            "--set",
+            "run.stop_after=\"destripe_multi\"",
+            "--set",
+            "outlier.enabled=false",
+            "mosaic",
+            d.path().to_str().unwrap(),
+            "-o",
+            o.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pass A is iterated instead") && err.contains("run.mem_budget_mb = 64"),
+        "no fallback warning: {err}"
+    );
+    let report: tessera::stages::destripe::DestripeReport =
+        tessera::io::json::read_json(&w.path().join("out/destripe_multi/destripe_multi.json")).unwrap();
+    assert!(report.joint.is_none(), "solved jointly over the budget: {:?}", report.joint);
+    assert!(report.pass_a_update_rms_mjysr.len() > 1, "pass A not iterated: {:?}", report.pass_a_update_rms_mjysr);
+}
