@@ -440,8 +440,18 @@ fn sgarea_with(x1: f64, y1: f64, x2: f64, y2: f64, dx: f64, dy: f64, slope: f64)
     }
     xlo = if xlo > 0.0 { xlo } else { 0.0 };
     xhi = if xhi < 1.0 { xhi } else { 1.0 };
-    let mut ylo = y1 + slope * (xlo - x1);
-    let mut yhi = y1 + slope * (xhi - x1);
+    let ylo = y1 + slope * (xlo - x1);
+    let yhi = y1 + slope * (xhi - x1);
+    sgarea_clip_y([x1, y1, x2, y2, dx, dy, sgn_dx], [xlo, xhi], [ylo, yhi])
+}
+
+/// The rest of [`sgarea_with`] once the segment is clipped to `0 <= x <= 1` (`xlo..xhi`, where it
+/// reaches heights `ylo`, `yhi`): clipped to `0 <= y <= 1` and integrated, operation for
+/// operation, for [`sgarea_with`] and [`sgarea_rest`] alike. `seg` is `[x1, y1, x2, y2, dx, dy,
+/// sgn_dx]`.
+#[inline(always)]
+fn sgarea_clip_y(seg: [f64; 7], [mut xlo, mut xhi]: [f64; 2], [mut ylo, mut yhi]: [f64; 2]) -> f64 {
+    let [x1, y1, x2, y2, dx, dy, sgn_dx] = seg;
     if ylo <= 0.0 && yhi <= 0.0 {
         return 0.0;
     }
@@ -856,34 +866,9 @@ impl ColEdge {
 /// [`sgarea_with`] after its column part (see [`ColEdge`]), operation for operation.
 #[inline(always)]
 fn sgarea_rest(ce: &ColEdge, y1: f64, y2: f64, dx: f64, dy: f64) -> f64 {
-    let (x1, x2, sgn_dx) = (ce.x1, ce.x2, ce.sgn);
-    let (mut xlo, mut xhi) = (ce.xlo, ce.xhi);
-    let mut ylo = y1 + ce.tlo;
-    let mut yhi = y1 + ce.thi;
-    if ylo <= 0.0 && yhi <= 0.0 {
-        return 0.0;
-    }
-    if ylo >= 1.0 && yhi >= 1.0 {
-        return sgn_dx * (xhi - xlo);
-    }
-    let det = x1 * y2 - y1 * x2;
-    if ylo < 0.0 {
-        ylo = 0.0;
-        xlo = det / dy;
-    }
-    if yhi < 0.0 {
-        yhi = 0.0;
-        xhi = det / dy;
-    }
-    if ylo <= 1.0 {
-        if yhi <= 1.0 {
-            return sgn_dx * 0.5 * (xhi - xlo) * (yhi + ylo);
-        }
-        let xtop = (dx + det) / dy;
-        return sgn_dx * (0.5 * (xtop - xlo) * (1.0 + ylo) + xhi - xtop);
-    }
-    let xtop = (dx + det) / dy;
-    sgn_dx * (0.5 * (xhi - xtop) * (1.0 + yhi) + xtop - xlo)
+    let ylo = y1 + ce.tlo;
+    let yhi = y1 + ce.thi;
+    sgarea_clip_y([ce.x1, y1, ce.x2, y2, dx, dy, ce.sgn], [ce.xlo, ce.xhi], [ylo, yhi])
 }
 
 thread_local! {
