@@ -745,26 +745,31 @@ impl<'a> BandSums<'a> {
             let col = col0 + (ii - xlo) as usize;
             for jj in ylo..=yhi {
                 let dover = ColEdge::boxer(&ce, q, e, jj);
-                if dover == 0.0 {
-                    continue;
-                }
-                let dow = dover * w;
-                // cdrizzle tests the weight after rounding it to f32.
-                let dow32 = dow as f32;
-                if dow32 == 0.0 {
-                    continue;
-                }
-                let k = (jj - self.row_lo) as usize * self.ncols + col;
-                if dow32 > 0.0 {
-                    self.ctx[k] |= bit;
-                }
-                self.wsum[k] += dow;
-                self.sci_wsum[k] += dow * value;
-                let dow2 = dow * dow;
-                for (plane, v) in self.var.iter_mut().zip(&var_in) {
-                    plane[k] += dow2 * v;
+                if dover != 0.0 {
+                    self.add_at((jj - self.row_lo) as usize * self.ncols + col, dover * w, value, bit, &var_in);
                 }
             }
+        }
+    }
+
+    /// One drop's share `dow` (overlap x weight) of output pixel `k`, as cdrizzle adds it: nothing
+    /// when the weight rounds to 0 in f32 (cdrizzle tests it after that rounding), the context bit
+    /// where it is positive, then the weight, the weighted value and the variances (`var_in` the
+    /// input pixel's, weighted by `dow^2`).
+    #[inline(always)]
+    fn add_at(&mut self, k: usize, dow: f64, value: f64, bit: u32, var_in: &[f64]) {
+        let dow32 = dow as f32;
+        if dow32 == 0.0 {
+            return;
+        }
+        if dow32 > 0.0 {
+            self.ctx[k] |= bit;
+        }
+        self.wsum[k] += dow;
+        self.sci_wsum[k] += dow * value;
+        let dow2 = dow * dow;
+        for (plane, v) in self.var.iter_mut().zip(var_in) {
+            plane[k] += dow2 * v;
         }
     }
 
@@ -782,31 +787,18 @@ impl<'a> BandSums<'a> {
     ) {
         let n = (xhi - xlo + 1) as usize;
         let col = (xlo - inputs.col_lo) as usize;
+        // the scratch moves out for the loop (no copy), so `add_at` can borrow the sums
+        let var_in = std::mem::take(&mut self.var_in);
         for jj in ylo..=yhi {
             let k0 = (jj - self.row_lo) as usize * self.ncols + col;
             for c in 0..n {
                 let dover = area(jj, c);
-                if dover == 0.0 {
-                    continue;
-                }
-                let dow = dover * w;
-                // cdrizzle tests the weight after rounding it to f32.
-                let dow32 = dow as f32;
-                if dow32 == 0.0 {
-                    continue;
-                }
-                let k = k0 + c;
-                if dow32 > 0.0 {
-                    self.ctx[k] |= bit;
-                }
-                self.wsum[k] += dow;
-                self.sci_wsum[k] += dow * value;
-                let dow2 = dow * dow;
-                for (plane, v) in self.var.iter_mut().zip(&self.var_in) {
-                    plane[k] += dow2 * v;
+                if dover != 0.0 {
+                    self.add_at(k0 + c, dover * w, value, bit, &var_in);
                 }
             }
         }
+        self.var_in = var_in;
     }
 }
 
