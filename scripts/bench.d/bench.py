@@ -62,6 +62,24 @@ def section_parser(doc):
     return ap
 
 
+def section_args(ap):
+    """Parse a section script's arguments with every path made absolute (the runs start in their own
+    folders)."""
+    args = ap.parse_args()
+    args.work = str(Path(args.work).resolve())
+    args.tessera = str(Path(args.tessera).resolve())
+    return args
+
+
+def choices(ap, text, allowed, what):
+    """The comma-separated `text` as a list, every item one of `allowed` (else a usage error naming it)."""
+    items = [t for t in text.split(",") if t]
+    for t in items:
+        if t not in allowed:
+            ap.error(f"unknown {what} '{t}' ({', '.join(allowed)})")
+    return items
+
+
 def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
 import quality  # noqa: E402
-from bench import log, section_parser, toml_str  # noqa: E402
+from bench import choices, log, section_args, section_parser, toml_str  # noqa: E402
 from tables import write_json  # noqa: E402
 
 TOOLS = ["tessera", "jwst"]
@@ -144,17 +144,9 @@ def main():
     ap.add_argument("--sizes", default="large")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--keep-outputs", action="store_true")
-    args = ap.parse_args()
-    args.work = str(Path(args.work).resolve())
-    args.tessera = str(Path(args.tessera).resolve())
-    args.tools = [t for t in args.tools.split(",") if t]
-    for t in args.tools:
-        if t not in TOOLS:
-            ap.error(f"unknown tool '{t}' ({', '.join(TOOLS)})")
-    sizes = [s for s in args.sizes.split(",") if s]
-    for s in sizes:
-        if s not in SIZES:
-            ap.error(f"unknown size '{s}' ({', '.join(SIZES)})")
+    args = section_args(ap)
+    args.tools = choices(ap, args.tools, TOOLS, "tool")
+    sizes = choices(ap, args.sizes, SIZES, "size")
     t0 = time.perf_counter()
     scenes = [run_size(args, s) for s in sizes]
     res = {"scenes": scenes, "total_s": time.perf_counter() - t0, "table_md": table(scenes)}

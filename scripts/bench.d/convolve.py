@@ -37,7 +37,7 @@ from astropy.io import fits
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
-from bench import run_timed, run_quiet, toml_str, log, section_parser  # noqa: E402
+from bench import choices, log, run_quiet, run_timed, section_args, section_parser, toml_str  # noqa: E402
 from tables import write_json  # noqa: E402
 
 BAND, TARGET = "F300M", "gauss0p90"
@@ -234,13 +234,8 @@ def main():
     ap.add_argument("--sizes", default="small,medium")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per row; the fastest is reported")
     ap.add_argument("--keep-outputs", action="store_true")
-    args = ap.parse_args()
-    args.work = str(Path(args.work).resolve())
-    args.tessera = str(Path(args.tessera).resolve())
-    sizes = [s for s in args.sizes.split(",") if s]
-    for s in sizes:
-        if s not in SIZES:
-            ap.error(f"unknown size '{s}' ({', '.join(SIZES)})")
+    args = section_args(ap)
+    sizes = choices(ap, args.sizes, SIZES, "size")
     t0 = time.perf_counter()
     load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     scenes = [run_size(args, s) for s in sizes]

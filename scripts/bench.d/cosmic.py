@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
 import quality  # noqa: E402
-from bench import toml_str, log, section_parser  # noqa: E402
+from bench import choices, log, section_args, section_parser, toml_str  # noqa: E402
 from tables import write_json  # noqa: E402
 
 # Five times the simulator's default cosmic-ray rate (2e-4 hits per pixel per exposure), for enough hits
@@ -248,18 +248,9 @@ def main():
     ap.add_argument("--scenes", default="lw,sw")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--keep-outputs", action="store_true")
-    args = ap.parse_args()
-    args.work = str(Path(args.work).resolve())
-    args.tessera = str(Path(args.tessera).resolve())
-    args.tools = [t for t in args.tools.split(",") if t]
-    for t in args.tools:
-        if t not in TOOLS:
-            ap.error(f"unknown tool '{t}' ({', '.join(TOOLS)})")
-    names = []
-    for s in args.scenes.split(","):
-        if f"cr-{s}" not in SCENES:
-            ap.error(f"unknown scene '{s}' (lw, sw)")
-        names.append(f"cr-{s}")
+    args = section_args(ap)
+    args.tools = choices(ap, args.tools, TOOLS, "tool")
+    names = [f"cr-{s}" for s in choices(ap, args.scenes, [n[3:] for n in SCENES], "scene")]
     t0 = time.perf_counter()
     scenes = [run_scene(args, n) for n in names]
     res = {"scenes": scenes, "total_s": time.perf_counter() - t0, "table_md": table(scenes)}

@@ -42,7 +42,7 @@ from astropy.io import fits
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
-from bench import run_timed, run_quiet, toml_str, log, section_parser  # noqa: E402
+from bench import log, run_quiet, run_timed, section_args, section_parser, toml_str  # noqa: E402
 from tables import write_json  # noqa: E402
 
 BANDS = [("nircam_lw", "F300M"), ("nircam_lw", "F335M"), ("miri", "F770W"), ("miri", "F1000W")]
@@ -207,9 +207,7 @@ def main():
     ap.add_argument("--size", default="small")
     ap.add_argument("--model-from", default="")
     ap.add_argument("--keep-outputs", action="store_true")
-    args = ap.parse_args()
-    args.work = str(Path(args.work).resolve())
-    args.tessera = str(Path(args.tessera).resolve())
+    args = section_args(ap)
     t0 = time.perf_counter()
     root = simulate_inputs(args)
     runs = [run_groups(args, root, int(g)) for g in args.groups.split(",") if g]

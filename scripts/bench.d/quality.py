@@ -76,7 +76,7 @@ from astropy.wcs import WCS
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True   # no __pycache__ in the repo from importing bench.py
-from bench import run_quiet, run_timed, toml_str, sh, log, section_parser  # noqa: E402
+from bench import choices, log, run_quiet, run_timed, section_args, section_parser, sh, toml_str  # noqa: E402
 from tables import write_json  # noqa: E402
 
 SCENES = {
@@ -643,18 +643,9 @@ def main():
     ap.add_argument("--scenes", default=",".join(SCENES))
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--keep-outputs", action="store_true")
-    args = ap.parse_args()
-    args.tools = [t for t in args.tools.split(",") if t]
-    args.scenes = [s for s in args.scenes.split(",") if s]
-    # the runs start in their own folders: every path absolute
-    args.work = str(Path(args.work).resolve())
-    args.tessera = str(Path(args.tessera).resolve())
-    for t in args.tools:
-        if t not in TOOLS:
-            ap.error(f"unknown tool '{t}' ({', '.join(TOOLS)})")
-    for s in args.scenes:
-        if s not in SCENES:
-            ap.error(f"unknown scene '{s}' ({', '.join(SCENES)})")
+    args = section_args(ap)
+    args.tools = choices(ap, args.tools, TOOLS, "tool")
+    args.scenes = choices(ap, args.scenes, SCENES, "scene")
     t0 = time.perf_counter()
     scenes = [run_scene(args, s) for s in args.scenes]
     res = {"scenes": scenes, "total_s": time.perf_counter() - t0,
