@@ -260,13 +260,16 @@ pub struct Shield<'a> {
 /// back to the exposure, and the neighbours, tested against it with its steep derivative, are
 /// never flagged (the survivors of issue 15, "core flagged, a neighbour above 5 ERR not").
 ///
-/// So, a *seed*: a pixel where two or three values remain, the smallest-value rule fires, the
-/// largest value stands above the smallest by more than `nsigma` times its exposure's noise, and
-/// that exposure is nowhere within `radius` a source seen lower than by the others: a pixel where
-/// it is more than `nsigma` noises below the smallest of the others while its own value there
-/// stands more than `nsigma` noises above the seed's smallest value. The exposure is then left out
-/// of the median at every pixel within `radius` of the seed (a square), provided another value
-/// remains there; the median of what remains follows [`median_stack_with`].
+/// So, a *seed*: a pixel where two or more values remain, the smallest-value rule fires (the median
+/// is more than twice the smallest value), the largest value stands above the smallest by more than
+/// `nsigma` times its exposure's noise, and that exposure is nowhere within `radius` a source seen
+/// lower than by the others: a pixel where it is more than `nsigma` noises below the smallest of the
+/// others while its own value there stands more than `nsigma` noises above the seed's smallest
+/// value. The largest value is then peeled off and the test repeated on the rest while at least two
+/// values would remain, so two cosmic rays on one sky pixel (the plain median of four keeps half of
+/// the second) both seed. A seed's exposure is left out of the median at every pixel within
+/// `radius` of it (a square), provided another value remains there; the median of what remains
+/// follows [`median_stack_with`].
 /// - The noise term keeps pure-noise pixels on empty sky (where the ratio test fires easily, the
 ///   smallest value being near 0) from seeding.
 /// - The test from below keeps sources out: a source seen by every exposure differs between them
@@ -274,6 +277,13 @@ pub struct Shield<'a> {
 ///   higher somewhere in a source's steep wing is lower close by, on the source; cosmic rays only
 ///   add charge. Another exposure's cosmic ray nearby also puts this one below the others, but on
 ///   the sky, not on a source: it does not stop the seed.
+/// - Where the shield leaves a single value, it stands only if the rule on all values is not lower:
+///   the exposure left out may be the clean one (a seed from a source the test from below missed).
+/// - Where one value has full weight and others only a partial one (the others' coverage edge: JWST
+///   drops values below their weight threshold), the partial values join it, so that a cosmic ray
+///   there is not its own median; unless one of those exposures sees a source within `radius`
+///   (its full-weight values stand more than `nsigma` noises above its partial value): a star at
+///   two pixel phases, whose core the lone value would otherwise be tested against the wing.
 ///
 /// `stack` and `wht` are `[n, y, x]` over the cut, `out` is `[rows.len(), cols.len()]`. Each output
 /// pixel depends only on the stack within `2 radius` of it, so the result equals that of any other
@@ -324,55 +334,103 @@ pub fn median_stack_shielded(
             }
         }
     });
+    // each exposure's largest full-weight value within r along x (-inf where it has none): what it
+    // sees near a pixel where it is only partly present
+    let mut seen = ndarray::Array3::<f32>::from_elem((ny, n, nx), f32::NEG_INFINITY);
+    seen.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(y, mut plane)| {
+        for k in 0..n {
+            for x in 0..nx {
+                if let Some(v) = valid(k, y, x) {
+                    plane
+                        .slice_mut(ndarray::s![k, x.saturating_sub(r)..(x + r + 1).min(nx)])
+                        .mapv_inplace(|b| b.max(v));
+                }
+            }
+        }
+    });
     // seeds, dilated along x at once: per row, per exposure, whether a seed lies within r
     let mut near = ndarray::Array3::<bool>::from_elem((ny, n, nx), false);
     near.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(y, mut plane)| {
         let ys = y.saturating_sub(r)..(y + r + 1).min(ny);
-        let mut vals = Vec::with_capacity(n);
+        let mut vals: Vec<(usize, f32)> = Vec::with_capacity(n);
+        let mut scratch = Vec::with_capacity(n);
         for x in 0..nx {
             vals.clear();
-            let mut top: Option<(usize, f32)> = None;
-            for k in 0..n {
-                if let Some(v) = valid(k, y, x) {
-                    vals.push(v);
-                    if top.is_none_or(|(_, t)| v > t) {
-                        top = Some((k, v));
-                    }
-                }
-            }
-            if !(2..=3).contains(&vals.len()) {
+            vals.extend((0..n).filter_map(|k| valid(k, y, x).map(|v| (k, v))));
+            if vals.len() < 2 {
                 continue;
             }
-            let lo = vals.iter().copied().fold(f32::INFINITY, f32::min);
-            let med = nanmedian_small(&mut vals);
-            let (k, v) = top.expect("two or three values");
-            let low_source = ys.clone().map(|yy| below[[yy, k, x]]).fold(f32::NEG_INFINITY, f32::max) - lo > t(k);
-            if med - lo > lo && v - lo > t(k) && !low_source {
+            // ascending by value, ties by exposure: the largest is peeled off while it seeds
+            vals.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            let lo = vals[0].1;
+            // peel while at least two values would remain (one seed only where two or three values are)
+            let mut first = true;
+            while vals.len() >= 3 || (first && vals.len() == 2) {
+                first = false;
+                scratch.clear();
+                scratch.extend(vals.iter().map(|&(_, v)| v));
+                let med = nanmedian_small(&mut scratch);
+                let (k, v) = vals[vals.len() - 1];
+                let low_source = ys.clone().map(|yy| below[[yy, k, x]]).fold(f32::NEG_INFINITY, f32::max) - lo > t(k);
+                if !(med - lo > lo && v - lo > t(k) && !low_source) {
+                    break;
+                }
                 plane.slice_mut(ndarray::s![k, x.saturating_sub(r)..(x + r + 1).min(nx)]).fill(true);
+                vals.pop();
             }
         }
     });
+    // the smallest-value rule of median_stack_with on a pixel's values
+    let estimate = |v: &mut Vec<f32>| -> f32 {
+        let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
+        let med = nanmedian_small(v);
+        if (2..=3).contains(&v.len()) && med - lo > lo {
+            lo
+        } else {
+            med
+        }
+    };
     out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(i, mut row)| {
         let y = rows.start + i;
         let ys = y.saturating_sub(r)..(y + r + 1).min(ny);
-        let mut vals = Vec::with_capacity(n);
-        let mut kept = Vec::with_capacity(n);
+        let (mut vals, mut kept, mut weak) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for (j, o) in row.iter_mut().enumerate() {
             let x = cols.start + j;
             vals.clear();
             kept.clear();
+            weak.clear();
             for k in 0..n {
                 if let Some(v) = valid(k, y, x) {
                     vals.push(v);
                     if !ys.clone().any(|yy| near[[yy, k, x]]) {
                         kept.push(v);
                     }
+                } else if !stack[[k, y, x]].is_nan() && wht[[k, y, x]] > 0.0 {
+                    weak.push((k, stack[[k, y, x]]));
                 }
             }
-            let use_ = if kept.is_empty() { &mut vals } else { &mut kept };
-            let lo = use_.iter().copied().fold(f32::INFINITY, f32::min);
-            let med = nanmedian_small(use_);
-            *o = if (2..=3).contains(&use_.len()) && med - lo > lo { lo } else { med };
+            // one full-weight value, others only partly on this pixel (their coverage edge): a
+            // cosmic ray in the lone full-weight exposure would be its own median, so the partial
+            // values join it, unless one of their exposures sees a source nearby (its full-weight
+            // values within r stand above its value here): a source sampled at two phases, not a
+            // cosmic ray
+            let weak_lo = weak.iter().map(|&(_, v)| v).fold(f32::INFINITY, f32::min);
+            let source_near = weak.iter().any(|&(k, _)| {
+                ys.clone().map(|yy| seen[[yy, k, x]]).fold(f32::NEG_INFINITY, f32::max) - weak_lo > t(k)
+            });
+            *o = if vals.len() == 1 && !weak.is_empty() && !source_near {
+                vals.extend(weak.iter().map(|&(_, v)| v));
+                estimate(&mut vals)
+            } else if kept.len() == 1 && vals.len() > 1 {
+                // the shield left one value: it stands unless the values of all are lower (the
+                // shielded exposure may be the clean one, its seed a source the veto missed)
+                let all = estimate(&mut vals);
+                kept[0].min(all)
+            } else if kept.is_empty() {
+                estimate(&mut vals)
+            } else {
+                estimate(&mut kept)
+            };
         }
     });
 }
@@ -800,6 +858,89 @@ mod tests {
         star[[0, 0, 2]] = 2.5;
         median_stack_shielded(star.view(), w6.view(), &[0.5; 2], &shield, 0..1, 0..6, out6.view_mut());
         assert_eq!(out6.row(0).to_vec(), vec![0.01, 0.1, 2.0, 0.3, 0.01, 0.01]);
+    }
+
+    /// A `[n, 1, len]` stack from per-exposure rows, all of weight 1.
+    fn strip(rows: &[&[f32]]) -> (Array3<f32>, Array3<f32>) {
+        let (n, len) = (rows.len(), rows[0].len());
+        let stack = Array3::from_shape_fn((n, 1, len), |(k, _, x)| rows[k][x]);
+        (stack, Array3::from_elem((n, 1, len), 1.0f32))
+    }
+
+    #[test]
+    fn shield_peels_two_coincident_cosmic_rays_where_four_overlap() {
+        // four exposures on sky (0.01, 0.02, 0.015, 0.03); at x = 4 exposure 2 has a cosmic ray
+        // (10) and exposure 1 another (1.0), with spill at x = 5 (0.5 and 0.3)
+        let e0 = [0.01f32; 9];
+        let mut e1 = [0.02f32; 9];
+        let mut e2 = [0.015f32; 9];
+        let e3 = [0.03f32; 9];
+        (e1[4], e1[5], e2[4], e2[5]) = (1.0, 0.3, 10.0, 0.5);
+        let (stack, wht) = strip(&[&e0, &e1, &e2, &e3]);
+        let mut plain = Array2::<f32>::zeros((1, 9));
+        median_stack_with(stack.view(), wht.view(), &[0.5; 4], true, plain.view_mut());
+        // by hand, the plain median of four keeps half of the second cosmic ray and of the spill
+        assert_eq!(plain[[0, 4]], ((0.0f32 + 0.03) + 1.0) / 2.0);
+        assert_eq!(plain[[0, 5]], ((0.0f32 + 0.03) + 0.3) / 2.0);
+        let noise = [0.02f32; 4];
+        let shield = Shield { noise: &noise, nsigma: 5.0, radius: 2 };
+        let mut out = Array2::<f32>::zeros((1, 9));
+        median_stack_shielded(stack.view(), wht.view(), &[0.5; 4], &shield, 0..1, 0..9, out.view_mut());
+        // x = 4: exposure 2 seeds (median 0.515 - 0.01 > 0.01, 10 - 0.01 > 0.1); peeled, the three
+        // left have median 0.03 (0.03 - 0.01 > 0.01) and exposure 1 seeds (1.0 - 0.01 > 0.1); two
+        // are left, so the peeling stops. x = 5 seeds the same two. Both are left out within 2
+        // pixels (x = 2..=7): exposures 0 and 3 remain, their mean (0.02 - 0.01 is not > 0.01).
+        // Elsewhere the plain median of four: (0.015 + 0.02) / 2.
+        let two = ((0.0f32 + 0.01) + 0.03) / 2.0;
+        let four = ((0.0f32 + 0.015) + 0.02) / 2.0;
+        let want: Vec<f32> = (0..9).map(|x| if (2..=7).contains(&x) { two } else { four }).collect();
+        assert_eq!(out.row(0).to_vec(), want);
+    }
+
+    #[test]
+    fn a_lone_full_weight_value_is_joined_by_partial_ones_unless_they_see_a_source() {
+        // exposure 0 covers all nine pixels at full weight, with a cosmic ray (5.0) at x = 4;
+        // exposure 1 ends there: full weight to x = 3, a partial weight (0.3 < threshold 0.5) at
+        // x = 4 and 5, nothing beyond
+        let e0 = [0.01f32, 0.01, 0.01, 0.01, 5.0, 0.01, 0.01, 0.01, 0.01];
+        let nan = f32::NAN;
+        let e1 = [0.01f32, 0.01, 0.01, 0.01, 0.01, 0.01, nan, nan, nan];
+        let (stack, mut wht) = strip(&[&e0, &e1]);
+        for x in 4..9 {
+            wht[[1, 0, x]] = if x < 6 { 0.3 } else { 0.0 };
+        }
+        let noise = [0.02f32; 2];
+        let shield = Shield { noise: &noise, nsigma: 5.0, radius: 2 };
+        let mut plain = Array2::<f32>::zeros((1, 9));
+        median_stack_with(stack.view(), wht.view(), &[0.5; 2], true, plain.view_mut());
+        assert_eq!(plain[[0, 4]], 5.0, "JWST's median: the cosmic ray alone is its own median");
+        let mut out = Array2::<f32>::zeros((1, 9));
+        median_stack_shielded(stack.view(), wht.view(), &[0.5; 2], &shield, 0..1, 0..9, out.view_mut());
+        // x = 4: 5.0 and the partial 0.01: 2.505 - 0.01 > 0.01, the smaller value
+        assert_eq!(out.row(0).to_vec(), vec![0.01f32; 9]);
+        // a star both see (2.0 at x = 3), its core at x = 4 in exposure 0 (5.0) and at a lower
+        // phase in exposure 1's partial pixel (0.5): exposure 1's full-weight 2.0 within 2 pixels
+        // stands above its partial value by more than 5 noises, so exposure 0's value stands
+        let mut s2 = stack.clone();
+        (s2[[0, 0, 3]], s2[[1, 0, 3]], s2[[1, 0, 4]]) = (2.0, 2.0, 0.5);
+        median_stack_shielded(s2.view(), wht.view(), &[0.5; 2], &shield, 0..1, 0..9, out.view_mut());
+        assert_eq!(out[[0, 4]], 5.0);
+    }
+
+    #[test]
+    fn a_lone_kept_value_stands_only_where_all_values_are_not_lower() {
+        // exposure 1 has a cosmic ray (3.0) at x = 3, but stands more than 5 noises below exposure 0
+        // on a source at x = 4 (0.5 against 2.0), which vetoes its seed; exposure 0 seeds at x = 1
+        // (1.0 against 0.01) and x = 4, so at x = 3 the shield keeps exposure 1's 3.0 alone
+        let e0 = [0.01f32, 1.0, 0.01, 0.01, 2.0, 0.01, 0.01, 0.01];
+        let e1 = [0.01f32, 0.01, 0.01, 3.0, 0.5, 0.01, 0.01, 0.01];
+        let (stack, wht) = strip(&[&e0, &e1]);
+        let noise = [0.02f32; 2];
+        let shield = Shield { noise: &noise, nsigma: 5.0, radius: 2 };
+        let mut out = Array2::<f32>::zeros((1, 8));
+        median_stack_shielded(stack.view(), wht.view(), &[0.5; 2], &shield, 0..1, 0..8, out.view_mut());
+        // the smallest-value rule on both values (0.01, 3.0) gives 0.01, below the kept 3.0
+        assert_eq!(out[[0, 3]], 0.01);
     }
 
     #[test]

@@ -420,11 +420,14 @@ fn check(instrument: &str, seed: &str) {
     assert!(s.cr_flagged as f64 >= 0.995 * s.cr_pixels as f64, "{instrument}: {s:?}");
     assert!(s.two_flagged as f64 >= 0.95 * s.two_pixels as f64, "{instrument}: {s:?}");
     assert!(s.sig_flagged > c.sig_flagged, "{instrument}: no gain over the control");
-    // NOT the target (p99 at cosmic rays within 1.5x of the controls): what survives sits
-    // near sources, at coverage edges and under other exposures' cosmic rays. Measured with the
-    // median's cosmic-ray shield: 1.87x LW (1.90x without it), 1.56x SW
+    // NOT the target (p99 at cosmic rays within 1.5x of the controls) on these 3-dither
+    // scenes, where most pixels have two or three values: what survives sits near sources, at
+    // coverage edges and under other exposures' cosmic rays. Measured with the median's cosmic-ray
+    // shield: 1.87x LW (1.90x without it), 1.56x SW; with the shield peeling coincident cosmic rays
+    // and partial values joining a lone full-weight one: 1.65x LW, 1.56x SW. (The bench's 2x2 tiles
+    // x 4 dithers: 1.33x LW, 1.38x SW, scripts/bench.d/cosmic.py.)
     assert!(s.p99_cr <= c.p99_cr, "{instrument}: worse than the control at cosmic rays: {s:?} vs {c:?}");
-    assert!(s.p99_cr <= 2.0 * s.p99_control, "{instrument}: cosmic rays left in the mosaic: {s:?}");
+    assert!(s.p99_cr <= 1.8 * s.p99_control, "{instrument}: cosmic rays left in the mosaic: {s:?}");
     assert!(s.star_cores > 30, "{instrument}: only {} star cores", s.star_cores);
     assert_eq!(s.cores_flagged, 0, "{instrument}: {s:?}");
     assert!((s.good_flagged as f64) < 1e-3 * s.good as f64, "{instrument}: {s:?}");
