@@ -15,6 +15,7 @@ pub use inventory::{miri_lyot_box, CalMeta, ExposureId, ExposureRecord};
 use crate::config::{Instrument, PlanConfig};
 use crate::geom::{OutputGrid, Polygon, SkyCoord};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 use std::path::PathBuf;
 
 /// Why a plan cannot be made.
@@ -253,6 +254,7 @@ pub fn build_plan(
     let chunks_x = grid.nx.div_ceil(chunk_px);
     let chunks_y = grid.ny.div_ceil(chunk_px);
     let polys: Vec<Polygon> = footprints_px.iter().map(|fp| Polygon::new(fp.clone())).collect();
+    let boxes: Vec<crate::geom::polygon::BBox> = polys.iter().map(Polygon::bbox).collect();
     let mut chunks = vec![];
     for cy in 0..chunks_y {
         for cx in 0..chunks_x {
@@ -267,6 +269,13 @@ pub fn build_plan(
             let mut input_px = 0.0;
             let mut exps = vec![];
             for (i, (p, m)) in polys.iter().zip(&metas).enumerate() {
+                // a footprint whose box is a pixel or more away from the chunk cannot overlap it (its
+                // clip is empty): skip the clip
+                let b = &boxes[i];
+                if b.x0 > x1 as f64 + 0.5 || b.x1 < x0 as f64 - 1.5 || b.y0 > y1 as f64 + 0.5 || b.y1 < y0 as f64 - 1.5
+                {
+                    continue;
+                }
                 let a = p.intersect(&rect).area();
                 if a > 0.0 {
                     let r = grid.pixscale_arcsec / m.wcs.pixel_scale_arcsec();
@@ -350,15 +359,67 @@ fn union_area_px(footprints_px: &[Vec<[f64; 2]>], nx: usize, ny: usize) -> f64 {
         let cx1 = (((b.x1 + 0.5) / cell).ceil().max(0.0) as usize).min(mx);
         let cy1 = (((b.y1 + 0.5) / cell).ceil().max(0.0) as usize).min(my);
         for j in cy0..cy1 {
-            for i in cx0..cx1 {
-                let (x, y) = ((i as f64 + 0.5) * cell - 0.5, (j as f64 + 0.5) * cell - 0.5);
-                if p.contains(x, y) {
-                    mask[j * mx + i] = true;
-                }
+            let y = (j as f64 + 0.5) * cell - 0.5;
+            let inside = |i: usize| p.contains((i as f64 + 0.5) * cell - 0.5, y);
+            if let Some(r) = row_interval(cx0..cx1, &inside, row_guess(fp, y, cell)) {
+                mask[j * mx + r.start..j * mx + r.end].fill(true);
             }
         }
     }
     mask.iter().filter(|&&m| m).count() as f64 * cell * cell
+}
+
+/// The cells `i` of `cells` where `inside(i)` holds, as one range, found with few calls of
+/// `inside`. Exact for `Polygon::contains` along a row: it is a conjunction of one test per edge,
+/// each monotone in x (a rounded product and difference of monotone terms), so the cells that pass
+/// form one interval. From `guess` (a cell likely inside) a binary search finds each end; if the
+/// guess is outside, every cell is tested.
+fn row_interval(cells: Range<usize>, inside: &dyn Fn(usize) -> bool, guess: Option<usize>) -> Option<Range<usize>> {
+    let g = guess.filter(|g| cells.contains(g) && inside(*g));
+    let Some(g) = g else {
+        let first = cells.clone().find(|&i| inside(i))?;
+        let end = (first..cells.end).find(|&i| !inside(i)).unwrap_or(cells.end);
+        return Some(first..end);
+    };
+    // first inside in [start, g]: inside is false..false true..true there
+    let (mut lo, mut hi) = (cells.start, g);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if inside(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let first = lo;
+    // one past the last inside in [g, end): true..true false..false there
+    let (mut lo, mut hi) = (g + 1, cells.end);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if inside(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(first..lo)
+}
+
+/// The cell nearest the middle of the polygon `fp`'s chord at height `y` (cells of side `cell`,
+/// centres at `(i + 0.5) cell - 0.5`), or `None` if no edge crosses `y`.
+fn row_guess(fp: &[[f64; 2]], y: f64, cell: f64) -> Option<usize> {
+    let n = fp.len();
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for k in 0..n {
+        let (a, b) = (fp[k], fp[(k + 1) % n]);
+        if (a[1] <= y && y <= b[1]) || (b[1] <= y && y <= a[1]) {
+            let x = if a[1] == b[1] { a[0] } else { a[0] + (y - a[1]) * (b[0] - a[0]) / (b[1] - a[1]) };
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
+    }
+    let mid = ((lo + hi) / 2.0 + 0.5) / cell;
+    (lo <= hi && mid.is_finite() && mid >= 0.0).then_some(mid as usize)
 }
 
 /// The exposure whose footprint centre is farthest from the median centre (to name in errors).
@@ -387,4 +448,73 @@ fn farthest_exposure(metas: &[&CalMeta], footprints: &[Vec<[f64; 2]>]) -> PathBu
         })
         .expect("non-empty");
     metas[i].path.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The union area as it was computed before the row intervals: every cell centre in a
+    /// footprint's box tested.
+    fn union_area_slow(footprints_px: &[Vec<[f64; 2]>], nx: usize, ny: usize) -> f64 {
+        let cell = (nx.max(ny) as f64 / 1024.0).max(1.0);
+        let (mx, my) = ((nx as f64 / cell).ceil() as usize, (ny as f64 / cell).ceil() as usize);
+        let mut mask = vec![false; mx * my];
+        for fp in footprints_px {
+            let p = Polygon::new(fp.clone());
+            let b = p.bbox();
+            if !b.x0.is_finite() || !b.x1.is_finite() || !b.y0.is_finite() || !b.y1.is_finite() {
+                continue;
+            }
+            let cx0 = ((b.x0 + 0.5) / cell).floor().max(0.0) as usize;
+            let cy0 = ((b.y0 + 0.5) / cell).floor().max(0.0) as usize;
+            let cx1 = (((b.x1 + 0.5) / cell).ceil().max(0.0) as usize).min(mx);
+            let cy1 = (((b.y1 + 0.5) / cell).ceil().max(0.0) as usize).min(my);
+            for j in cy0..cy1 {
+                for i in cx0..cx1 {
+                    if p.contains((i as f64 + 0.5) * cell - 0.5, (j as f64 + 0.5) * cell - 0.5) {
+                        mask[j * mx + i] = true;
+                    }
+                }
+            }
+        }
+        mask.iter().filter(|&&m| m).count() as f64 * cell * cell
+    }
+
+    #[test]
+    fn union_area_by_row_intervals_is_the_cell_by_cell_count() {
+        // rotated squares and thin slivers (32 vertices each, as footprint_sky(8) gives), some off
+        // the grid's edges, some with vertices on cell centres, on a 1:1 grid and a coarse one
+        let poly = |cx: f64, cy: f64, w: f64, h: f64, rot: f64| -> Vec<[f64; 2]> {
+            let (c, s) = (rot.cos(), rot.sin());
+            let mut v = vec![];
+            for (ax, ay, bx, by) in
+                [(-1.0, -1.0, 1.0, -1.0), (1.0, -1.0, 1.0, 1.0), (1.0, 1.0, -1.0, 1.0), (-1.0, 1.0, -1.0, -1.0)]
+            {
+                for k in 0..8 {
+                    let t = k as f64 / 8.0;
+                    let (x, y) = ((ax + t * (bx - ax)) * w / 2.0, (ay + t * (by - ay)) * h / 2.0);
+                    v.push([cx + c * x - s * y, cy + s * x + c * y]);
+                }
+            }
+            v
+        };
+        let mut fps = vec![];
+        for k in 0..12 {
+            let f = k as f64;
+            fps.push(poly(40.0 + 37.0 * f, 300.0 - 11.0 * f, 120.0 + 9.0 * f, 90.0, 0.13 * f - 0.7));
+        }
+        fps.push(poly(-20.0, 10.0, 100.0, 60.0, 0.4)); // off the left and top edges
+        fps.push(poly(250.0, 200.0, 400.0, 2.0, 0.01)); // a sliver
+        fps.push(poly(100.0, 100.0, 20.0, 20.0, 0.0)); // axis-aligned, vertices on cell centres
+        fps.push(vec![[f64::NAN, 0.0], [1.0, 1.0], [2.0, 0.0]]); // broken: skipped
+        for (nx, ny) in [(600, 420), (3000, 2100)] {
+            let scale = nx as f64 / 600.0;
+            let fs: Vec<Vec<[f64; 2]>> =
+                fps.iter().map(|fp| fp.iter().map(|p| [p[0] * scale, p[1] * scale]).collect()).collect();
+            let (fast, slow) = (union_area_px(&fs, nx, ny), union_area_slow(&fs, nx, ny));
+            assert!(slow > 0.0);
+            assert_eq!(fast, slow, "{nx} x {ny}");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! Rank 0 writes the manifest atomically after every stage; checksums are computed by all ranks in
 //! parallel ([`hash_files`]). The decisions made from it live in `stages::runner`.
 
-use crate::dist::Comm;
+use crate::dist::{Comm, CommExt};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,6 +21,53 @@ pub struct FileSum {
     pub path: String,
     pub bytes: u64,
     pub sha256: String,
+    /// The file's [`stamp`] when it was hashed, if it had then been left alone for [`SETTLED_S`]:
+    /// a later invocation that finds the same stamp reuses `sha256` instead of reading the file
+    /// again ([`hash_files_reusing`]). Absent for a file still settling (just written) and in
+    /// manifests of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
+}
+
+/// Seconds a file must have been left alone (mtime and ctime) before its [`stamp`] is recorded:
+/// a change within one tick of a coarse file-system clock (1 s on some, 2 s on FAT) cannot then
+/// hide behind an unchanged stamp.
+pub const SETTLED_S: f64 = 2.0;
+
+/// What identifies a file's content without reading it, as `make` and `git` trust it: size, mtime
+/// and ctime to the nanosecond, inode and device. ctime changes with every write and cannot be set
+/// back by a user, so an edited file (even with its mtime restored) gets a new stamp. `None` where
+/// the metadata cannot be read (or on a platform without these fields).
+pub fn stamp(p: &Path) -> Option<String> {
+    stamp_and_age(p).map(|(s, _)| s)
+}
+
+/// [`stamp`] and the seconds since the file's last change (mtime or ctime, whichever is later).
+fn stamp_and_age(p: &Path) -> Option<(String, f64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).ok()?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
+        let t = |s: i64, ns: i64| s as f64 + ns as f64 * 1e-9;
+        let changed = t(m.mtime(), m.mtime_nsec()).max(t(m.ctime(), m.ctime_nsec()));
+        let s = format!(
+            "{}:{}.{:09}:{}.{:09}:{}:{}",
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.ino(),
+            m.dev()
+        );
+        Some((s, now - changed))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = p;
+        None
+    }
 }
 
 /// How a stage ended.
@@ -143,10 +190,16 @@ pub fn hash_files(comm: &dyn Comm, files: &[PathBuf], base: &Path) -> crate::Res
     let sums: Vec<(usize, Option<FileSum>)> = mine
         .par_iter()
         .map(|&i| {
-            let s = crate::io::sha256_file(&files[i]).ok().map(|(bytes, sha256)| FileSum {
-                path: display_path(&files[i], base),
-                bytes,
-                sha256,
+            // the stamp before and after reading: recorded only if the file did not change meanwhile
+            // and had settled before
+            let before = stamp_and_age(&files[i]);
+            let s = crate::io::sha256_file(&files[i]).ok().map(|(bytes, sha256)| {
+                let after = stamp(&files[i]);
+                let stamp = match (before, after) {
+                    (Some((b, age)), Some(a)) if a == b && age >= SETTLED_S => Some(a),
+                    _ => None,
+                };
+                FileSum { path: display_path(&files[i], base), bytes, sha256, stamp }
             });
             (i, s)
         })
@@ -161,6 +214,35 @@ pub fn hash_files(comm: &dyn Comm, files: &[PathBuf], base: &Path) -> crate::Res
         }
     }
     Ok(out)
+}
+
+/// [`hash_files`], reusing the checksum of every file whose recorded sum in `known` (matched by
+/// its manifest path) carries the stamp the file has now: rank 0 reads the stamps and decides,
+/// so the ranks agree; the rest are hashed by all ranks in parallel. What `--resume` relies on
+/// stays true: an edited file has a new stamp and is read again. Collective.
+///
+/// # Errors
+/// Only a failed exchange between ranks.
+pub fn hash_files_reusing(
+    comm: &dyn Comm,
+    files: &[PathBuf],
+    base: &Path,
+    known: &[&FileSum],
+) -> crate::Result<Vec<Option<FileSum>>> {
+    let reused: Vec<Option<FileSum>> = comm.on_root_then_broadcast(0, || -> Result<_, String> {
+        let by_path: std::collections::HashMap<&str, &FileSum> =
+            known.iter().filter(|k| k.stamp.is_some()).map(|k| (k.path.as_str(), *k)).collect();
+        Ok(files
+            .iter()
+            .map(|f| {
+                let k = by_path.get(display_path(f, base).as_str())?;
+                (stamp(f).as_ref() == k.stamp.as_ref()).then(|| (*k).clone())
+            })
+            .collect())
+    })?;
+    let todo: Vec<PathBuf> = files.iter().zip(&reused).filter(|(_, r)| r.is_none()).map(|(f, _)| f.clone()).collect();
+    let mut fresh = hash_files(comm, &todo, base)?.into_iter();
+    Ok(reused.into_iter().map(|r| r.or_else(|| fresh.next().flatten())).collect())
 }
 
 /// Owner rank of each item of the given sizes: largest first, each to the least loaded rank (lowest
@@ -201,6 +283,44 @@ mod tests {
         // FIPS 180-2 test vector for "abc"
         assert_eq!(s.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!((s.bytes, s.path.as_str()), (3, "a.txt"));
+        // just written: not settled, so no stamp to trust later
+        assert_eq!(s.stamp, None);
         assert!(sums[1].is_none());
+    }
+
+    #[test]
+    fn a_settled_files_checksum_is_reused_until_the_file_is_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a.txt");
+        std::fs::write(&a, b"abc").unwrap();
+        std::thread::sleep(std::time::Duration::from_secs_f64(SETTLED_S + 0.2));
+        let comm = crate::dist::SerialComm;
+        let s = hash_files(&comm, std::slice::from_ref(&a), d.path()).unwrap()[0].clone().unwrap();
+        assert_eq!(s.stamp, stamp(&a));
+        assert!(s.stamp.is_some());
+        // a recorded sum with the file's stamp is taken as it is (the file is not read: the fake
+        // checksum comes back)
+        let fake = FileSum { sha256: "recorded".into(), ..s.clone() };
+        let got = hash_files_reusing(&comm, std::slice::from_ref(&a), d.path(), &[&fake]).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().sha256, "recorded");
+        // another path, or no stamp: read
+        let other = FileSum { path: "b.txt".into(), ..fake.clone() };
+        let unstamped = FileSum { stamp: None, ..fake.clone() };
+        for k in [&other, &unstamped] {
+            let got = hash_files_reusing(&comm, std::slice::from_ref(&a), d.path(), &[k]).unwrap();
+            assert_eq!(got[0].as_ref().unwrap().sha256, s.sha256);
+        }
+        // edited in place, same size, mtime set back: ctime moved, so the file is read again
+        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+        std::fs::write(&a, b"abd").unwrap();
+        std::fs::File::options().write(true).open(&a).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(std::fs::metadata(&a).unwrap().modified().unwrap(), mtime);
+        let got = hash_files_reusing(&comm, std::slice::from_ref(&a), d.path(), &[&fake]).unwrap();
+        let want = crate::io::sha256_file(&a).unwrap().1;
+        assert_eq!(got[0].as_ref().unwrap().sha256, want);
+        assert_ne!(want, s.sha256);
+        // a missing file stays missing
+        let gone = d.path().join("gone");
+        assert!(hash_files_reusing(&comm, &[gone], d.path(), &[&fake]).unwrap()[0].is_none());
     }
 }

@@ -258,15 +258,16 @@ pub fn run(
 }
 
 /// The plan for `nranks` ranks from an inventory: every rank builds it with the pure
-/// `plan::build_plan`, and the ranks check that they agree (a hash of the plan gathered to rank 0)
-/// before anyone fails. The exposures' metadata come back in the plan's order.
+/// `plan::build_plan` (or takes it from this process's [`build_plan_memo`]), and the ranks check
+/// that they agree (a hash of the plan gathered to rank 0) before anyone fails. The exposures'
+/// metadata come back in the plan's order.
 ///
 /// # Errors
 /// A plan error, or ranks that disagree (on every rank).
 pub fn from_inventory(comm: &dyn Comm, cfg: &Config, inv: &Inventory, nranks: usize) -> crate::Result<PlanOutput> {
-    let built = build_plan(&inv.metas, &cfg.plan, cfg.run.mem_budget_mb, nranks);
+    let built = build_plan_memo(&inv.metas, cfg, nranks);
     let digest = match &built {
-        Ok(p) => hex(&Sha256::digest(serde_json::to_vec(p).expect("plan serialises"))),
+        Ok((_, d)) => d.clone(),
         Err(e) => format!("error: {e}"),
     };
     let digests = comm.gather_values(0, &digest)?;
@@ -278,13 +279,51 @@ pub fn from_inventory(comm: &dyn Comm, cfg: &Config, inv: &Inventory, nranks: us
         }
     });
     agree?;
-    let plan = built.context("plan")?;
+    let (plan, _) = built.context("plan")?;
     let outcome = if inv.skipped.is_empty() { Outcome::Clean } else { Outcome::Partial };
     let by_path: std::collections::HashMap<&Path, &CalMeta> = inv.metas.iter().map(|m| (m.path.as_path(), m)).collect();
     let metas = plan.exposures.iter().map(|e| (*by_path[e.path.as_path()]).clone()).collect();
     let mut offs: Vec<CalMeta> = inv.offs.iter().filter(|m| m.band() == plan.band).cloned().collect();
     offs.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(PlanOutput { plan, metas, skipped: inv.skipped.clone(), offs, outcome })
+}
+
+/// Plans this process has built, by the digest of everything `build_plan` reads, with the plan's own
+/// digest; the newest last, at most [`MEMO_PLANS`].
+static PLANS: std::sync::Mutex<Vec<(String, Plan, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Plans kept by [`build_plan_memo`]: the plan before and after `align`.
+const MEMO_PLANS: usize = 2;
+
+/// `plan::build_plan(metas, cfg.plan, cfg.run.mem_budget_mb, nranks)` and the SHA-256 of the plan's
+/// JSON, built once per process for the same arguments: every stage of a chain loads its band, and
+/// with it the plan before and after `align`, which it would otherwise rebuild (its chunk x
+/// exposure overlaps grow as the product of the two). The key is the digest of the arguments' JSON
+/// (exact: floats round-trip) and the tessera version; a plan error is not kept.
+///
+/// # Errors
+/// As `plan::build_plan`.
+pub(crate) fn build_plan_memo(
+    metas: &[CalMeta],
+    cfg: &Config,
+    nranks: usize,
+) -> Result<(Plan, String), crate::plan::PlanError> {
+    let args = (metas, &cfg.plan, cfg.run.mem_budget_mb, nranks, crate::VERSION);
+    let key = hex(&Sha256::digest(serde_json::to_vec(&args).expect("plan arguments serialise")));
+    let found =
+        PLANS.lock().ok().and_then(|m| m.iter().find(|(k, ..)| *k == key).map(|(_, p, d)| (p.clone(), d.clone())));
+    if let Some(hit) = found {
+        return Ok(hit);
+    }
+    let plan = build_plan(metas, &cfg.plan, cfg.run.mem_budget_mb, nranks)?;
+    let digest = hex(&Sha256::digest(serde_json::to_vec(&plan).expect("plan serialises")));
+    if let Ok(mut m) = PLANS.lock() {
+        m.retain(|(k, ..)| *k != key);
+        m.push((key, plan.clone(), digest.clone()));
+        let extra = m.len().saturating_sub(MEMO_PLANS);
+        m.drain(..extra);
+    }
+    Ok((plan, digest))
 }
 
 fn hex(b: &[u8]) -> String {

@@ -20,7 +20,7 @@
 //! Ranks agree on every decision: rank 0 decides and broadcasts.
 
 use super::corrections::{compose, Corrections, OutlierFlags};
-use super::manifest::{display_path, hash_files, hash_json, FileSum, Manifest, StageEntry, Status};
+use super::manifest::{display_path, hash_files, hash_files_reusing, hash_json, FileSum, Manifest, StageEntry, Status};
 use super::plan::{Inventory, PlanOutput};
 use super::{Outcome, Provenance, Stage};
 use crate::config::{Config, RawConfig};
@@ -121,8 +121,7 @@ impl Band {
                 crate::io::json::read_json(&read(Stage::Align, "align.json")).map_err(|e| e.to_string())
             })?;
             let m = super::align::apply(&plan0, &metas0, &f);
-            let p = crate::plan::build_plan(&m, &cfg.plan, cfg.run.mem_budget_mb, comm.size())
-                .context("plan after align")?;
+            let (p, _) = super::plan::build_plan_memo(&m, cfg, comm.size()).context("plan after align")?;
             (p, m)
         } else {
             (plan0.clone(), metas0.clone())
@@ -239,7 +238,10 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         }
     }
 
-    // the old manifest, and what to do about it
+    // the manifest as found (for the inputs' checksums), then the old manifest and what to do about it
+    let prior: Option<Manifest> = comm.on_root_then_broadcast(0, || -> Result<_, String> {
+        Ok(Manifest::read(&dir).ok().flatten().filter(|_| matches!(mode, Mode::Chain { overwrite: true, .. })))
+    })?;
     let given_catalog = inv.catalog.or(cfg.astrometry.catalog.as_deref());
     let old: Option<Manifest> = comm.on_root_then_broadcast(0, || -> crate::Result<Option<Manifest>> {
         let m = Manifest::read(&dir)?;
@@ -286,11 +288,13 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         (c, _) => c,
     };
 
-    // inputs and their checksums (all ranks)
+    // inputs and their checksums (all ranks), the unchanged ones (same stamp) taken from the last
+    // manifest in the folder, also one that --overwrite has just removed
     let files: Vec<PathBuf> =
         comm.on_root_then_broadcast(0, || super::plan::input_files(inv.inputs, cfg).map_err(|e| format!("{e:#}")))?;
     let t = Instant::now();
-    let sums = hash_files(comm, &files, Path::new(""))?;
+    let known: Vec<&FileSum> = old.as_ref().or(prior.as_ref()).map(|m| m.inputs.iter().collect()).unwrap_or_default();
+    let sums = hash_files_reusing(comm, &files, Path::new(""), &known)?;
     let mut checksum_s = t.elapsed().as_secs_f64();
     let inputs: Vec<FileSum> = files
         .iter()
@@ -338,7 +342,9 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
         .flat_map(|e| e.products.iter().map(|p| resolve(&dir, &p.path)))
         .collect();
     let t = Instant::now();
-    let current: Vec<Option<FileSum>> = hash_files(comm, &product_paths, &dir)?;
+    let known: Vec<&FileSum> =
+        recorded.iter().filter(|e| e.status == Status::Done).flat_map(|e| e.products.iter()).collect();
+    let current: Vec<Option<FileSum>> = hash_files_reusing(comm, &product_paths, &dir, &known)?;
     checksum_s += t.elapsed().as_secs_f64();
     if root && !product_paths.is_empty() {
         tracing::debug!(
@@ -358,6 +364,16 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
             .flat_map(|e| e.products.iter())
             .rfind(|p| p.path == path)
             .map(|p| p.sha256.clone())
+    };
+
+    // the stamps of an entry's products as verified now, where the checksum is the recorded one: the
+    // next invocation need not read them again (a product hashed just after it was written had none)
+    let restamp = |e: &mut StageEntry| {
+        for p in &mut e.products {
+            if let Some(c) = current_of(&p.path).filter(|c| c.sha256 == p.sha256) {
+                p.stamp.clone_from(&c.stamp);
+            }
+        }
     };
 
     // the dependency hash of `stage` given the entries before it in `entries`
@@ -449,6 +465,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
                 None => {
                     let mut e = recorded.iter().find(|e| e.stage == s.name()).expect("found").clone();
                     e.reused = true;
+                    restamp(&mut e);
                     kept.push(e);
                 }
                 Some(_) if must_keep && s != Stage::Plan && skip_reason(s, cfg, "", catalog).is_some() => {
@@ -526,6 +543,7 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
             all.extend(
                 recorded.iter().filter(|e| Stage::from_name(&e.stage).is_some_and(|x| x.order() > s.order())).cloned(),
             );
+            all.iter_mut().for_each(restamp);
             all
         }
         Mode::Chain { .. } => kept.clone(),
@@ -534,7 +552,11 @@ pub fn run(inv: &Invocation, mode: Mode) -> crate::Result<Outcome> {
     for stage in todo {
         let done: Vec<Stage> =
             man.stages.iter().filter(|e| e.status == Status::Done).filter_map(|e| Stage::from_name(&e.stage)).collect();
+        let tl = Instant::now();
         let band = if stage == Stage::Plan { None } else { Some(Band::load(comm, cfg, &dir, stage, &done)?) };
+        if root && band.is_some() {
+            tracing::debug!("[{}] band loaded in {:.2} s", stage.name(), tl.elapsed().as_secs_f64());
+        }
         let band_name = band.as_ref().map_or(String::new(), |b| b.plan.band.clone());
         let deps = depends(stage, &man.stages, &man.inputs);
         let mut entry = StageEntry {

@@ -164,6 +164,50 @@ fn a_changed_key_reruns_its_stage_and_those_after_and_an_edited_product_is_not_r
 }
 
 #[test]
+fn an_input_edited_in_place_with_its_mtime_restored_reruns_the_plan() {
+    // the inputs' checksums are reused from the manifest while their stamps (size, mtime, ctime,
+    // inode) are unchanged: an edit must still be seen, even one that keeps the size and sets the
+    // mtime back
+    let w = tmp();
+    let scene = w.path().join("scene");
+    std::fs::create_dir(&scene).unwrap();
+    let mut cals: Vec<_> = std::fs::read_dir(tiny_lw())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("_cal.fits"))
+        .collect();
+    cals.sort();
+    for c in &cals {
+        std::fs::copy(c, scene.join(c.file_name().unwrap())).unwrap();
+    }
+    std::fs::create_dir(scene.join("aux")).unwrap();
+    std::fs::copy(tiny_lw().join("aux/refcat.csv"), scene.join("aux/refcat.csv")).unwrap();
+    // settled inputs get stamps
+    std::thread::sleep(std::time::Duration::from_secs_f64(tessera::stages::manifest::SETTLED_S + 0.2));
+    ok(&run(0, w.path(), &scene, &["--stop-after", "plan"]));
+    let m = manifest(w.path());
+    assert!(m.inputs.iter().all(|i| i.stamp.is_some()), "{:?}", m.inputs);
+    // unchanged: the plan is kept
+    ok(&run(0, w.path(), &scene, &["--stop-after", "plan", "--resume"]));
+    let (reused, ran) = reused_and_run(&manifest(w.path()));
+    assert_eq!((reused, ran), (vec!["plan".to_string()], vec![]));
+    // one byte of the last input changed in place, its mtime restored
+    let f = scene.join(cals.last().unwrap().file_name().unwrap());
+    let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&f, &bytes).unwrap();
+    std::fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+    // (the edit breaks the file's checksums, so the plan may skip it: the exit status is not the point)
+    let o = run(0, w.path(), &scene, &["--stop-after", "plan", "--resume"]);
+    assert!(stderr(&o).contains("resuming at plan"), "{}", stderr(&o));
+    let m = manifest(w.path());
+    let rec = m.inputs.iter().find(|i| i.path.ends_with(&*f.file_name().unwrap().to_string_lossy())).unwrap();
+    assert_eq!(rec.sha256, tessera::io::sha256_file(&f).unwrap().1, "the manifest has the edited file's checksum");
+}
+
+#[test]
 fn per_stage_commands_chained_by_hand_give_the_mosaic_of_mosaic() {
     let scene = tiny_lw();
     let w = tmp();
