@@ -26,10 +26,9 @@
 //!   ([`joint_models`], [`joint_solve`](crate::kernels::destripe::joint_solve)): the observations
 //!   go to the rank owning their band of output rows, the solve's sums are exact (fixed point), so
 //!   the models do not depend on the number of ranks; only one constant for the band is removed,
-//!   so the solve also corrects the exposures' relative levels `level` found on striped data; a
-//!   prior ([`JOINT_PRIOR_PER_AMP_PX`]) shrinks toward 0 the stripes of rows and columns that few overlap
-//!   pixels constrain (on a stripe-free two-roll scene its models were 0.0019 to 0.0027 MJy/sr rms
-//!   without it, 0.0008 to 0.0010 with it);
+//!   so the solve also corrects the exposures' relative levels `level` found on striped data (no
+//!   prior, [`JOINT_PRIOR_PER_AMP_PX`]: on a stripe-free two-roll scene with little overlap its
+//!   models are 0.0019 to 0.0027 MJy/sr rms, above issue 19's 0.001);
 //! - pass B (`destripe_multi.large_scale`, on top of pass A; not after the joint solve, which
 //!   already separates the stripes the exposures share): the average of the others is rebuilt the
 //!   same way; the stripes common to all exposures, which survive averaging, are what is left of it
@@ -390,12 +389,14 @@ fn joint_models(
 }
 
 /// The joint solve's prior ([`JointParams`]`::prior`) per pixel of the band's narrowest amplifier
-/// row: 0.1, so that an amplifier row fully inside the overlap of two exposures (a diagonal of about
-/// half its width) keeps about 83% of its stripe, one of a tenth of that about a third. The same
-/// share of an amp row whatever the detector size; on a stripe-free two-roll medium scene (1024^2,
-/// 256-column amps, one dither per roll) it brought the solve's models from 0.0019-0.0027 to
-/// 0.0008-0.0010 MJy/sr rms.
-const JOINT_PRIOR_PER_AMP_PX: f64 = 0.1;
+/// row: 0, none. At 0.1 (an amp row fully inside a two-exposure overlap keeping about 83% of its
+/// stripe) it brought the solve's models on a stripe-free two-roll medium scene (1024^2, one dither
+/// per roll) from 0.0019-0.0027 to 0.0008-0.0009 MJy/sr rms, but on the small 2x2-tile two-roll
+/// bench scene the full band removed where the rolls overlap fell from 79% to 34%: the wide stripes
+/// are the modes the data constrain least (only through the crossing of the two orientations), and
+/// a prior on the diagonal takes them first. A prior for the sparsely observed rows alone is open
+/// (issue 19).
+const JOINT_PRIOR_PER_AMP_PX: f64 = 0.0;
 
 /// Which pass of the stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
