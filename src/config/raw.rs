@@ -321,9 +321,10 @@ impl Default for RawDestripe {
 pub struct RawDestripeMulti {
     /// Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).
     pub enabled: bool,
-    /// Run the large-scale second pass (stripes common to all exposures; pjpipe do_large_scale).
+    /// Run the large-scale second pass (stripes common to all exposures; pjpipe do_large_scale);
+    /// not after the joint solve (method), which already separates them (a note says so).
     pub large_scale: bool,
-    /// Length of the large-scale median filter across the stripe direction, pixels (odd); 0 = the
+    /// Length of the large-scale median filter along each exposure's columns, pixels (odd); 0 = the
     /// exposure's rows / 10, made odd (pjpipe: 203 for 2048 rows).
     pub large_scale_filter_px: usize,
     /// Most iterations of pass A (pjpipe's do_convergence): each compares every exposure with the
@@ -869,9 +870,10 @@ tile_fit = "level"
 [destripe_multi]
 # Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).
 enabled = true
-# Run the large-scale second pass (stripes common to all exposures; pjpipe do_large_scale).
+# Run the large-scale second pass (stripes common to all exposures; pjpipe do_large_scale);
+# not after the joint solve (method), which already separates them (a note says so).
 large_scale = true
-# Length of the large-scale median filter across the stripe direction, pixels (odd); 0 = the
+# Length of the large-scale median filter along each exposure's columns, pixels (odd); 0 = the
 # exposure's rows / 10, made odd (pjpipe: 203 for 2048 rows).
 large_scale_filter_px = 0
 # Most iterations of pass A (pjpipe's do_convergence): each compares every exposure with the

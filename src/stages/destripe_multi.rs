@@ -26,17 +26,23 @@
 //!   ([`joint_models`], [`joint_solve`](crate::kernels::destripe::joint_solve)): the observations
 //!   go to the rank owning their band of output rows, the solve's sums are exact (fixed point), so
 //!   the models do not depend on the number of ranks; only one constant for the band is removed,
-//!   so the solve also corrects the exposures' relative levels `level` found on striped data;
-//! - pass B (`destripe_multi.large_scale`, on top of pass A): the average of the others is rebuilt
-//!   the same way; the stripes common to all exposures, which survive averaging, are what is left of
-//!   it after a median filter of `large_scale_filter_px` (rows / 10) across the stripe direction
-//!   ([`large_scale_smooth`]; the direction from the exposures' rotation angles,
-//!   [`stripe_direction`]); their full-row clipped medians ([`row_profile`], under
-//!   [`large_scale_mask`]) are taken out of the average, and the exposure is destriped against
-//!   that corrected average as in pass A (against the others' average alone, not iterated). pjpipe
-//!   builds the average and its smoothing on the mosaic grid and reprojects them to each exposure;
-//!   here both live on the exposure's own frame, so an owner needs no halo from other ranks (the
-//!   median filter reflects at the exposure's edge instead of seeing the mosaic beyond it);
+//!   so the solve also corrects the exposures' relative levels `level` found on striped data (no
+//!   prior, [`JOINT_PRIOR_PER_AMP_PX`]: on a stripe-free two-roll scene with little overlap its
+//!   models are 0.0019 to 0.0027 MJy/sr rms, above issue 19's 0.001);
+//! - pass B (`destripe_multi.large_scale`, on top of pass A; not after the joint solve, which
+//!   already separates the stripes the exposures share): the average of the others is rebuilt the
+//!   same way; the stripes common to all exposures, which survive averaging, are what is left of it
+//!   after a median filter of `large_scale_filter_px` (rows / 10) along the exposure's columns
+//!   ([`large_scale_smooth`], horizontal: the row profile is taken along this exposure's own rows,
+//!   whatever the others' angles; pjpipe smooths isotropically on the mosaic grid when the exposures
+//!   are rotated from each other, which leaves the emission's curvature in the rows); their full-row
+//!   clipped medians ([`row_profile`], under [`large_scale_mask`], rows with fewer usable pixels
+//!   than pass A's amp rows left to the interpolation) are taken out of the average, and the
+//!   exposure is destriped against that corrected average as in pass A (against the others'
+//!   average alone, not iterated). pjpipe builds the average and its smoothing on the mosaic grid
+//!   and reprojects them to each exposure; here both live on the exposure's own frame, so an owner
+//!   needs no halo from other ranks (the median filter reflects at the exposure's edge instead of
+//!   seeing the mosaic beyond it);
 //! - models are all-gathered in rank order (so every rank takes the same decision to stop
 //!   iterating); rank 0 writes `destripe_multi/destripe_multi.json` (both passes' model rms per
 //!   exposure, the largest update of each pass-A iteration) and `destripe_multi/<band>.h5` (group
@@ -122,8 +128,8 @@ fn rows_angle_deg(m: &CalMeta) -> f64 {
     cd[1][0].atan2(cd[0][0]).to_degrees()
 }
 
-/// Pass B's stripe direction on exposure `index`'s frame, from the angles of every same-band
-/// exposure's rows relative to its own rows.
+/// The stripe direction on exposure `index`'s frame by pjpipe's rule, from the angles of every
+/// same-band exposure's rows relative to its own rows (isotropic: the band has two orientations).
 fn direction_on(metas: &[CalMeta], index: usize) -> StripeDirection {
     let me = &metas[index];
     let own = rows_angle_deg(me);
@@ -132,11 +138,18 @@ fn direction_on(metas: &[CalMeta], index: usize) -> StripeDirection {
 }
 
 /// Pass B's reference correction on exposure `index`'s frame: the row profile of the stripes
-/// common to the average `avg` (`avg` minus its large-scale smoothing across the stripe direction,
-/// under the two-sided source mask).
+/// common to the average `avg` (`avg` minus its median filter along the exposure's columns, under
+/// the two-sided source mask).
 fn common_stripes(metas: &[CalMeta], index: usize, cfg: &Config, avg: &Array2<f64>) -> crate::Result<Array1<f64>> {
     let me = &metas[index];
-    let dir = direction_on(metas, index);
+    // the row profile is measured along this exposure's own rows, so the smoothing runs along its own
+    // columns whatever the other exposures' angles: pjpipe smooths on the mosaic grid, with a 2-D
+    // boxcar when the exposures are rotated from each other (two rolls), which leaves the curvature
+    // of the emission (a galaxy minus its boxcar mean) in the residual, and its row medians put it
+    // into every exposure's model (0.0014 to 0.006 MJy/sr rms on a stripe-free two-roll scene,
+    // against 0.0008 to 0.0010 smoothing along the columns); a median along the columns keeps
+    // monotonic emission whole
+    let dir = StripeDirection::Horizontal;
     let l = match cfg.destripe_multi.large_scale_filter_px {
         0 => default_large_scale_filter_px(me.shape[0]),
         l => l,
@@ -144,7 +157,12 @@ fn common_stripes(metas: &[CalMeta], index: usize, cfg: &Config, avg: &Array2<f6
     let smooth = large_scale_smooth(avg.view(), dir, l).with_context(|| me.path.display().to_string())?;
     let resid = avg - &smooth;
     let mask = large_scale_mask(resid.view(), cfg.destripe.sigma, cfg.destripe.dilate_size, None);
-    Ok(row_profile(resid.view(), mask.view(), cfg.destripe.sigma, None)?)
+    // a row is measured over at least as many pixels as an amp row of pass A (`destripe.min_mask_frac`
+    // of the narrowest amp): where the others barely overlap this frame, a median of a few pixels
+    // of the smoothed average's residual is noise and the NaN fill's edge, not common stripes
+    let min_count =
+        (cfg.destripe.min_mask_frac * amp_ranges(me).iter().map(|r| r.len()).min().unwrap_or(0) as f64).ceil() as usize;
+    Ok(row_profile(resid.view(), mask.view(), cfg.destripe.sigma, None, min_count)?)
 }
 
 /// Exposure `index` minus `reference` (both on its frame), `prior` subtracted from the exposure,
@@ -318,6 +336,12 @@ fn joint_models(
         obs.extend(JointObs::decode_all(&bytes));
     }
     let mut sys = JointSystem::new(obs, n);
+    let narrowest_amp = metas
+        .iter()
+        .filter(|m| applies_to(m))
+        .flat_map(|m| amp_ranges(m).into_iter().map(|r| r.len()))
+        .min()
+        .unwrap_or(0);
     let detrend: Vec<std::ops::Range<usize>> = metas
         .iter()
         .zip(&base)
@@ -329,7 +353,7 @@ fn joint_models(
         .collect();
     let (x, summary) = joint_solve(
         &mut sys,
-        &JointParams::default(),
+        &JointParams { prior: JOINT_PRIOR_PER_AMP_PX * narrowest_amp as f64, ..JointParams::default() },
         &detrend,
         &mut |v: &mut [i64]| {
             let mut u: Vec<u64> = v.iter().map(|&a| a as u64).collect();
@@ -363,6 +387,16 @@ fn joint_models(
     models.iter_mut().flatten().for_each(|m| m.offset = c);
     Ok((models, summary))
 }
+
+/// The joint solve's prior ([`JointParams`]`::prior`) per pixel of the band's narrowest amplifier
+/// row: 0, none. At 0.1 (an amp row fully inside a two-exposure overlap keeping about 83% of its
+/// stripe) it brought the solve's models on a stripe-free two-roll medium scene (1024^2, one dither
+/// per roll) from 0.0019-0.0027 to 0.0008-0.0009 MJy/sr rms, but on the small 2x2-tile two-roll
+/// bench scene the full band removed where the rolls overlap fell from 79% to 34%: the wide stripes
+/// are the modes the data constrain least (only through the crossing of the two orientations), and
+/// a prior on the diagonal takes them first. A prior for the sparsely observed rows alone is open
+/// (issue 19).
+const JOINT_PRIOR_PER_AMP_PX: f64 = 0.0;
 
 /// Which pass of the stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -567,10 +601,26 @@ pub fn run(
             break;
         }
     }
-    let large: Vec<Option<StripeModel>> =
-        if cfg.destripe_multi.large_scale { pass(&after_a, Pass::LargeScale)?.0 } else { vec![None; metas.len()] };
+    // pass B after the joint solve adds nothing but noise: the solve already separates the stripes
+    // every exposure of one orientation shares (only a constant is common to both orientations'
+    // rows), which pass B approximates from a smoothing of the average (on the small two-roll bench
+    // scene 78% / 99% of the full / narrow band removed without it, 79% / 98% with it; on a
+    // stripe-free two-roll scene its models were 0.001 to 0.0015 MJy/sr rms, above the issue's limit)
+    let large_after_joint = cfg.destripe_multi.large_scale && joint;
+    let large: Vec<Option<StripeModel>> = if cfg.destripe_multi.large_scale && !joint {
+        pass(&after_a, Pass::LargeScale)?.0
+    } else {
+        vec![None; metas.len()]
+    };
     let mut report =
         DestripeReport { pass_a_update_rms_mjysr: updates, joint: joint_summary, ..DestripeReport::default() };
+    if large_after_joint {
+        report.notes.push(
+            "destripe_multi.large_scale: pass B is not run after the joint solve, which already separates the stripes \
+             the exposures share"
+                .to_string(),
+        );
+    }
     for (k, m) in metas.iter().enumerate() {
         let file = m.file_name();
         let (status, rms_a, amps) = if !applies_to(m) {
@@ -585,7 +635,7 @@ pub fn run(
             ("passed through: no overlapping exposure".to_string(), 0.0, 0)
         };
         let large_scale_rms_mjysr = large[k].as_ref().filter(|_| others[k] > 0).map(|s| rms(&s.to_array()));
-        let large_scale_direction = large_scale_rms_mjysr.map(|_| direction_on(metas, k).name().to_string());
+        let large_scale_direction = large_scale_rms_mjysr.map(|_| StripeDirection::Horizontal.name().to_string());
         report.exposures.push(ExposureReport {
             file,
             status,

@@ -321,11 +321,18 @@ pub struct JointParams {
     pub rounds: usize,
     /// Clipping threshold, sigma. Default 3.
     pub kappa: f64,
+    /// Added to the diagonal of every constrained unknown, in observation weights (the stage
+    /// normalises the weights so that no exposure's mean weight exceeds 1): a prior that shrinks
+    /// toward 0 the stripes of rows and columns that few cells constrain, to about
+    /// `d / (d + prior)` for an unknown whose diagonal is `d` (about half an observation per pixel
+    /// in a two-exposure cell). A row measured in a handful of overlap pixels otherwise takes
+    /// their noise and unmatched sky in full. Default 0 (none).
+    pub prior: f64,
 }
 
 impl Default for JointParams {
     fn default() -> Self {
-        Self { ridge: 1e-3, max_iterations: 300, tolerance: 1e-5, rounds: 3, kappa: 3.0 }
+        Self { ridge: 1e-3, max_iterations: 300, tolerance: 1e-5, rounds: 3, kappa: 3.0, prior: 0.0 }
     }
 }
 
@@ -340,7 +347,8 @@ pub struct JointSummary {
 }
 
 /// Solve the joint system: `rounds` times, clip the cells at `kappa` sigma of the residuals of the
-/// current solution (0 at first), then preconditioned CG on `(H + ridge diag H) s = b` from it.
+/// current solution (0 at first), then preconditioned CG on `(H + ridge diag H + prior) s = b` from
+/// it (the prior on the constrained unknowns only).
 /// `reduce_i64` sums a fixed-point vector over ranks in place (the identity on one rank),
 /// `reduce_u64` a histogram; every rank calls them the same number of times and gets the same
 /// solution. Unknowns no observation constrains stay 0.
@@ -404,11 +412,12 @@ pub fn solve(
         reduce_u64(&mut kept);
         let b = global(sys.rhs_local(), reduce_i64);
         let d = global(sys.diag_local(), reduce_i64);
-        let dr: Vec<f64> = d.iter().map(|v| v * (1.0 + p.ridge)).collect();
-        let minv: Vec<f64> = dr.iter().map(|&v| if v > 0.0 { 1.0 / v } else { 0.0 }).collect();
+        // the ridge and the prior, on the constrained unknowns
+        let extra: Vec<f64> = d.iter().map(|&v| if v > 0.0 { p.ridge * v + p.prior } else { 0.0 }).collect();
+        let minv: Vec<f64> = d.iter().zip(&extra).map(|(&v, e)| if v > 0.0 { 1.0 / (v + e) } else { 0.0 }).collect();
         let apply = |s: &[f64], reduce: &mut dyn FnMut(&mut [i64])| -> Vec<f64> {
             let hs = global(sys.apply_local(s), reduce);
-            hs.iter().zip(&d).zip(s).map(|((h, dd), v)| h + p.ridge * dd * v).collect()
+            hs.iter().zip(&extra).zip(s).map(|((h, e), v)| h + e * v).collect()
         };
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
         // r = b - A x on the constrained unknowns

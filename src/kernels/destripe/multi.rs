@@ -36,9 +36,10 @@ fn clipped_row_medians(
     })
 }
 
-/// Per-row sigma-clipped median of `img` (`[y, x]`) over the finite pixels not in `mask`, NaNs
-/// interpolated along y; all zeros if no row has a usable pixel. This is the row profile of the
-/// large-scale pass (pjpipe pass B: `avg - smooth` under its mask) and of any whole-row fit.
+/// Per-row sigma-clipped median of `img` (`[y, x]`) over the finite pixels not in `mask`, NaN for
+/// rows with fewer than `min_count` of them, NaNs interpolated along y; all zeros if no row has
+/// enough usable pixels. This is the row profile of the large-scale pass (pjpipe pass B:
+/// `avg - smooth` under its mask) and of any whole-row fit.
 ///
 /// # Errors
 /// [`DestripeError::Shape`] if `mask` is not shaped like `img`.
@@ -47,10 +48,13 @@ pub fn row_profile(
     mask: ArrayView2<bool>,
     sigma: f64,
     maxiters: Option<usize>,
+    min_count: usize,
 ) -> Result<Array1<f64>, DestripeError> {
     check_shape("row-profile mask", mask.dim(), img.dim())?;
-    let mut prof: Vec<f64> =
-        clipped_row_medians(img, mask, 0..img.ncols(), sigma, maxiters, true).into_iter().map(|t| t.0).collect();
+    let mut prof: Vec<f64> = clipped_row_medians(img, mask, 0..img.ncols(), sigma, maxiters, true)
+        .into_iter()
+        .map(|t| if t.1 >= min_count.max(1) { t.0 } else { f64::NAN })
+        .collect();
     if !interpolate_nans(&mut prof) {
         prof.iter_mut().for_each(|v| *v = 0.0);
     }
@@ -168,13 +172,17 @@ fn multi_tile_impl_with(
     let mut amp_rows = vec![vec![0.0; ny]; ranges.len()];
     for (k, r) in ranges.iter().enumerate() {
         let min_good = p.min_mask_frac * r.len() as f64;
+        // a full-width median of fewer usable pixels than an amp row needs is no better: NaN, and
+        // interpolated from the rows around (on a difference against other exposures that barely
+        // overlap this row, a median of a few pixels is mostly noise and unmatched sky)
+        let fallback = |f: &(f64, usize)| if (f.1 as f64) < min_good { f64::NAN } else { zero_nan(f.0) };
         let mut prof: Vec<f64> = if r.len() == nx {
-            full.iter().map(|t| zero_nan(t.0)).collect()
+            full.iter().map(fallback).collect()
         } else {
             let amp = clipped_row_medians(d.view(), mask.view(), r.clone(), p.sigma, p.maxiters, par);
             amp.iter()
                 .zip(&full)
-                .map(|(a, f)| if (a.1 as f64) < min_good { zero_nan(f.0) } else { zero_nan(a.0) })
+                .map(|(a, f)| if (a.1 as f64) < min_good { fallback(f) } else { zero_nan(a.0) })
                 .collect()
         };
         let mut preferred = vec![!only_preferred; ny];
@@ -451,6 +459,39 @@ mod tests {
     }
 
     #[test]
+    fn rows_with_few_usable_pixels_are_interpolated() {
+        // rows 100..110 have only 5 usable pixels, on the first amp, which read 0.05 above the row
+        // profile (a barely overlapping other exposure: unmatched sky); with fewer usable pixels than
+        // min_mask_frac x the amp width (0.2 x 64) both the amp median and the full-width fallback
+        // are left to the interpolation from the rows around, on every amp
+        let (ny, nx, w) = (200, 256, 64);
+        let prof = |y: usize| 0.01 * ((y as f64) * 0.05).sin();
+        let few = |y: usize| (100..110).contains(&y);
+        let diff = Array2::from_shape_fn((ny, nx), |(y, x)| {
+            let v = if few(y) { prof(y) + 0.05 } else { prof(y) + 0.02 * gauss(7, (y * nx + x) as u64) };
+            v as f32
+        });
+        let bad = Array2::from_shape_fn((ny, nx), |(y, x)| few(y) && !(10..15).contains(&x));
+        let p = MultiTileParams { amps: AmpLayout::Columns { width_px: w }, ..MultiTileParams::default() };
+        let m = par_multi_tile_model(diff.view(), bad.view(), &p).unwrap().to_array();
+        // the model is the profile up to one constant: measure it on the other rows
+        let off: Vec<f64> = (0..ny).filter(|&y| !few(y)).map(|y| f64::from(m[[y, 130]]) - prof(y)).collect();
+        let c = off.iter().sum::<f64>() / off.len() as f64;
+        for y in 100..110 {
+            for x in [12, 130] {
+                let e = f64::from(m[[y, x]]) - prof(y) - c;
+                assert!(e.abs() < 0.01, "row {y}, column {x}: {e}");
+            }
+        }
+        // row_profile: rows under min_count usable pixels are interpolated; with 1 they are kept
+        let img = diff.mapv(f64::from);
+        let kept = row_profile(img.view(), bad.view(), 3.0, None, 1).unwrap();
+        let interp = row_profile(img.view(), bad.view(), 3.0, None, 13).unwrap();
+        assert!((kept[105] - prof(105) - 0.05).abs() < 1e-6, "{}", kept[105]);
+        assert!((interp[105] - prof(105)).abs() < 0.01, "{}", interp[105]);
+    }
+
+    #[test]
     fn stripe_direction_rules() {
         use StripeDirection::*;
         assert_eq!(stripe_direction(&[0.0, 3.0, -4.0]), Horizontal);
@@ -482,7 +523,7 @@ mod tests {
         assert!(sm[[310, 60]].is_nan() && sm[[0, 0]].is_finite());
         let resid = &avg - &sm;
         let mask = large_scale_mask(resid.view(), 3.0, 7, None);
-        let prof = row_profile(resid.view(), mask.view(), 3.0, None).unwrap();
+        let prof = row_profile(resid.view(), mask.view(), 3.0, None, 1).unwrap();
         let c: Vec<f64> = common.clone();
         let mc = c.iter().sum::<f64>() / ny as f64;
         let mp = prof.sum() / ny as f64;
