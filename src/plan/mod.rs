@@ -342,6 +342,26 @@ pub fn build_plan(
     })
 }
 
+/// A footprint's polygon and the cells `[x0, x1) x [y0, y1)` of an `mx x my` mask of `cell`-pixel
+/// cells that its bounding box meets; `None` for a footprint with a non-finite corner.
+fn footprint_cells(
+    fp: &[[f64; 2]],
+    cell: f64,
+    mx: usize,
+    my: usize,
+) -> Option<(Polygon, (usize, usize), (usize, usize))> {
+    let p = Polygon::new(fp.to_vec());
+    let b = p.bbox();
+    if !b.x0.is_finite() || !b.x1.is_finite() || !b.y0.is_finite() || !b.y1.is_finite() {
+        return None;
+    }
+    let cx0 = ((b.x0 + 0.5) / cell).floor().max(0.0) as usize;
+    let cy0 = ((b.y0 + 0.5) / cell).floor().max(0.0) as usize;
+    let cx1 = (((b.x1 + 0.5) / cell).ceil().max(0.0) as usize).min(mx);
+    let cy1 = (((b.y1 + 0.5) / cell).ceil().max(0.0) as usize).min(my);
+    Some((p, (cx0, cx1), (cy0, cy1)))
+}
+
 /// Area in output pixels of the union of footprints, rasterised on a mask of at most 1024 x 1024
 /// cells over the grid (an estimate good to a cell's area per footprint edge).
 fn union_area_px(footprints_px: &[Vec<[f64; 2]>], nx: usize, ny: usize) -> f64 {
@@ -349,15 +369,9 @@ fn union_area_px(footprints_px: &[Vec<[f64; 2]>], nx: usize, ny: usize) -> f64 {
     let (mx, my) = ((nx as f64 / cell).ceil() as usize, (ny as f64 / cell).ceil() as usize);
     let mut mask = vec![false; mx * my];
     for fp in footprints_px {
-        let p = Polygon::new(fp.clone());
-        let b = p.bbox();
-        if !b.x0.is_finite() || !b.x1.is_finite() || !b.y0.is_finite() || !b.y1.is_finite() {
+        let Some((p, (cx0, cx1), (cy0, cy1))) = footprint_cells(fp, cell, mx, my) else {
             continue;
-        }
-        let cx0 = ((b.x0 + 0.5) / cell).floor().max(0.0) as usize;
-        let cy0 = ((b.y0 + 0.5) / cell).floor().max(0.0) as usize;
-        let cx1 = (((b.x1 + 0.5) / cell).ceil().max(0.0) as usize).min(mx);
-        let cy1 = (((b.y1 + 0.5) / cell).ceil().max(0.0) as usize).min(my);
+        };
         for j in cy0..cy1 {
             let y = (j as f64 + 0.5) * cell - 0.5;
             let inside = |i: usize| p.contains((i as f64 + 0.5) * cell - 0.5, y);
@@ -461,15 +475,9 @@ mod tests {
         let (mx, my) = ((nx as f64 / cell).ceil() as usize, (ny as f64 / cell).ceil() as usize);
         let mut mask = vec![false; mx * my];
         for fp in footprints_px {
-            let p = Polygon::new(fp.clone());
-            let b = p.bbox();
-            if !b.x0.is_finite() || !b.x1.is_finite() || !b.y0.is_finite() || !b.y1.is_finite() {
+            let Some((p, (cx0, cx1), (cy0, cy1))) = footprint_cells(fp, cell, mx, my) else {
                 continue;
-            }
-            let cx0 = ((b.x0 + 0.5) / cell).floor().max(0.0) as usize;
-            let cy0 = ((b.y0 + 0.5) / cell).floor().max(0.0) as usize;
-            let cx1 = (((b.x1 + 0.5) / cell).ceil().max(0.0) as usize).min(mx);
-            let cy1 = (((b.y1 + 0.5) / cell).ceil().max(0.0) as usize).min(my);
+            };
             for j in cy0..cy1 {
                 for i in cx0..cx1 {
                     if p.contains((i as f64 + 0.5) * cell - 0.5, (j as f64 + 0.5) * cell - 0.5) {
