@@ -977,7 +977,7 @@ fn combine(members: &[(Alone, f64)], h: usize, nx: usize) -> Alone {
     let w = c1 - c0;
     let mut num = vec![0.0f64; (r1 - r0) * w];
     let mut den = vec![0.0f64; (r1 - r0) * w];
-    for (a, d) in members {
+    for (a, d) in members.iter().filter(|(a, _)| !a.v.is_empty()) {
         for yy in a.rows.clone() {
             let (k0, j0) = ((yy - r0) * w + (a.cols.start - c0), a.at(yy, a.cols.start));
             for i in 0..a.cols.len() {
@@ -1061,6 +1061,9 @@ fn resample_box(
         s..e.max(s)
     };
     let (by, bx) = (clampr(lo[1], hi[1], &out_rows), clampr(lo[0], hi[0], &out_cols));
+    if by.is_empty() || bx.is_empty() {
+        return Ok(Some(Alone { rows: 0..0, cols: 0..0, v: vec![], w: vec![] }));
+    }
     let mut acc = DrizzleAccum::with_origin([by.start, bx.start], by.len(), bx.len(), 0, 1);
     let dp = DrizzleParams { pixfrac: 1.0 };
     par_drizzle_add_window(piece.sci.view(), weights.view(), piece.pixmap.view(), &[], &piece.inner, 0, &dp, &mut acc);
