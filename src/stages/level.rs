@@ -959,10 +959,8 @@ impl Alone {
 /// every exposure alone); otherwise the weighted mean `sum w (v - delta) / sum w` over the union of
 /// the boxes, in member order.
 fn combine(members: &[(Alone, f64)], h: usize, nx: usize) -> Alone {
-    if let [(a, d)] = members {
-        if *d == 0.0 {
-            return a.clone();
-        }
+    if members.len() == 1 && members[0].1 == 0.0 {
+        return members[0].0.clone();
     }
     let (mut r0, mut r1, mut c0, mut c1) = (h, 0, nx, 0);
     for (a, _) in members {
