@@ -261,6 +261,9 @@ pub struct RawLevel {
     /// What is fitted per tile in the tiles step: "level" (a constant) or "plane" (a constant and
     /// two slopes, pjpipe's "level+slope").
     pub tile_fit: String,
+    /// Keep the exposures resampled in the dithers step for the tiles step, within half of
+    /// `run.mem_budget_mb` (those that do not fit are resampled again); the same numbers either way.
+    pub share_pieces: bool,
 }
 
 impl Default for RawLevel {
@@ -274,6 +277,7 @@ impl Default for RawLevel {
             rms_sig_limit: 2.0,
             subtract_sky: true,
             tile_fit: "level".into(),
+            share_pieces: true,
         }
     }
 }
@@ -866,6 +870,9 @@ subtract_sky = true
 # What is fitted per tile in the tiles step: "level" (a constant) or "plane" (a constant and
 # two slopes, pjpipe's "level+slope").
 tile_fit = "level"
+# Keep the exposures resampled in the dithers step for the tiles step, within half of
+# run.mem_budget_mb (those that do not fit are resampled again); the same numbers either way.
+share_pieces = true
 
 [destripe_multi]
 # Run the stage on NIRCam exposures (`tessera mosaic --no-destripe` turns it off too).

@@ -190,6 +190,8 @@ pub struct LevelConfig {
     pub subtract_sky: bool,
     /// Fit a plane per tile in the tiles step (`tile_fit = "plane"`) instead of a constant.
     pub tile_planes: bool,
+    /// Keep the dithers step's resampled exposures for the tiles step (within the memory budget).
+    pub share_pieces: bool,
 }
 
 /// The checked `[outlier]` section.
@@ -688,6 +690,7 @@ impl RawConfig {
             min_linear_frac: frac("level.min_linear_frac", l.min_linear_frac)?,
             rms_sig_limit: positive("level.rms_sig_limit", l.rms_sig_limit)?,
             subtract_sky: l.subtract_sky,
+            share_pieces: l.share_pieces,
             tile_planes: match l.tile_fit.as_str() {
                 "level" => false,
                 "plane" => true,

@@ -7,7 +7,10 @@
 //!    every pair, emission included, on a lattice of grid pixels that thins them only when the
 //!    budget demands it (the lattice is fixed on the grid, so it does not depend on the chunks).
 //! 2. **Tiles**: the images are the dither groups (per detector), each stacked as the weighted mean of
-//!    its exposures after step 1; pairs are all overlapping groups.
+//!    its exposures after step 1; pairs are all overlapping groups. The exposures are step 1's
+//!    resampled ones less their step-1 offsets: step 1 keeps them within half of
+//!    `run.mem_budget_mb`, and what does not fit is resampled again exactly as in step 1 (the same
+//!    numbers either way; the log says how many of each).
 //! 3. Per pair, the sigma-clipped median and rms of the differences come from fixed-bin histograms
 //!    whose integer counts are summed across ranks and refined around the median
 //!    ([`crate::kernels::level::ClipHistogram`]), so they are the same for any decomposition. The
@@ -25,20 +28,21 @@
 //! What does not live here: the statistics and the solve themselves (`kernels::level`).
 
 use super::corrections::Corrections;
-use super::pieces::{resample_alone, Part};
+use super::pieces::{read_piece, Part, Want};
 use crate::config::{Config, WeightType};
 use crate::dist::{Comm, CommExt};
 use crate::error::Context;
 use crate::geom::TanSip;
+use crate::kernels::drizzle::{par_drizzle_add_window, DrizzleAccum, DrizzleParams};
 use crate::kernels::level::{
     lowest_sky, order_by_time, reject_pairs, solve_offsets, solve_planes_gls, weight_from_rms, ClipHistogram,
     ClipParams, ClipPass, ClipStep, ClippedStats, Gauge, HistParams, IndexExtent, PairMeasure, PairOffset, PairPlane,
     PairStatus, Plane, PlaneFit, PlaneFitParams, PlaneSums, RejectParams, ValueRange, PLANE_WORDS,
 };
 use crate::plan::{CalMeta, Chunk, Plan};
-use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 /// The HDF5 group, output folder and log target.
 pub const STAGE: &str = "level";
@@ -167,12 +171,17 @@ pub fn run(
         planes: false,
         problem_of: Box::new(|a| group_of[a]),
     };
+    // step 2 resamples the same exposure parts as step 1 with the same corrections, less the step-1
+    // offsets: step 1 keeps what fits in half the memory budget for it
+    let share = if cfg.level.share_pieces { cfg.run.mem_budget_mb as usize * 1024 * 1024 / 2 } else { 0 };
+    let mut cache = Cache::new(share);
+    let mut src1 = Source { corr: prior, delta: vec![], cache: Some(&mut cache) };
     let r1 = match_step(
         comm,
         plan,
         metas,
         cfg,
-        prior,
+        &mut src1,
         &s1,
         lattice,
         &clip,
@@ -209,12 +218,15 @@ pub fn run(
         planes: cfg.level.tile_planes,
         problem_of: Box::new(|_| 0),
     };
+    let (held, n_held) = (cache.bytes, cache.pieces.len());
+    cache.store = false;
+    let mut src2 = Source { corr: prior, delta: o1.clone(), cache: Some(&mut cache) };
     let r2 = match_step(
         comm,
         plan,
         metas,
         cfg,
-        &corr,
+        &mut src2,
         &s2,
         lattice,
         &clip,
@@ -223,6 +235,15 @@ pub fn run(
         &mut rows,
         &mut warnings,
     )?;
+    tracing::info!(
+        "[level] tiles: {} resampled exposure parts kept from step dithers ({:.0} MiB, at most {:.0} MiB: half \
+         of run.mem_budget_mb), {} resampled again",
+        cache.kept,
+        held as f64 / 1048576.0,
+        cache.limit as f64 / 1048576.0,
+        cache.recomputed
+    );
+    debug_assert_eq!(n_held, cache.kept);
     // with planes the tile's correction at its own centre stands for its level (sky, report)
     let at_centre = |g: usize| {
         let [p0, sx, sy] = r2.planes[g];
@@ -350,8 +371,21 @@ fn match_lyot(
         planes: false,
         problem_of: Box::new(|_| 0),
     };
-    let rl =
-        match_step(comm, plan, metas, cfg, corr, &sl, lattice, clip, rej, Gauge::Reference(vec![0]), rows, warnings)?;
+    let mut src = Source { corr: &*corr, delta: vec![], cache: None };
+    let rl = match_step(
+        comm,
+        plan,
+        metas,
+        cfg,
+        &mut src,
+        &sl,
+        lattice,
+        clip,
+        rej,
+        Gauge::Reference(vec![0]),
+        rows,
+        warnings,
+    )?;
     corr.lyot_masked = vec![false; n];
     let mut masked = vec![];
     for &k in &with_box {
@@ -384,7 +418,7 @@ fn match_step(
     plan: &Plan,
     metas: &[CalMeta],
     cfg: &Config,
-    corr: &Corrections,
+    src: &mut Source,
     step: &Step,
     lattice: usize,
     clip: &ClipParams,
@@ -401,7 +435,7 @@ fn match_step(
         let budget = cfg.run.mem_budget_mb as usize * 1024 * 1024 / 4;
         for c in &owned {
             let origin = plane_origin(plan);
-            measure_chunk(c, metas, &grid, cfg.drizzle.weight_type, corr, step, lattice, budget, origin, &mut l)?;
+            measure_chunk(c, metas, &grid, cfg.drizzle.weight_type, src, step, lattice, budget, origin, &mut l)?;
         }
         Ok(l)
     })?;
@@ -739,6 +773,42 @@ fn status_name(s: PairStatus) -> &'static str {
     }
 }
 
+/// Where a step's resampled exposures come from: each exposure part drizzled alone with `corr`,
+/// less `delta[k]` (MJy/sr) afterwards, taken from (and, in the first step, put into) the shared
+/// [`Cache`] when one is given.
+struct Source<'a> {
+    corr: &'a Corrections,
+    /// Subtracted from exposure `k`'s resampled values (the offsets solved since `corr`).
+    delta: Vec<f64>,
+    cache: Option<&'a mut Cache>,
+}
+
+/// The resampled exposure parts of step 1, kept for step 2 within a share of `run.mem_budget_mb`
+/// (step 2 differs only by the step-1 offsets, subtracted after the resampling): an exposure part
+/// that does not fit is drizzled again in step 2, from the same inputs and corrections, so the
+/// numbers are the same either way. Keyed by chunk origin, band start row and exposure.
+struct Cache {
+    pieces: BTreeMap<(usize, usize, usize, usize), Option<Alone>>,
+    /// Bytes held, and the most it may hold.
+    bytes: usize,
+    limit: usize,
+    /// Whether this pass stores (step 1) or takes (step 2).
+    store: bool,
+    kept: usize,
+    recomputed: usize,
+}
+
+impl Cache {
+    fn new(limit: usize) -> Self {
+        Self { pieces: BTreeMap::new(), bytes: 0, limit, store: true, kept: 0, recomputed: 0 }
+    }
+}
+
+/// Bytes an [`Alone`] holds (values, weights and bookkeeping).
+fn alone_bytes(a: &Option<Alone>) -> usize {
+    64 + a.as_ref().map_or(0, |a| a.v.len() * 8)
+}
+
 /// Resample the exposures of chunk `c` band by band and record the pair differences, extents and
 /// (for `step.sky`) image values on the lattice.
 #[allow(clippy::too_many_arguments)]
@@ -747,7 +817,7 @@ fn measure_chunk(
     metas: &[CalMeta],
     grid: &TanSip,
     wt: WeightType,
-    corr: &Corrections,
+    src: &mut Source,
     step: &Step,
     lattice: usize,
     budget_bytes: usize,
@@ -764,36 +834,55 @@ fn measure_chunk(
     while y < ny {
         let rows = c.y0 + y..(c.y0 + y + band).min(c.y1);
         let h = rows.len();
-        // per image: sum w * v and sum w, in exposure order
-        let mut planes: BTreeMap<usize, (Array2<f64>, Array2<f64>)> = BTreeMap::new();
+        // per image: its members (resampled exposure part, delta), in exposure order
+        let mut members: BTreeMap<usize, Vec<(Alone, f64)>> = BTreeMap::new();
         for &k in &c.exposures {
             let m = &metas[k];
             for &(part, img) in &step.parts[k] {
-                let Some(acc) = resample_alone(m, k, grid, rows.clone(), c.x0..c.x1, wt, 1.0, corr, part)
-                    .with_context(|| format!("level: reading {}", m.path.display()))?
-                else {
-                    continue;
+                let key = (c.y0, c.x0, rows.start, k);
+                let cached = match src.cache.as_deref_mut() {
+                    Some(cache) if !cache.store => cache.pieces.remove(&key),
+                    _ => None,
                 };
-                let (num, den) = planes.entry(img).or_insert_with(|| (Array2::zeros((h, nx)), Array2::zeros((h, nx))));
-                ndarray::Zip::from(num).and(den).and(&acc.wsum).and(&acc.sci_wsum).for_each(|nu, de, &ws, &sw| {
-                    if ws > 0.0 {
-                        *nu += sw;
-                        *de += ws;
+                let alone = match cached {
+                    Some(a) => {
+                        if let Some(cache) = src.cache.as_deref_mut() {
+                            cache.bytes -= alone_bytes(&a);
+                            cache.kept += 1;
+                        }
+                        a
                     }
-                });
+                    None => {
+                        let a = resample_box(m, k, grid, rows.clone(), c.x0..c.x1, wt, src.corr, part)
+                            .with_context(|| format!("level: reading {}", m.path.display()))?;
+                        if let Some(cache) = src.cache.as_deref_mut() {
+                            let b = alone_bytes(&a);
+                            if cache.store && cache.bytes + b <= cache.limit {
+                                cache.bytes += b;
+                                cache.pieces.insert(key, a.clone());
+                            } else if !cache.store {
+                                cache.recomputed += 1;
+                            }
+                        }
+                        a
+                    }
+                };
+                if let Some(a) = alone {
+                    members.entry(img).or_default().push((a, src.delta.get(k).copied().unwrap_or(0.0)));
+                }
             }
         }
-        // per image: its values and where it has one (flat, row-major), and the box of rows and
-        // columns holding them, so that a pair only visits the intersection of its two boxes
-        let images: Vec<usize> = planes.keys().copied().collect();
-        let resampled: Vec<Resampled> = images.iter().map(|img| Resampled::new(&planes[img])).collect();
+        // per image: its values and where it has one, on a box of the band
+        let images: Vec<usize> = members.keys().copied().collect();
+        let resampled: Vec<Alone> = images.iter().map(|img| combine(&members[img], h, nx)).collect();
+        drop(members);
         let on_lattice = |gy: usize, gx: usize| gy % lattice == 0 && gx % lattice == 0;
         for (&a, ra) in images.iter().zip(&resampled) {
             let ext = out.image_ext.entry(a).or_default();
             for yy in ra.rows.clone() {
                 for xx in ra.cols.clone() {
-                    let k = yy * nx + xx;
-                    if ra.ok[k] {
+                    let k = ra.at(yy, xx);
+                    if ra.w[k] > 0.0 {
                         let (gy, gx) = (rows.start + yy, c.x0 + xx);
                         ext.add(gy as i64, gx as i64);
                         if step.sky && on_lattice(gy, gx) {
@@ -811,18 +900,22 @@ fn measure_chunk(
                 let (ra, rb) = (&resampled[ia], &resampled[ib]);
                 let (r0, r1) = (ra.rows.start.max(rb.rows.start), ra.rows.end.min(rb.rows.end));
                 let (c0, c1) = (ra.cols.start.max(rb.cols.start), ra.cols.end.min(rb.cols.end));
+                if r0 >= r1 || c0 >= c1 {
+                    continue;
+                }
                 let mut d = vec![];
                 let mut xy = vec![];
                 let mut ext = IndexExtent::new();
                 for yy in r0..r1 {
                     let gy = rows.start + yy;
-                    for xx in c0..c1 {
-                        let k = yy * nx + xx;
-                        if ra.ok[k] && rb.ok[k] {
+                    let (ka, kb) = (ra.at(yy, c0), rb.at(yy, c0));
+                    for (i, xx) in (c0..c1).enumerate() {
+                        let (ka, kb) = (ka + i, kb + i);
+                        if ra.w[ka] > 0.0 && rb.w[kb] > 0.0 {
                             let gx = c.x0 + xx;
                             ext.add(gy as i64, gx as i64);
                             if on_lattice(gy, gx) {
-                                d.push(ra.v[k] - rb.v[k]);
+                                d.push(ra.v[ka] - rb.v[kb]);
                                 if step.planes {
                                     xy.push([gx as i32 - plane_origin[0], gy as i32 - plane_origin[1]]);
                                 }
@@ -844,33 +937,142 @@ fn measure_chunk(
     Ok(())
 }
 
-/// One image resampled onto a row band: `v = sum w v / sum w` (f32) where `sum w > 0` (`ok`), both
-/// flat and row-major, and the rows and columns of the band that hold any value.
-struct Resampled {
+/// One image resampled onto a box of a row band: `v = sum w v / sum w` (f32) and `w = sum w`
+/// (f32, positive exactly where the image has a value), both row-major over the box; the box's rows
+/// are relative to the band, its columns to the chunk.
+#[derive(Clone)]
+struct Alone {
+    rows: Range<usize>,
+    cols: Range<usize>,
     v: Vec<f32>,
-    ok: Vec<bool>,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
+    w: Vec<f32>,
 }
 
-impl Resampled {
-    fn new((nu, de): &(Array2<f64>, Array2<f64>)) -> Self {
-        let (h, w) = de.dim();
-        let mut r = Self { v: vec![0.0; h * w], ok: vec![false; h * w], rows: h..0, cols: w..0 };
-        for ((yy, xx), &d) in de.indexed_iter() {
-            if d > 0.0 {
-                let k = yy * w + xx;
-                r.v[k] = (nu[[yy, xx]] / d) as f32;
-                r.ok[k] = true;
-                r.rows = r.rows.start.min(yy)..r.rows.end.max(yy + 1);
-                r.cols = r.cols.start.min(xx)..r.cols.end.max(xx + 1);
+impl Alone {
+    /// Index of band pixel `(yy, xx)` (inside the box).
+    fn at(&self, yy: usize, xx: usize) -> usize {
+        (yy - self.rows.start) * self.cols.len() + (xx - self.cols.start)
+    }
+}
+
+/// An image from its members: a lone member with nothing to subtract is the image itself (step 1:
+/// every exposure alone); otherwise the weighted mean `sum w (v - delta) / sum w` over the union of
+/// the boxes, in member order.
+fn combine(members: &[(Alone, f64)], h: usize, nx: usize) -> Alone {
+    if members.len() == 1 && members[0].1 == 0.0 {
+        return members[0].0.clone();
+    }
+    let (mut r0, mut r1, mut c0, mut c1) = (h, 0, nx, 0);
+    for (a, _) in members {
+        if !a.v.is_empty() {
+            (r0, r1) = (r0.min(a.rows.start), r1.max(a.rows.end));
+            (c0, c1) = (c0.min(a.cols.start), c1.max(a.cols.end));
+        }
+    }
+    if r0 >= r1 || c0 >= c1 {
+        return Alone { rows: 0..0, cols: 0..0, v: vec![], w: vec![] };
+    }
+    let w = c1 - c0;
+    let mut num = vec![0.0f64; (r1 - r0) * w];
+    let mut den = vec![0.0f64; (r1 - r0) * w];
+    for (a, d) in members.iter().filter(|(a, _)| !a.v.is_empty()) {
+        for yy in a.rows.clone() {
+            let (k0, j0) = ((yy - r0) * w + (a.cols.start - c0), a.at(yy, a.cols.start));
+            for i in 0..a.cols.len() {
+                let wt = a.w[j0 + i];
+                if wt > 0.0 {
+                    num[k0 + i] += f64::from(wt) * (f64::from(a.v[j0 + i]) - d);
+                    den[k0 + i] += f64::from(wt);
+                }
             }
         }
-        if r.rows.start >= r.rows.end {
-            (r.rows, r.cols) = (0..0, 0..0);
-        }
-        r
     }
+    let v = num.iter().zip(&den).map(|(&n, &d)| if d > 0.0 { (n / d) as f32 } else { 0.0 }).collect();
+    let wsum = den.iter().map(|&d| if d > 0.0 { (d as f32).max(f32::MIN_POSITIVE) } else { 0.0 }).collect();
+    Alone { rows: r0..r1, cols: c0..c1, v, w: wsum }
+}
+
+/// Drizzle `part` of exposure `k` alone (square kernel, pixfrac 1, no variance planes, no outlier
+/// flags) onto output rows x cols of the grid with `corr` subtracted, as
+/// [`resample_alone`](super::pieces::resample_alone) does, but onto the box of the rectangle its
+/// weighted drops can reach rather than the whole rectangle (each output pixel's sums are the
+/// same). `None` when the exposure misses the rectangle.
+#[allow(clippy::too_many_arguments)]
+fn resample_box(
+    meta: &CalMeta,
+    k: usize,
+    grid: &TanSip,
+    out_rows: Range<usize>,
+    out_cols: Range<usize>,
+    wt: WeightType,
+    corr: &Corrections,
+    part: Part,
+) -> Result<Option<Alone>, crate::io::fits::FitsError> {
+    let want = Want { vars: false, rnoise: wt == WeightType::Ivm, err: false };
+    let (band_y0, chunk_x0) = (out_rows.start, out_cols.start);
+    let Some(piece) = read_piece(meta, k, grid, out_rows.clone(), out_cols.clone(), 3, (0, 0), want, corr)? else {
+        return Ok(None);
+    };
+    let mut weights = piece.weights(meta, wt, None)?;
+    if part != Part::Whole {
+        let (y0, x0) = (piece.rows.start, piece.cols.start);
+        weights.indexed_iter_mut().filter(|((y, x), _)| !part.contains(y0 + y, x0 + x)).for_each(|(_, w)| *w = 0.0);
+    }
+    // the box: the weighted drop centres, widened by the largest step between neighbouring centres
+    // (a drop's corners lie between its centre and its neighbours') and two pixels
+    let pm = &piece.pixmap;
+    let (mut lo, mut hi, mut step) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2], 0.0f64);
+    let (ry, rx) = (piece.inner.rows.clone(), piece.inner.cols.clone());
+    let (py, px) = (pm.dim().0, pm.dim().1);
+    for y in ry.clone() {
+        for x in rx.clone() {
+            if weights[[y, x]] <= 0.0 {
+                continue;
+            }
+            let c = [pm[[y, x, 0]], pm[[y, x, 1]]];
+            if !(c[0].is_finite() && c[1].is_finite()) {
+                continue;
+            }
+            for a in 0..2 {
+                lo[a] = lo[a].min(c[a]);
+                hi[a] = hi[a].max(c[a]);
+            }
+            for (yn, xn) in [(y.saturating_sub(1), x), (y + 1, x), (y, x.saturating_sub(1)), (y, x + 1)] {
+                if yn < py && xn < px {
+                    for a in 0..2 {
+                        let d = (pm[[yn, xn, a]] - c[a]).abs();
+                        if d.is_finite() {
+                            step = step.max(d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !lo[0].is_finite() {
+        return Ok(Some(Alone { rows: 0..0, cols: 0..0, v: vec![], w: vec![] }));
+    }
+    let m = step.ceil() + 2.0;
+    let clampr = |a: f64, b: f64, r: &Range<usize>| {
+        let s = (a - m).floor().max(r.start as f64).min(r.end as f64) as usize;
+        let e = (b + m).ceil().max(0.0).min(r.end as f64 - 1.0) as usize + 1;
+        s..e.max(s)
+    };
+    let (by, bx) = (clampr(lo[1], hi[1], &out_rows), clampr(lo[0], hi[0], &out_cols));
+    if by.is_empty() || bx.is_empty() {
+        return Ok(Some(Alone { rows: 0..0, cols: 0..0, v: vec![], w: vec![] }));
+    }
+    let mut acc = DrizzleAccum::with_origin([by.start, bx.start], by.len(), bx.len(), 0, 1);
+    let dp = DrizzleParams { pixfrac: 1.0 };
+    par_drizzle_add_window(piece.sci.view(), weights.view(), piece.pixmap.view(), &[], &piece.inner, 0, &dp, &mut acc);
+    let v = acc
+        .sci_wsum
+        .iter()
+        .zip(&acc.wsum)
+        .map(|(&sw, &ws)| if ws > 0.0 { ((0.0 + sw) / ws) as f32 } else { 0.0 })
+        .collect();
+    let w = acc.wsum.iter().map(|&ws| if ws > 0.0 { (ws as f32).max(f32::MIN_POSITIVE) } else { 0.0 }).collect();
+    Ok(Some(Alone { rows: by.start - band_y0..by.end - band_y0, cols: bx.start - chunk_x0..bx.end - chunk_x0, v, w }))
 }
 
 /// Extents merged across ranks (min and max reductions), one per key.

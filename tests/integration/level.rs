@@ -383,3 +383,56 @@ fn nircam_short_chips_are_matched_and_leave_no_seams() {
     assert!(rms < 0.005, "relative offsets off by {rms} MJy/sr rms");
     assert!(spread < 0.01, "seams between tiles: {tiles:?}");
 }
+
+/// The tiles step takes the dithers step's resampled exposures (less their offsets) instead of
+/// resampling them again: with `level.share_pieces = false` every one is resampled again, and the
+/// pair table and offsets are the same to the bit.
+#[test]
+fn shared_resampled_exposures_give_the_same_numbers_as_resampling_again() {
+    let dir = offsets_scene();
+    let d = dir.to_str().unwrap().to_string();
+    let mut seen = vec![];
+    for share in ["true", "false"] {
+        let w = tmp();
+        let key = format!("level.share_pieces={share}");
+        let out = mpirun(
+            2,
+            w.path(),
+            &[
+                "--set",
+                "run.output_dir=\"out\"",
+                "--set",
+                "outlier.enabled=false",
+                "--set",
+                &key,
+                "--set",
+                "run.stop_after=\"level\"",
+                "mosaic",
+                &d,
+                "-o",
+                "m.fits",
+            ],
+        );
+        ok(&out);
+        let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        let line = log
+            .lines()
+            .find(|l| l.contains("[rank 0/2]") && l.contains("kept from step dithers"))
+            .unwrap_or_else(|| panic!("no line on the shared exposures in the log:\n{log}"));
+        let kept: usize = line.split("[level] tiles: ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        eprintln!("share_pieces = {share}: {line}");
+        if share == "true" {
+            assert!(kept > 0, "nothing was shared: {line}");
+            assert!(line.contains(" 0 resampled again"), "{line}");
+        } else {
+            assert_eq!(kept, 0, "{line}");
+        }
+        let pairs = std::fs::read_to_string(w.path().join("out/level/pairs.csv")).unwrap();
+        let level = std::fs::read_to_string(w.path().join("out/level/level.json")).unwrap();
+        assert!(pairs.lines().filter(|l| l.starts_with("tiles,") && l.contains(",used,")).count() > 0);
+        seen.push((pairs, level, corrections(w.path())));
+    }
+    assert_eq!(seen[0].0, seen[1].0, "pair tables differ");
+    assert_eq!(seen[0].2, seen[1].2, "offsets differ");
+    assert_eq!(seen[0].1, seen[1].1, "level.json differs");
+}
