@@ -4,11 +4,12 @@
 //! exposures' cosmic rays) are flagged wherever at least two exposures overlap, the final mosaic at
 //! cosmic-ray positions is as clean as elsewhere, no star core and almost no good pixel is flagged.
 //! The control runs JWST's median (`outlier.low_coverage_min = false`), which cannot flag a cosmic
-//! ray where only two exposures overlap. What is not met (issue 15): every pixel above 5 ERR
-//! flagged, and the residual at cosmic rays within 1.5x of the controls. The survivors are printed
-//! by class: pixels of a cosmic ray within a few pixels of a source, where the blot's derivative
-//! term shields them; pixels beside a coverage edge, where only their own exposure covers them;
-//! two cosmic rays on the same sky pixel, which carry the median.
+//! ray where only two exposures overlap. On the issue's layout (2x2 tiles x 4 dithers) the residual
+//! at cosmic rays is held within 1.5x of the controls' (issue 15's target); on the 3-dither scenes,
+//! where most pixels keep two or three values, within 1.8x. What is not met: every pixel above 5 ERR
+//! flagged. The survivors are printed by class: pixels of a cosmic ray within a few pixels of a
+//! source, where the blot's derivative term shields them; pixels beside a coverage edge, where only
+//! their own exposure covers them; cosmic rays stacked on one sky pixel.
 
 use super::level::run;
 use crate::common::{simulate, tmp, truth};
@@ -17,20 +18,32 @@ use std::path::Path;
 use tessera::io::fits::{read_cal, read_ext_f32, read_header, read_image, CalImage};
 use tessera::kernels::dq::DO_NOT_USE;
 
-fn scene(dir: &Path, instrument: &str, seed: &str) {
+/// The test scenes: 1 tile x 3 dithers at ten times the simulator's cosmic-ray rate ([`Layout::Three`]),
+/// or the issue's 2x2 tiles x 4 dithers at five times ([`Layout::Issue`], scripts/bench.d/cosmic.py's).
+#[derive(Clone, Copy)]
+enum Layout {
+    Three,
+    Issue,
+}
+
+fn scene(dir: &Path, instrument: &str, seed: &str, layout: Layout) {
+    let (tiles, dithers, rate) = match layout {
+        Layout::Three => ("1x1", 3, "2e-3"),
+        Layout::Issue => ("2x2", 4, "1e-3"),
+    };
     simulate(
         dir,
         &[
             &format!("simulate.instrument=\"{instrument}\""),
             "simulate.size=\"small\"",
-            "simulate.tiles=\"1x1\"",
-            "simulate.dithers=3",
+            &format!("simulate.tiles=\"{tiles}\""),
+            &format!("simulate.dithers={dithers}"),
             "simulate.stripe_rms_mjysr=0.0",
             "simulate.background_offset_mjysr=0.0",
             "simulate.pointing_error_arcsec=0.0",
             "simulate.absolute_offset_arcsec=0.0",
             "simulate.absolute_rotation_deg=0.0",
-            "simulate.cosmic_ray_rate=2e-3",
+            &format!("simulate.cosmic_ray_rate={rate}"),
             &format!("simulate.seed={seed}"),
         ],
     );
@@ -380,7 +393,7 @@ fn score(dir: &Path, work: &Path, mosaic: &Path) -> Score {
 
 fn check(instrument: &str, seed: &str) {
     let d = tmp();
-    scene(d.path(), instrument, seed);
+    scene(d.path(), instrument, seed, Layout::Three);
     let w = tmp();
     let out = run(2, d.path(), w.path(), &[], &[]);
     let s = score(d.path(), w.path(), &out);
@@ -441,4 +454,35 @@ fn cosmic_rays_with_real_shapes_are_flagged_wherever_two_exposures_overlap_lw() 
 #[test]
 fn cosmic_rays_with_real_shapes_are_flagged_wherever_two_exposures_overlap_sw() {
     check("nircam_sw", "22");
+}
+
+/// The issue's target on its layout (2x2 tiles x 4 dithers, as the independent data it was measured
+/// on): the 99th percentile at cosmic rays within 1.5x of the controls'. The control (JWST's median)
+/// first shows the cosmic rays it leaves.
+fn check_issue_layout(instrument: &str, seed: &str) {
+    let d = tmp();
+    scene(d.path(), instrument, seed, Layout::Issue);
+    let w = tmp();
+    let out = run(2, d.path(), w.path(), &[], &[]);
+    let s = score(d.path(), w.path(), &out);
+    let wc = tmp();
+    let outc = run(2, d.path(), wc.path(), &["--set", "outlier.low_coverage_min=false"], &[]);
+    let c = score(d.path(), wc.path(), &outc);
+    eprintln!("issue's layout, {instrument}: tessera {s:?}; control {c:?}");
+    assert!(s.cr_pixels > 500, "{instrument}: too few cosmic-ray pixels to test: {s:?}");
+    assert!(c.p99_cr > 1.5 * c.p99_control, "{instrument}: the control leaves nothing to fix: {c:?}");
+    // measured: 1.28x LW, 1.31x SW (the controls 6.5x, 8.3x); clean cosmic-ray pixels 99.9% flagged
+    assert!(s.p99_cr <= 1.5 * s.p99_control, "{instrument}: cosmic rays left in the mosaic: {s:?}");
+    assert_eq!(s.cores_flagged, 0, "{instrument}: {s:?}");
+    assert!((s.good_flagged as f64) < 1e-3 * s.good as f64, "{instrument}: {s:?}");
+}
+
+#[test]
+fn on_the_issues_layout_cosmic_rays_leave_the_mosaic_within_1_5x_of_the_controls_lw() {
+    check_issue_layout("nircam_lw", "23");
+}
+
+#[test]
+fn on_the_issues_layout_cosmic_rays_leave_the_mosaic_within_1_5x_of_the_controls_sw() {
+    check_issue_layout("nircam_sw", "24");
 }
