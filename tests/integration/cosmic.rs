@@ -391,15 +391,20 @@ fn score(dir: &Path, work: &Path, mosaic: &Path) -> Score {
     }
 }
 
-fn check(instrument: &str, seed: &str) {
+/// The scene run through the chain on 2 ranks, scored, and the same with the control (JWST's median).
+fn run_and_control(instrument: &str, seed: &str, layout: Layout) -> (Score, Score) {
     let d = tmp();
-    scene(d.path(), instrument, seed, Layout::Three);
+    scene(d.path(), instrument, seed, layout);
     let w = tmp();
     let out = run(2, d.path(), w.path(), &[], &[]);
     let s = score(d.path(), w.path(), &out);
     let wc = tmp();
     let outc = run(2, d.path(), wc.path(), &["--set", "outlier.low_coverage_min=false"], &[]);
-    let c = score(d.path(), wc.path(), &outc);
+    (s, score(d.path(), wc.path(), &outc))
+}
+
+fn check(instrument: &str, seed: &str) {
+    let (s, c) = run_and_control(instrument, seed, Layout::Three);
     let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
     for (name, s) in [("tessera", &s), ("control (JWST median)", &c)] {
         eprintln!(
@@ -460,14 +465,7 @@ fn cosmic_rays_with_real_shapes_are_flagged_wherever_two_exposures_overlap_sw() 
 /// on): the 99th percentile at cosmic rays within 1.5x of the controls'. The control (JWST's median)
 /// first shows the cosmic rays it leaves.
 fn check_issue_layout(instrument: &str, seed: &str) {
-    let d = tmp();
-    scene(d.path(), instrument, seed, Layout::Issue);
-    let w = tmp();
-    let out = run(2, d.path(), w.path(), &[], &[]);
-    let s = score(d.path(), w.path(), &out);
-    let wc = tmp();
-    let outc = run(2, d.path(), wc.path(), &["--set", "outlier.low_coverage_min=false"], &[]);
-    let c = score(d.path(), wc.path(), &outc);
+    let (s, c) = run_and_control(instrument, seed, Layout::Issue);
     eprintln!("issue's layout, {instrument}: tessera {s:?}; control {c:?}");
     assert!(s.cr_pixels > 500, "{instrument}: too few cosmic-ray pixels to test: {s:?}");
     assert!(c.p99_cr > 1.5 * c.p99_control, "{instrument}: the control leaves nothing to fix: {c:?}");
