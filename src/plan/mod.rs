@@ -342,14 +342,12 @@ pub fn build_plan(
     })
 }
 
+/// A half-open range of mask cells `(first, end)` along one axis.
+type CellSpan = (usize, usize);
+
 /// A footprint's polygon and the cells `[x0, x1) x [y0, y1)` of an `mx x my` mask of `cell`-pixel
 /// cells that its bounding box meets; `None` for a footprint with a non-finite corner.
-fn footprint_cells(
-    fp: &[[f64; 2]],
-    cell: f64,
-    mx: usize,
-    my: usize,
-) -> Option<(Polygon, (usize, usize), (usize, usize))> {
+fn footprint_cells(fp: &[[f64; 2]], cell: f64, mx: usize, my: usize) -> Option<(Polygon, CellSpan, CellSpan)> {
     let p = Polygon::new(fp.to_vec());
     let b = p.bbox();
     if !b.x0.is_finite() || !b.x1.is_finite() || !b.y0.is_finite() || !b.y1.is_finite() {
