@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
 import quality  # noqa: E402
 from bench import choices, log, section_args, section_parser, toml_str  # noqa: E402
-from tables import write_json  # noqa: E402
+from tables import run_sections  # noqa: E402
 
 TOOLS = ["tessera", "jwst"]
 LABELS = {"tessera": "tessera whole chain, 2 ranks x 1 thread",
@@ -147,12 +146,7 @@ def main():
     args = section_args(ap)
     args.tools = choices(ap, args.tools, TOOLS, "tool")
     sizes = choices(ap, args.sizes, SIZES, "size")
-    t0 = time.perf_counter()
-    scenes = [run_size(args, s) for s in sizes]
-    res = {"scenes": scenes, "total_s": time.perf_counter() - t0, "table_md": table(scenes)}
-    write_json(args.json, res)
-    print(res["table_md"])
-    return 0
+    return run_sections(args.json, sizes, lambda s: run_size(args, s), table)
 
 
 if __name__ == "__main__":

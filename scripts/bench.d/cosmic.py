@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,7 @@ sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True
 import quality  # noqa: E402
 from bench import choices, log, section_args, section_parser, toml_str  # noqa: E402
-from tables import write_json  # noqa: E402
+from tables import run_sections  # noqa: E402
 
 # Five times the simulator's default cosmic-ray rate (2e-4 hits per pixel per exposure), for enough hits
 # to read a 99th percentile (~700 LW, ~2800 SW); the shapes are the simulator's.
@@ -251,12 +250,7 @@ def main():
     args = section_args(ap)
     args.tools = choices(ap, args.tools, TOOLS, "tool")
     names = [f"cr-{s}" for s in choices(ap, args.scenes, [n[3:] for n in SCENES], "scene")]
-    t0 = time.perf_counter()
-    scenes = [run_scene(args, n) for n in names]
-    res = {"scenes": scenes, "total_s": time.perf_counter() - t0, "table_md": table(scenes)}
-    write_json(args.json, res)
-    print(res["table_md"])
-    return 0
+    return run_sections(args.json, names, lambda n: run_scene(args, n), table)
 
 
 if __name__ == "__main__":

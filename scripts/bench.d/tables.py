@@ -28,3 +28,15 @@ def write_json(path, out):
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=1, default=str))
     tmp.replace(path)
+
+
+def run_sections(path, items, run, table):
+    """`run` on each item in turn, timed; the rows, the total time and `table` of them written to
+    `path` as JSON (through `write_json`) and the table printed: a section script's main loop."""
+    import time
+    t0 = time.perf_counter()
+    scenes = [run(i) for i in items]
+    res = {"scenes": scenes, "total_s": time.perf_counter() - t0, "table_md": table(scenes)}
+    write_json(path, res)
+    print(res["table_md"])
+    return 0
