@@ -191,8 +191,9 @@ fn chunk_median(
     let exposures = exposures_over(plan, &rows_x, &cols);
     let n = exposures.len();
     let wx = cols.len();
-    // rows per band: the stack (sci + wht + the shield's two masks) and one accumulator within the budget
-    let band = (budget_bytes / (n * wx * 10 + wx * 32)).saturating_sub(2 * halo).clamp(1, ny);
+    // rows per band within the budget: per stack element sci and wht (4 + 4 bytes) and the shield's
+    // planes (`below` and `seen` 4 each, `near` 1), and one accumulator row
+    let band = (budget_bytes / (n * wx * 17 + wx * 32)).saturating_sub(2 * halo).clamp(1, ny);
     let th: Vec<f64> = exposures.iter().map(|&k| stats.thresholds[k]).collect();
     let noise: Vec<f32> = exposures.iter().map(|&k| stats.noise[k]).collect();
     let shield = Shield { noise: &noise, nsigma: oc.snr1, radius: stats.shield_px };
